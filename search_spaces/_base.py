@@ -1,0 +1,212 @@
+"""Search-space machinery: label domains and the ``SearchSpace`` extension point.
+
+A search space maps a flat dict of labelled choices (the same dict Optuna stores as
+``trial.params``) to an architecture, and knows each label's default domain. A study
+config may override any label's domain with a list of choices, a range, or a fixed value.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "Choice",
+    "Domain",
+    "Fixed",
+    "Range",
+    "SearchSpace",
+    "TrialLike",
+    "domain_from_config",
+]
+
+
+class TrialLike(Protocol):
+    """The part of ``optuna.Trial`` a search space uses."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+
+
+class Domain(ABC):
+    """The set of values one label may take."""
+
+    @abstractmethod
+    def suggest(self, trial: TrialLike, label: str) -> Any:
+        """Draw a value from ``trial``; fixed domains do not touch the trial."""
+
+    @abstractmethod
+    def values_ok(self, allowed: Domain) -> str | None:
+        """Return why this domain is not inside ``allowed``, or None if it is."""
+
+    @abstractmethod
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in this domain."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Short human-readable form, e.g. ``[3, 5, 7]`` or ``1..4``."""
+
+
+@dataclass(frozen=True)
+class Choice(Domain):
+    """A categorical label: one of ``values``."""
+
+    values: tuple[Any, ...]
+
+    def suggest(self, trial: TrialLike, label: str) -> Any:
+        return trial.suggest_categorical(label, list(self.values))
+
+    def contains(self, value: Any) -> bool:
+        return any(_same(value, v) for v in self.values)
+
+    def values_ok(self, allowed: Domain) -> str | None:
+        bad = [v for v in self.values if not allowed.contains(v)]
+        return f"{bad} not in {allowed.describe()}" if bad else None
+
+    def describe(self) -> str:
+        return "[" + ", ".join(_fmt(v) for v in self.values) + "]"
+
+
+@dataclass(frozen=True)
+class Range(Domain):
+    """A numeric range ``low..high`` (inclusive), integer when both ends are ints."""
+
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+    @property
+    def is_int(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int) and (
+            self.step is None or isinstance(self.step, int)
+        )
+
+    def suggest(self, trial: TrialLike, label: str) -> Any:
+        if self.is_int:
+            return trial.suggest_int(label, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(label, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.is_int and not isinstance(value, int):
+            return False
+        return self.low <= value <= self.high
+
+    def values_ok(self, allowed: Domain) -> str | None:
+        if isinstance(allowed, Range):
+            if allowed.is_int and not self.is_int:
+                return f"{self.describe()} must be an integer range"
+            if self.low < allowed.low or self.high > allowed.high:
+                return f"{self.describe()} not inside {allowed.describe()}"
+            return None
+        if isinstance(allowed, Choice):
+            return f"a range is not allowed here; choose from {allowed.describe()}"
+        return None
+
+    def describe(self) -> str:
+        return f"{_fmt(self.low)}..{_fmt(self.high)}" + (f" step {_fmt(self.step)}" if self.step else "")
+
+
+@dataclass(frozen=True)
+class Fixed(Domain):
+    """A label held at one value (not searched)."""
+
+    value: Any
+
+    def suggest(self, trial: TrialLike, label: str) -> Any:
+        return self.value
+
+    def contains(self, value: Any) -> bool:
+        return _same(value, self.value)
+
+    def values_ok(self, allowed: Domain) -> str | None:
+        return None if allowed.contains(self.value) else f"{_fmt(self.value)} not in {allowed.describe()}"
+
+    def describe(self) -> str:
+        return _fmt(self.value)
+
+
+def domain_from_config(value: Any, key: str) -> Domain:
+    """Turn a config entry into a domain: list -> Choice, table -> Range, scalar -> Fixed.
+
+    Raises:
+        ValueError: naming ``key`` when the entry has the wrong shape.
+    """
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"{key}: empty list of choices; expected at least one value")
+        return Choice(tuple(value))
+    if isinstance(value, dict):
+        unknown = set(value) - {"low", "high", "step", "log"}
+        if unknown or "low" not in value or "high" not in value:
+            raise ValueError(f"{key}: expected a table {{low, high[, step][, log]}}, got keys {sorted(value)}")
+        low, high, step, log = value["low"], value["high"], value.get("step"), value.get("log", False)
+        for name, v in (("low", low), ("high", high), ("step", step)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise ValueError(f"{key}.{name}: expected a number, got {v!r}")
+        if low > high:
+            raise ValueError(f"{key}: low {low} is above high {high}")
+        if not isinstance(log, bool):
+            raise ValueError(f"{key}.log: expected true or false, got {log!r}")
+        return Range(low, high, step, log)
+    if isinstance(value, (bool, int, float, str)):
+        return Fixed(value)
+    raise ValueError(f"{key}: expected a value, a list of choices or a {{low, high}} table, got {value!r}")
+
+
+class SearchSpace(ABC):
+    """Extension point: a family of architectures addressed by flat labels."""
+
+    name: str = ""
+
+    @abstractmethod
+    def domains(self) -> dict[str, Domain]:
+        """Default domain of every label, in a stable order."""
+
+    @abstractmethod
+    def decode(self, values: dict[str, Any]) -> Any:
+        """Turn a complete label -> value dict into an architecture (pure)."""
+
+    def resolve(self, overrides: dict[str, Domain] | None = None) -> dict[str, Domain]:
+        """Default domains with ``overrides`` applied and checked.
+
+        Raises:
+            ValueError: for an unknown label or a domain outside the label's default one.
+        """
+        domains = dict(self.domains())
+        for label, dom in (overrides or {}).items():
+            if label not in domains:
+                raise ValueError(
+                    f"unknown label {label!r} for search space {self.name!r}; valid: {', '.join(domains)}"
+                )
+            why = dom.values_ok(domains[label])
+            if why:
+                raise ValueError(f"label {label!r}: {why}")
+            domains[label] = dom
+        return domains
+
+    def suggest(self, trial: TrialLike, overrides: dict[str, Domain] | None = None) -> dict[str, Any]:
+        """Sample every label through ``trial`` and return the flat dict."""
+        return {label: dom.suggest(trial, label) for label, dom in self.resolve(overrides).items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, str) else str(v)
