@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from fednas.data._errors import DataError
 
@@ -100,7 +101,7 @@ def to_unit(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.nda
     """
     lo, hi = (float(x_train.min()), float(x_train.max())) if x_train.size else (0.0, 1.0)
     if np.issubdtype(x_train.dtype, np.integer):
-        lo, hi = 0.0, max(hi, 255.0) if hi > 255 else 255.0
+        lo, hi = min(lo, 0.0), max(hi, 255.0)
     elif lo >= 0 and hi <= 1:
         lo, hi = 0.0, 1.0
     elif lo >= 0 and hi <= 255:
@@ -119,15 +120,16 @@ def to_unit(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.nda
 def standardize(x_train: np.ndarray, x_test: np.ndarray) -> None:
     """Standardizes both float32 splits in place per channel with the train mean/std."""
     for c in range(x_train.shape[1]):
-        ch = x_train[:, c]
-        mean = ch.mean(dtype=np.float64) if ch.size else 0.0
-        std = float(np.sqrt(np.mean(np.square(ch - np.float32(mean)), dtype=np.float64))) if ch.size else 1.0
+        mean, std = 0.0, 1.0
+        if x_train.size:  # torch reduces a strided view without the full-size temporaries numpy makes
+            std_t, mean_t = torch.std_mean(torch.from_numpy(x_train[:, c]), correction=0)
+            mean, std = float(mean_t), float(std_t)
         std = std if std > 1e-8 else 1.0  # a constant channel carries no signal; just centre it
         for x in (x_train, x_test):
             x[:, c] -= np.float32(mean)
             x[:, c] /= np.float32(std)
 
 
-def test_cap(limit: int, test_fraction: float) -> int:
+def limit_test_size(limit: int, test_fraction: float) -> int:
     """Most test samples kept when ``limit`` train samples are kept."""
     return math.ceil(round(limit * test_fraction / (1 - test_fraction), 9))

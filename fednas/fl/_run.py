@@ -1,0 +1,48 @@
+"""Run one federation in this process: the real ServerApp over an ``InProcessGrid``."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from flwr.app import Context, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fednas.fl import client_app, server_app
+from fednas.fl._grid import SUPERLINK_NODE_ID, InProcessGrid
+from fednas.fl._spec import RunSpec
+from fednas.fl.client_app import derive_seed
+from fednas.fl.server_app import RoundRecord, RunHooks, ServerOutcome, run_hooks
+
+__all__ = ["run_federation"]
+
+
+def run_federation(
+    spec: RunSpec,
+    *,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    run_id: int = 1,
+) -> ServerOutcome:
+    """Run ``spec`` with fednas's ServerApp and ClientApp on an in-process grid.
+
+    This is what Flower's simulation runtime does, minus Ray: the runtime's job of
+    giving each node its Context and routing messages is done by ``InProcessGrid``.
+    Node sampling (Python's ``random``) is seeded from the spec and the caller's
+    random state is restored afterwards.
+    """
+    run_config = spec.to_run_config()
+    grid = InProcessGrid(client_app.app, spec.federation.num_clients, run_config, run_id=run_id)
+    context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
+    hooks = RunHooks(on_round=on_round)
+    saved_identity = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    saved_random = random.getstate()
+    token = run_hooks.set(hooks)
+    try:
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+        random.seed(derive_seed(spec.seed, "node-sampling"))
+        server_app.app(grid, context)
+    finally:
+        run_hooks.reset(token)
+        random.setstate(saved_random)
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved_identity
+    return hooks.outcomes[-1]

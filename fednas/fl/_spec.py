@@ -1,0 +1,101 @@
+"""What a federated run needs, carried in Flower's run config, and the nodes' data.
+
+A run is described by a ``RunSpec`` (data, federation settings, seed, architecture). It
+travels as one JSON string in the run config (key ``fednas-run``), so the same ServerApp
+and ClientApp work on fednas's in-process grid and under ``flwr run``; in the latter case
+the run config names a study TOML file and an architecture instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from fednas.config import DataConfig, FederationConfig, load_config
+from fednas.data import ArrayDataset, load_dataset, partition
+
+__all__ = ["FederatedData", "RunSpec", "federated_data"]
+
+RUN_KEY = "fednas-run"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One federated run: data, federation settings, seed and architecture (as a dict)."""
+
+    data: DataConfig
+    federation: FederationConfig
+    seed: int
+    arch: dict[str, Any]
+
+    def to_run_config(self) -> dict[str, str]:
+        doc = {"data": asdict(self.data), "federation": asdict(self.federation), "seed": self.seed, "arch": self.arch}
+        return {RUN_KEY: json.dumps(doc, sort_keys=True)}
+
+    @classmethod
+    def from_run_config(cls, run_config: dict[str, Any]) -> RunSpec:
+        """Read the spec from a run config written by ``to_run_config`` or by ``flwr run``."""
+        if RUN_KEY in run_config:
+            doc = json.loads(str(run_config[RUN_KEY]))
+            return cls(DataConfig(**doc["data"]), FederationConfig(**doc["federation"]), int(doc["seed"]), doc["arch"])
+        return cls._from_flwr_app_config(run_config)
+
+    @classmethod
+    def _from_flwr_app_config(cls, run_config: dict[str, Any]) -> RunSpec:
+        from dataclasses import replace
+
+        from search_spaces import load_architecture
+
+        config = load_config(str(run_config.get("study-config", "studies/quickstart.toml")))
+        federation = config.federation
+        if "num-server-rounds" in run_config:
+            federation = replace(federation, rounds=int(run_config["num-server-rounds"]))
+        if "num-partitions" in run_config:
+            federation = replace(federation, num_clients=int(run_config["num-partitions"]))
+        arch = load_architecture(str(run_config.get("architecture", "mobilenet_tiny")))
+        return cls(config.data, federation, config.study.seed, arch.to_dict())
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Train/test split and the client shards (indices into ``train``)."""
+
+    train: ArrayDataset
+    test: ArrayDataset
+    shards: tuple[np.ndarray, ...]
+
+    def client(self, partition_id: int) -> ArrayDataset:
+        return self.train.subset(self.shards[partition_id])
+
+
+def federated_data(data: DataConfig, num_clients: int, seed: int) -> FederatedData:
+    """Load and partition once per process; every node and the server share the result."""
+    return _cached(json.dumps(asdict(data), sort_keys=True), num_clients, seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(data_json: str, num_clients: int, seed: int) -> FederatedData:
+    data = DataConfig(**json.loads(data_json))
+    train, test = load_dataset(
+        data.source,
+        path=data.path or None,
+        test_fraction=data.test_fraction,
+        seed=seed,
+        limit=data.limit or None,
+        resolution=data.resolution or None,
+        name=data.name or None,
+    )
+    shards = partition(
+        data.partition,
+        train.y.numpy(),
+        num_clients,
+        seed=seed,
+        alpha=data.alpha,
+        shards_per_client=data.shards_per_client,
+        groups=train.groups,
+    )
+    return FederatedData(train, test, tuple(shards))

@@ -1,0 +1,207 @@
+"""The fednas ServerApp: a Flower strategy run with server-side evaluation.
+
+``run_server`` is the whole server side of one federated run: it builds the initial
+model, runs the configured strategy through a ``CountingGrid`` (so the bytes of every
+message are measured, whatever runtime carries them), evaluates the global model on the
+held-out split after each round, and pools batch-norm statistics from the clients at the
+end. The ServerApp's ``main`` calls it and leaves the outcome in ``context.state``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fednas.fl._grid import CountingGrid, Exchange
+from fednas.fl._spec import FederatedData, RunSpec, federated_data
+from fednas.fl._strategies import make_strategy
+from fednas.fl.client_app import derive_seed
+from fednas.train import apply_batchnorm_moments, evaluate
+from search_spaces import MobileNetArch, build_model
+
+__all__ = ["FederationError", "RoundRecord", "RunHooks", "ServerOutcome", "app", "run_hooks", "run_server"]
+
+app = ServerApp()
+
+
+
+class FederationError(RuntimeError):
+    """A round could not complete (e.g. no client replied successfully)."""
+
+
+@dataclass
+class RoundRecord:
+    """What one round did and what it achieved."""
+
+    round: int
+    accuracy: float
+    loss: float
+    train_loss: float
+    download_bytes: int
+    upload_bytes: int
+    replies: int
+    failures: int
+    seconds: float
+
+
+@dataclass
+class ServerOutcome:
+    """Result of ``run_server``: final weights, per-round records, bytes each way."""
+
+    arrays: ArrayRecord
+    rounds: list[RoundRecord] = field(default_factory=list)
+    download_bytes: int = 0
+    upload_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.rounds[-1].accuracy if self.rounds else float("nan")
+
+    @property
+    def comm_bytes(self) -> int:
+        return self.download_bytes + self.upload_bytes
+
+
+@dataclass
+class RunHooks:
+    """Set by in-process callers (``run_federation``) to follow and collect a run."""
+
+    on_round: Callable[[RoundRecord], None] | None = None
+    outcomes: list[ServerOutcome] = field(default_factory=list)
+
+
+# ``flwr run`` leaves it unset: the outcome then only goes to the log and context.state.
+run_hooks: contextvars.ContextVar[RunHooks | None] = contextvars.ContextVar("fednas_run_hooks", default=None)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    spec = RunSpec.from_run_config(context.run_config)
+    hooks = run_hooks.get()
+    outcome = run_server(grid, spec, on_round=hooks.on_round if hooks else None)
+    if hooks:
+        hooks.outcomes.append(outcome)
+    context.state["fednas-arrays"] = outcome.arrays
+    context.state["fednas-metrics"] = MetricRecord(
+        {"accuracy": outcome.accuracy, "download_bytes": outcome.download_bytes, "upload_bytes": outcome.upload_bytes}
+    )
+    logging.getLogger(__name__).info("final accuracy %.4f, %d bytes", outcome.accuracy, outcome.comm_bytes)
+
+
+def initial_model(spec: RunSpec, data: FederatedData) -> torch.nn.Module:
+    """The global model at round 0, initialized from the run seed."""
+    arch = MobileNetArch.from_dict(spec.arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(spec.seed, "init"))
+        return build_model(arch, num_classes=data.train.num_classes, in_channels=data.train.in_channels)
+
+
+def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], None] | None = None) -> ServerOutcome:
+    """Run the federated training of ``spec`` over ``grid`` and return its outcome.
+
+    Raises:
+        FederationError: when a training round gets no successful reply.
+    """
+    fed = spec.federation
+    data = federated_data(spec.data, fed.num_clients, spec.seed)
+    model = initial_model(spec, data)
+    arch_json = MobileNetArch.from_dict(spec.arch).to_json()
+    counting = CountingGrid(grid)
+    state = _RunState(ServerOutcome(arrays=ArrayRecord(model.state_dict())), time.perf_counter())
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            return None
+        train_ex = _check_round(counting, server_round)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        recal = fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and server_round == fed.rounds)
+        if recal:
+            _pool_batchnorm(counting, model, arrays, arch_json)
+        loss, acc = evaluate(model, data.test.x, data.test.y)
+        record = state.record(server_round, acc, loss, train_ex, counting)
+        state.outcome.arrays = ArrayRecord(model.state_dict())
+        if on_round:
+            on_round(record)
+        return MetricRecord({"accuracy": acc, "loss": loss})
+
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)  # its INFO lines and the "evaluation skipped" warning are noise here
+    try:
+        make_strategy(fed).start(
+            grid=counting,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=fed.rounds,
+            train_config=ConfigRecord({"arch": arch_json, "lr": fed.lr}),
+            evaluate_fn=evaluate_fn,
+        )
+    finally:
+        flwr_log.setLevel(level)
+    out = state.outcome
+    out.download_bytes, out.upload_bytes = counting.traffic.download_bytes, counting.traffic.upload_bytes
+    out.seconds = time.perf_counter() - state.start
+    return out
+
+
+@dataclass
+class _RunState:
+    outcome: ServerOutcome
+    start: float
+    seen_exchanges: int = 0
+
+    def record(self, rnd: int, acc: float, loss: float, train_ex: Exchange, counting: CountingGrid) -> RoundRecord:
+        new = counting.traffic.exchanges[self.seen_exchanges :]
+        self.seen_exchanges = len(counting.traffic.exchanges)
+        rec = RoundRecord(
+            round=rnd,
+            accuracy=acc,
+            loss=loss,
+            train_loss=train_ex.metrics.get("train_loss", float("nan")),
+            download_bytes=sum(e.download_bytes for e in new),
+            upload_bytes=sum(e.upload_bytes for e in new),
+            replies=train_ex.replies - train_ex.errors,
+            failures=train_ex.errors,
+            seconds=sum(e.seconds for e in new),
+        )
+        self.outcome.rounds.append(rec)
+        return rec
+
+
+def _check_round(counting: CountingGrid, server_round: int) -> Exchange:
+    train = [e for e in counting.traffic.exchanges if e.message_type == "train"]
+    if len(train) < server_round or train[-1].replies - train[-1].errors == 0:
+        reasons = counting.last_errors[:1]
+        why = f": {reasons[0]}" if reasons else ""
+        raise FederationError(f"round {server_round}: no client returned a model update{why}")
+    return train[-1]
+
+
+def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRecord, arch_json: str) -> None:
+    """Replace running statistics by the exact pooled statistics of all clients' data."""
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"arch": arch_json})})
+    messages = [Message(content, node, "query.bn_moments") for node in grid.get_node_ids()]
+    replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
+    if not replies:
+        return
+    keys = list(replies[0].content["moments"].keys())
+    pooled = [sum(torch.from_numpy(r.content["moments"][k].numpy()) for r in replies) for k in keys]
+    apply_batchnorm_moments(model, pooled)
+
+
+def outcome_to_dict(outcome: ServerOutcome) -> dict:
+    """JSON-able summary (no weights)."""
+    return {
+        "accuracy": outcome.accuracy,
+        "download_bytes": outcome.download_bytes,
+        "upload_bytes": outcome.upload_bytes,
+        "seconds": outcome.seconds,
+        "rounds": [asdict(r) for r in outcome.rounds],
+    }

@@ -1,0 +1,110 @@
+"""One trial: sample a candidate, cost it, train it federatedly, store everything."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import upload_artifact
+
+from fednas.config import StudyConfig
+from fednas.cost import measure
+from fednas.fl import FederatedData, FederationError, RunSpec, run_federation
+from fednas.search._progress import Progress
+from fednas.train import TrainingDiverged
+from search_spaces import SearchSpace, build_model, domain_from_config
+
+__all__ = ["TrialFailed", "TrialRunner", "metric_names"]
+
+# Failures that end one trial (stored as FAIL with the reason) but not the search.
+TrialFailed = (TrainingDiverged, FederationError)
+
+
+def metric_names() -> tuple[str, ...]:
+    return ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes")
+
+
+class TrialRunner:
+    """The Optuna objective of a fednas study."""
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        space: SearchSpace,
+        data: FederatedData,
+        store: optuna.artifacts.FileSystemArtifactStore,
+        progress: Progress,
+    ) -> None:
+        self.config = config
+        self.space = space
+        self.data = data
+        self.store = store
+        self.progress = progress
+        self.overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        self.progress.trial_started(trial.number)
+        labels = self.space.suggest(trial, self.overrides)
+        arch = self.space.decode(labels)
+        trial.set_user_attr("labels", labels)
+        trial.set_user_attr("arch", arch.to_dict())
+        train = self.data.train
+        model = build_model(arch, num_classes=train.num_classes, in_channels=train.in_channels)
+        cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
+        static = {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes}
+        for k, v in static.items():
+            trial.set_user_attr(k, v)
+        self._check_static(trial, static)
+        spec = RunSpec(self.config.data, self.config.federation, self.config.study.seed, arch.to_dict())
+        try:
+            outcome = run_federation(spec, on_round=self.progress.round_done)
+        except TrialFailed as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            raise
+        metrics: dict[str, Any] = {
+            **static,
+            "accuracy": outcome.accuracy,
+            "comm_bytes": outcome.comm_bytes,
+            "upload_bytes": outcome.upload_bytes,
+            "download_bytes": outcome.download_bytes,
+        }
+        for k in ("accuracy", "comm_bytes", "upload_bytes", "download_bytes"):
+            trial.set_user_attr(k, metrics[k])
+        trial.set_user_attr("rounds", [asdict(r) for r in outcome.rounds])
+        trial.set_user_attr("train_seconds", outcome.seconds)
+        trial.set_user_attr("constraints", self._violations(metrics))
+        self._store_weights(trial, outcome.arrays.to_torch_state_dict())
+        return tuple(float(metrics[name]) for name in self.config.objectives)
+
+    def _violations(self, metrics: dict[str, Any]) -> list[float]:
+        """Constraint values for Optuna: <= 0 is feasible (value minus bound)."""
+        return [float(metrics[name] - bound) for name, bound in self.config.constraints.active().items()]
+
+    def _check_static(self, trial: optuna.Trial, static: dict[str, int]) -> None:
+        """Skip training a candidate whose size already breaks a bound (stored as PRUNED)."""
+        broken = [
+            f"{name} {static[name]:,} > max_{name} {bound:,}"
+            for name, bound in self.config.constraints.active().items()
+            if name in static and static[name] > bound
+        ]
+        if broken:
+            trial.set_user_attr("constraints", self._violations({**static, "comm_bytes": 0}))
+            trial.set_user_attr("pruned_reason", "; ".join(broken))
+            raise optuna.TrialPruned("constraint violated before training: " + "; ".join(broken))
+
+    def _store_weights(self, trial: optuna.Trial, state: dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number}.safetensors"
+            tensors = {k: v.contiguous() for k, v in state.items()}
+            save_file(tensors, str(path), metadata={"arch": json.dumps(trial.user_attrs["arch"])})
+            artifact_id = upload_artifact(
+                artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype="application/octet-stream"
+            )
+        trial.set_user_attr("weights_artifact", artifact_id)

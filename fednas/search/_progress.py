@@ -1,0 +1,89 @@
+"""Live progress of a search: trial n of N, round, latest objectives, elapsed, remaining."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from fednas.fl import RoundRecord
+
+__all__ = ["Progress", "format_duration"]
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """Writes one status line per event; on a terminal the line is rewritten in place.
+
+    Remaining time is the mean time of the trials finished in this session times the
+    trials still to run, minus the share of the current trial already done.
+    """
+
+    def __init__(self, *, target: int, done: int, rounds: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.target, self.done, self.rounds = target, done, rounds
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = time.perf_counter()
+        self.trial_start = self.start
+        self.finished_here = 0
+        self.trial_number = -1
+        self.round = 0
+        self.last = ""
+
+    def trial_started(self, number: int) -> None:
+        self.trial_number, self.round, self.trial_start = number, 0, time.perf_counter()
+
+    def round_done(self, record: RoundRecord) -> None:
+        self.round = record.round
+        self._emit(
+            f"round {record.round}/{self.rounds} acc={record.accuracy:.4f} "
+            f"loss={record.loss:.3f} bytes={_mb(record.download_bytes + record.upload_bytes)}"
+        )
+
+    def trial_finished(self, state: str, summary: str) -> None:
+        if state == "COMPLETE":
+            self.done += 1
+        self.finished_here += 1
+        self._emit(f"{state.lower()} {summary}", final=True)
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self._write(text, final=True)
+
+    def _emit(self, detail: str, final: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        elapsed = now - self.start
+        line = (
+            f"[trial {min(self.done + (0 if final else 1), self.target)}/{self.target} #{self.trial_number}] "
+            f"{detail} | elapsed {format_duration(elapsed)} remaining {self._remaining(now)}"
+        )
+        self._write(line, final)
+
+    def _remaining(self, now: float) -> str:
+        if not self.finished_here:
+            return "?"
+        per_trial = (self.trial_start - self.start) / self.finished_here if self.round else (now - self.start) / self.finished_here
+        left = max(self.target - self.done, 0) * per_trial
+        if self.round and self.rounds:
+            left -= per_trial * self.round / self.rounds
+        return "~" + format_duration(max(left, 0))
+
+    def _write(self, line: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[2K" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}MB"

@@ -1,0 +1,82 @@
+"""Opening Optuna storages and the artifact store that sits beside them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore
+
+__all__ = ["StorageError", "artifact_dir_for", "open_storage", "sqlite_path"]
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be opened (one line, names the URL)."""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """File path of a ``sqlite:///`` URL, else None."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix) :]) if url.startswith(prefix) else None
+
+
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage URL: RDB URLs (SQLite with a busy timeout) or a journal file.
+
+    ``journal:PATH`` (or a path ending in ``.log``/``.journal``) opens Optuna's journal
+    file storage. With ``create=False`` a SQLite or journal file must already exist.
+
+    Raises:
+        StorageError: naming the URL and what was expected.
+    """
+    journal = _journal_path(url)
+    if journal is not None:
+        if not create and not journal.exists():
+            raise StorageError(f"{url}: no such journal file")
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+    db = sqlite_path(url)
+    if db is not None:
+        if not create and not db.exists():
+            raise StorageError(f"{url}: no such SQLite file ({db})")
+        if db.parent != Path("") and not db.parent.exists():
+            db.parent.mkdir(parents=True, exist_ok=True)
+    if "://" not in url:
+        raise StorageError(
+            f"{url!r}: expected a storage URL such as sqlite:///studies/NAME.db, "
+            "postgresql://user@host/db, mysql://... or journal:PATH"
+        )
+    kwargs = {"connect_args": {"timeout": 60}} if db is not None else {}
+    optuna_log = logging.getLogger("optuna")
+    level = optuna_log.level
+    optuna_log.setLevel(logging.WARNING)
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
+        raise StorageError(f"{url}: cannot open storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    finally:
+        optuna_log.setLevel(level)
+
+
+def _journal_path(url: str) -> Path | None:
+    if url.startswith("journal:"):
+        return Path(url[len("journal:") :].removeprefix("//"))
+    if "://" not in url and url.endswith((".log", ".journal")):
+        return Path(url)
+    return None
+
+
+def artifact_dir_for(url: str, study_name: str) -> Path:
+    """Default artifact folder: beside a SQLite/journal file, else ``studies/artifacts/NAME``."""
+    local = sqlite_path(url) or _journal_path(url)
+    if local is not None:
+        return local.parent / f"{study_name}.artifacts"
+    return Path("studies") / "artifacts" / study_name
+
+
+def artifact_store(path: Path) -> FileSystemArtifactStore:
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))

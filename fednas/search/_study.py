@@ -1,0 +1,191 @@
+"""Running a study and reading its Pareto front back."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from fednas.config import ConfigError, StudyConfig
+from fednas.fl import federated_data
+from fednas.fl.client_app import derive_seed
+from fednas.search._objective import TrialFailed, TrialRunner
+from fednas.search._progress import Progress
+from fednas.search._storage import artifact_dir_for, artifact_store, open_storage
+from search_spaces import get_search_space
+
+__all__ = ["SearchResult", "TrialSummary", "load_front", "run_search", "summarize"]
+
+CONFIG_ATTR = "fednas_config"
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    """One trial as the CLI and API report it."""
+
+    number: int
+    state: str
+    values: dict[str, float]
+    params: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    feasible: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "state": self.state, **self.values, "params": self.params,
+                "metrics": self.metrics, "feasible": self.feasible, **({"reason": self.reason} if self.reason else {})}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    storage: str
+    completed: int
+    front: list[TrialSummary]
+
+
+def _sampler(config: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+    # A resumed study re-seeds from its history size, so it does not replay the same draws.
+    seed = derive_seed(config.study.seed, "sampler", n_existing)
+    constraints = _constraints_func if config.constraints.active() else None
+    name = config.study.sampler
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            population_size=config.study.population_size, seed=seed, constraints_func=constraints
+        )
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _constraints_func(trial: FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", []))
+
+
+def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
+    storage = open_storage(storage_url)
+    name = config.study.name
+    directions = list(config.objectives.values())
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    n_existing = 0
+    if name in existing:
+        stored = optuna.load_study(study_name=name, storage=storage)
+        stored_names = stored.user_attrs.get("objectives")
+        if stored_names is not None and stored_names != list(config.objectives):
+            raise ConfigError(
+                f"objectives: study {name!r} in {storage_url} was created with {stored_names}; "
+                f"got {list(config.objectives)} (use another --study name)"
+            )
+        if [d.name.lower() for d in stored.directions] != directions:
+            raise ConfigError(f"objectives: directions differ from the stored study {name!r}")
+        n_existing = len(stored.trials)
+    study = optuna.create_study(
+        study_name=name, storage=storage, directions=directions,
+        sampler=_sampler(config, n_existing), load_if_exists=True,
+    )
+    if n_existing == 0:
+        study.set_user_attr("objectives", list(config.objectives))
+        study.set_user_attr(CONFIG_ATTR, config.to_dict())
+    return study
+
+
+def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
+    """Run (or resume) the study described by ``config`` until it has ``study.trials`` completed trials.
+
+    Args:
+        config: a validated study config (see ``fednas.load_config``).
+        progress: print a live status line to stderr.
+    """
+    storage_url = config.storage
+    space = get_search_space(config.space.name, config.space.options)
+    data = federated_data(config.data, config.federation.num_clients, config.study.seed)
+    study = _open_study(config, storage_url)
+    folder = Path(config.study.artifacts) if config.study.artifacts else artifact_dir_for(storage_url, config.study.name)
+    if "artifacts_dir" not in study.user_attrs:
+        study.set_user_attr("artifacts_dir", str(folder.resolve()))
+    done = _count(study, TrialState.COMPLETE)
+    reporter = Progress(target=config.study.trials, done=done, rounds=config.federation.rounds, enabled=progress)
+    runner = TrialRunner(config, space, data, artifact_store(folder), reporter)
+    attempts = config.study.max_attempts or 3 * config.study.trials + 10
+    remaining_attempts = max(attempts - len(study.trials), 0)
+    if done < config.study.trials and remaining_attempts:
+        optuna_log = logging.getLogger("optuna")
+        level = optuna_log.level
+        optuna_log.setLevel(logging.WARNING)
+        try:
+            study.optimize(
+                runner,
+                n_trials=remaining_attempts,
+                catch=TrialFailed,
+                callbacks=[MaxTrialsCallback(config.study.trials, states=(TrialState.COMPLETE,)), _report(reporter, config)],
+            )
+        finally:
+            optuna_log.setLevel(level)
+    front = [summarize(t, config.objectives) for t in _front(study)]
+    return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
+
+
+def _report(reporter: Progress, config: StudyConfig):
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        s = summarize(trial, config.objectives)
+        if s.values:
+            text = " ".join(f"{k}={_fmt(v)}" for k, v in s.values.items())
+        else:
+            text = s.reason
+        reporter.trial_finished(trial.state.name, text)
+
+    return callback
+
+
+def _count(study: optuna.Study, state: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=(state,)))
+
+
+def _front(study: optuna.Study) -> list[FrozenTrial]:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    trials = study.best_trials
+    return sorted(trials, key=lambda t: t.number)
+
+
+def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> TrialSummary:
+    """Flatten a trial: values by objective name, labels (searched and fixed), metrics."""
+    names = list(objectives)
+    values = dict(zip(names, trial.values)) if trial.values is not None else {}
+    attrs = trial.user_attrs
+    metrics = {k: attrs[k] for k in ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes") if k in attrs}
+    reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or trial.system_attrs.get("fail_reason", "")
+    feasible = all(c <= 0 for c in attrs.get("constraints", []))
+    return TrialSummary(trial.number, trial.state.name, values, dict(attrs.get("labels", trial.params)), metrics, reason, feasible)
+
+
+def load_front(storage: str, study_name: str, *, include_all: bool = False) -> list[TrialSummary]:
+    """The Pareto-optimal trials of a stored study (all trials with ``include_all``).
+
+    Raises:
+        ConfigError: when the study does not exist in the storage.
+    """
+    st = open_storage(storage, create=False)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+    if study_name not in names:
+        raise ConfigError(f"study {study_name!r} not found in {storage}; studies there: {names or 'none'}")
+    study = optuna.load_study(study_name=study_name, storage=st)
+    objectives = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
+    trials = study.get_trials(deepcopy=False) if include_all else _front(study)
+    return [summarize(t, objectives) for t in trials]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
+        return f"{int(v):,}"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def config_of(study: optuna.Study) -> dict[str, Any]:
+    return json.loads(json.dumps(study.user_attrs.get(CONFIG_ATTR, {})))

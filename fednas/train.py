@@ -1,0 +1,168 @@
+"""Plain PyTorch local training and evaluation: no Flower, no Optuna.
+
+Data are in-memory tensors (``ArrayDataset``), so batches are index slices rather than a
+DataLoader: for the small images of federated edge workloads the loader, not the model,
+would otherwise dominate a client's time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDiverged",
+    "apply_batchnorm_moments",
+    "batchnorm_moments",
+    "evaluate",
+    "train",
+]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Local training hyper-parameters of one client round.
+
+    Attributes:
+        epochs: passes over the local data.
+        batch_size: examples per step.
+        lr: SGD learning rate.
+        momentum: SGD momentum (fresh optimizer each round, as clients are stateless).
+        weight_decay: L2 penalty.
+        proximal_mu: FedProx proximal term weight (0: plain local SGD).
+        max_steps: stop after this many steps (0: no limit).
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    proximal_mu: float = 0.0
+    max_steps: int = 0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float
+    steps: int
+    examples: int
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    *,
+    seed: int,
+) -> TrainResult:
+    """Train ``model`` in place on ``(x, y)`` with SGD; returns the mean loss.
+
+    Raises:
+        TrainingDiverged: when a loss is NaN or infinite.
+    """
+    model.train()
+    opt = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    anchor = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else None
+    gen = torch.Generator().manual_seed(seed)
+    n = len(y)
+    total, steps, seen = 0.0, 0, 0
+    for _ in range(config.epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            if len(idx) < 2 and n > 1:  # a batch of one breaks batch norm
+                continue
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            if anchor is not None:
+                prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + 0.5 * config.proximal_mu * prox
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"training loss became {loss.item()} at step {steps}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            steps += 1
+            if config.max_steps and steps >= config.max_steps:
+                return TrainResult(total / max(seen, 1), steps, seen)
+    return TrainResult(total / max(seen, 1), steps, seen)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> tuple[float, float]:
+    """Return ``(mean loss, accuracy)`` of ``model`` in eval mode."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss += F.cross_entropy(out, target, reduction="sum").item()
+        correct += (out.argmax(1) == target).sum().item()
+    n = max(len(y), 1)
+    return loss / n, correct / n
+
+
+@torch.no_grad()
+def batchnorm_moments(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> list[torch.Tensor]:
+    """Per batch-norm layer, the sums needed to pool its input statistics across clients.
+
+    The model runs in training mode (each layer normalizes with batch statistics, as in
+    "precise BN"), and for every ``_BatchNorm`` the returned tensor stacks
+    ``[sum(x), sum(x**2), count]`` per channel (float64, shape ``[3, C]``). Summed over
+    clients these give the exact pooled mean and variance, which averaging the clients'
+    running statistics does not: under label skew the between-client spread of the
+    means is part of the global variance.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    sums = [torch.zeros(3, m.num_features, dtype=torch.float64) for m in bns]
+
+    def hook(i: int) -> Callable[..., None]:
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            a = inputs[0].double().transpose(0, 1).reshape(module.num_features, -1)
+            sums[i][0] += a.sum(1)
+            sums[i][1] += (a * a).sum(1)
+            sums[i][2] += a.shape[1]
+
+        return record
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(bns)]
+    was_training = model.training
+    model.train()
+    try:
+        for start in range(0, len(x), batch_size):
+            if len(x) - start >= 2 or start == 0:
+                model(x[start : start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return sums
+
+
+def apply_batchnorm_moments(model: nn.Module, moments: list[torch.Tensor]) -> None:
+    """Set running mean/variance of each batch-norm layer from pooled ``batchnorm_moments``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if len(bns) != len(moments):
+        raise ValueError(f"expected moments for {len(bns)} batch-norm layers, got {len(moments)}")
+    for m, s in zip(bns, moments):
+        n = s[2].clamp(min=2)
+        mean = s[0] / n
+        var = (s[1] / n - mean * mean).clamp(min=0) * n / (n - 1)
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
