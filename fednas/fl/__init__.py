@@ -6,7 +6,7 @@ Nothing here knows Optuna; the same apps run under ``flwr run``.
 from __future__ import annotations
 
 from fednas.fl._grid import CountingGrid, Exchange, InProcessGrid, Traffic, record_bytes
-from fednas.fl._run import run_federation
+from fednas.fl._run import run_federation, serverapp_identity
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.fl._strategies import STRATEGIES, make_strategy
 from fednas.fl.server_app import FederationError, RoundRecord, ServerOutcome
@@ -26,4 +26,5 @@ __all__ = [
     "make_strategy",
     "record_bytes",
     "run_federation",
+    "serverapp_identity",
 ]

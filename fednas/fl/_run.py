@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -14,7 +15,19 @@ from fednas.fl._spec import RunSpec
 from fednas.fl.client_app import derive_seed
 from fednas.fl.server_app import RoundRecord, RunHooks, ServerOutcome, run_hooks
 
-__all__ = ["run_federation"]
+__all__ = ["run_federation", "serverapp_identity"]
+
+
+@contextmanager
+def serverapp_identity(run_id: int) -> Iterator[None]:
+    """Act as the ServerApp process of run ``run_id`` (Flower's runtimes set this identity;
+    ``Message`` reads it to fill in the sender), restoring the previous identity after."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def run_federation(
@@ -34,15 +47,13 @@ def run_federation(
     grid = InProcessGrid(client_app.app, spec.federation.num_clients, run_config, run_id=run_id)
     context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
     hooks = RunHooks(on_round=on_round)
-    saved_identity = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
     saved_random = random.getstate()
     token = run_hooks.set(hooks)
     try:
-        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, SUPERLINK_NODE_ID
-        random.seed(derive_seed(spec.seed, "node-sampling"))
-        server_app.app(grid, context)
+        with serverapp_identity(run_id):
+            random.seed(derive_seed(spec.seed, "node-sampling"))
+            server_app.app(grid, context)
     finally:
         run_hooks.reset(token)
         random.setstate(saved_random)
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved_identity
     return hooks.outcomes[-1]

@@ -83,5 +83,5 @@ def bn_moments_fn(msg: Message, context: Context) -> Message:
     _, data, pid = _node_data(context)
     shard = data.client(pid)
     moments = batchnorm_moments(model_from_message(msg, data), shard.x)
-    record = ArrayRecord({f"bn{i}": m.numpy() for i, m in enumerate(moments)})
+    record = ArrayRecord({f"bn{i}": m for i, m in enumerate(moments)})
     return Message(content=RecordDict({"moments": record}), reply_to=msg)

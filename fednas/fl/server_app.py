@@ -190,7 +190,8 @@ def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRec
     messages = [Message(content, node, "query.bn_moments") for node in grid.get_node_ids()]
     replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
     if not replies:
-        return
+        reasons = grid.last_errors[:1]
+        raise FederationError("batch-norm pooling: no client replied" + (f": {reasons[0]}" if reasons else ""))
     keys = list(replies[0].content["moments"].keys())
     pooled = [sum(torch.from_numpy(r.content["moments"][k].numpy()) for r in replies) for k in keys]
     apply_batchnorm_moments(model, pooled)

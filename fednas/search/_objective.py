@@ -53,6 +53,7 @@ class TrialRunner:
         arch = self.space.decode(labels)
         trial.set_user_attr("labels", labels)
         trial.set_user_attr("arch", arch.to_dict())
+        self._check_duplicate(trial, labels)
         train = self.data.train
         model = build_model(arch, num_classes=train.num_classes, in_channels=train.in_channels)
         cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
@@ -84,6 +85,13 @@ class TrialRunner:
     def _violations(self, metrics: dict[str, Any]) -> list[float]:
         """Constraint values for Optuna: <= 0 is feasible (value minus bound)."""
         return [float(metrics[name] - bound) for name, bound in self.config.constraints.active().items()]
+
+    def _check_duplicate(self, trial: optuna.Trial, labels: dict[str, Any]) -> None:
+        """A candidate already trained in this study is not trained again (runs are deterministic)."""
+        for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if other.user_attrs.get("labels") == labels:
+                trial.set_user_attr("pruned_reason", f"duplicate of trial {other.number}")
+                raise optuna.TrialPruned(f"duplicate of trial {other.number}")
 
     def _check_static(self, trial: optuna.Trial, static: dict[str, int]) -> None:
         """Skip training a candidate whose size already breaks a bound (stored as PRUNED)."""

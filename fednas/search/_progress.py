@@ -21,8 +21,8 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Writes one status line per event; on a terminal the line is rewritten in place.
 
-    Remaining time is the mean time of the trials finished in this session times the
-    trials still to run, minus the share of the current trial already done.
+    Remaining time is the mean time of the trials completed in this session times the
+    trials still to complete, minus the time already spent on the current trial.
     """
 
     def __init__(self, *, target: int, done: int, rounds: int, stream: TextIO | None = None, enabled: bool = True) -> None:
@@ -33,6 +33,8 @@ class Progress:
         self.start = time.perf_counter()
         self.trial_start = self.start
         self.finished_here = 0
+        self.trained_seconds = 0.0
+        self.trained = 0
         self.trial_number = -1
         self.round = 0
         self.last = ""
@@ -50,6 +52,8 @@ class Progress:
     def trial_finished(self, state: str, summary: str) -> None:
         if state == "COMPLETE":
             self.done += 1
+            self.trained += 1
+            self.trained_seconds += time.perf_counter() - self.trial_start
         self.finished_here += 1
         self._emit(f"{state.lower()} {summary}", final=True)
 
@@ -69,12 +73,12 @@ class Progress:
         self._write(line, final)
 
     def _remaining(self, now: float) -> str:
-        if not self.finished_here:
+        if not self.trained:
             return "?"
-        per_trial = (self.trial_start - self.start) / self.finished_here if self.round else (now - self.start) / self.finished_here
+        per_trial = self.trained_seconds / self.trained
         left = max(self.target - self.done, 0) * per_trial
-        if self.round and self.rounds:
-            left -= per_trial * self.round / self.rounds
+        if self.round < self.rounds and self.trial_number >= 0:
+            left -= min(now - self.trial_start, per_trial)
         return "~" + format_duration(max(left, 0))
 
     def _write(self, line: str, final: bool) -> None:

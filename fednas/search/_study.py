@@ -36,10 +36,12 @@ class TrialSummary:
     metrics: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     feasible: bool = True
+    arch: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"number": self.number, "state": self.state, **self.values, "params": self.params,
-                "metrics": self.metrics, "feasible": self.feasible, **({"reason": self.reason} if self.reason else {})}
+                "metrics": self.metrics, "feasible": self.feasible, "arch": self.arch,
+                **({"reason": self.reason} if self.reason else {})}
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
         if [d.name.lower() for d in stored.directions] != directions:
             raise ConfigError(f"objectives: directions differ from the stored study {name!r}")
         n_existing = len(stored.trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=storage, directions=directions,
         sampler=_sampler(config, n_existing), load_if_exists=True,
@@ -162,7 +165,10 @@ def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> Tri
     metrics = {k: attrs[k] for k in ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes") if k in attrs}
     reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or trial.system_attrs.get("fail_reason", "")
     feasible = all(c <= 0 for c in attrs.get("constraints", []))
-    return TrialSummary(trial.number, trial.state.name, values, dict(attrs.get("labels", trial.params)), metrics, reason, feasible)
+    return TrialSummary(
+        trial.number, trial.state.name, values, dict(attrs.get("labels", trial.params)), metrics, reason, feasible,
+        dict(attrs.get("arch", {})),
+    )
 
 
 def load_front(storage: str, study_name: str, *, include_all: bool = False) -> list[TrialSummary]:

@@ -1,0 +1,5 @@
+import sys
+
+from fednas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,203 @@
+"""The ``fednas`` command line: search, pareto, arch info.
+
+User errors (config, data, storage, architecture files) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "studies/quickstart.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fednas", description="Federated neural architecture search.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("search", help="run or resume a study")
+    s.add_argument("config", nargs="?", default=None, help=f"study TOML (default: {DEFAULT_CONFIG})")
+    s.add_argument("--storage", help="Optuna storage URL (default: sqlite:///<config dir>/<study>.db)")
+    s.add_argument("--study", help="study name (default: study.name in the config)")
+    s.add_argument("--trials", type=int, help="number of completed trials to reach")
+    s.add_argument("--seed", type=int, help="study seed")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set federation.rounds=3 (repeatable)")
+    s.add_argument("--quiet", action="store_true", help="no progress display")
+
+    pa = sub.add_parser("pareto", help="print a study's Pareto front")
+    pa.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    pa.add_argument("--study", default="quickstart", help="study name (default: quickstart)")
+    pa.add_argument("--all", action="store_true", help="all trials, not only the front")
+    pa.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    a = sub.add_parser("arch", help="architectures")
+    asub = a.add_subparsers(dest="arch_command", required=True, metavar="ARCH_COMMAND")
+    info = asub.add_parser("info", help="parameters, MACs and bytes of an architecture")
+    info.add_argument("arch", metavar="NAME|FILE.json")
+    info.add_argument("--num-classes", type=int, default=None, help="default: 1000 for ImageNet presets, else 10")
+    info.add_argument("--resolution", type=int, default=None, help="default: 224 for ImageNet presets, else 28")
+    info.add_argument("--in-channels", type=int, default=None, help="default: 3 for ImageNet presets, else 1")
+    info.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from fednas.config import ConfigError
+    from fednas.data import DataError
+    from fednas.search import StorageError
+
+    try:
+        if args.command == "search":
+            return _search(args)
+        if args.command == "pareto":
+            return _pareto(args)
+        return _arch_info(args)
+    except (ConfigError, DataError, StorageError, ValueError) as exc:
+        print(f"fednas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fednas: interrupted", file=sys.stderr)
+        return 130
+
+
+def _search(args: argparse.Namespace) -> int:
+    from fednas.config import ConfigError, load_config
+    from fednas.search import run_search
+
+    path = args.config or DEFAULT_CONFIG
+    if args.trials is not None and args.trials < 1:
+        raise ConfigError(f"--trials: expected an integer >= 1, got {args.trials}")
+    config = load_config(path, args.overrides)
+    changes: dict[str, Any] = {}
+    for flag, key in (("storage", "storage"), ("study", "name"), ("trials", "trials"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            changes[key] = getattr(args, flag)
+    if changes:
+        config = config.replace_study(**changes)
+        config.study.check()
+    _quiet_libraries()
+    result = run_search(config, progress=not args.quiet)
+    print(f"study {result.study_name!r} in {result.storage}: {result.completed} completed trials")
+    print(_table(result.front, list(config.objectives)))
+    return 0
+
+
+def _pareto(args: argparse.Namespace) -> int:
+    from fednas.config import default_storage
+    from fednas.search import load_front
+
+    _quiet_libraries()
+    storage = args.storage or default_storage(args.study)
+    trials = load_front(storage, args.study, include_all=args.all)
+    objectives = list(trials[0].values) if trials and trials[0].values else []
+    if args.format == "json":
+        print(json.dumps([t.to_dict() for t in trials], indent=2))
+    elif args.format == "csv":
+        print(_csv(trials, objectives), end="")
+    else:
+        print(_table(trials, objectives, show_state=args.all))
+    return 0
+
+
+def _arch_info(args: argparse.Namespace) -> int:
+    from fednas.cost import measure
+    from search_spaces import build_model, load_architecture
+
+    arch = load_architecture(args.arch)
+    imagenet = str(args.arch).startswith("mobilenet_v")
+    classes = args.num_classes or (1000 if imagenet else 10)
+    res = args.resolution or (224 if imagenet else 28)
+    chans = args.in_channels or (3 if imagenet else 1)
+    for flag, v in (("--num-classes", classes), ("--resolution", res), ("--in-channels", chans)):
+        if v < 1:
+            raise ValueError(f"{flag}: expected an integer >= 1, got {v}")
+    cost = measure(build_model(arch, num_classes=classes, in_channels=chans), in_channels=chans, resolution=res)
+    info = {**cost.to_dict(), "num_classes": classes, "blocks": arch.num_blocks, "architecture": arch.to_dict()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{args.arch}: {chans}x{res}x{res} -> {classes} classes")
+        print(f"  params  {cost.params:>14,}")
+        print(f"  MACs    {cost.macs:>14,}")
+        print(f"  bytes   {cost.bytes:>14,}")
+        print(f"  blocks  {arch.num_blocks:>14}")
+        print("  stages  " + describe_arch(arch.to_dict()))
+    return 0
+
+
+def describe_arch(arch: dict[str, Any]) -> str:
+    """Compact architecture string: ``c16/s2 | 16x1 k3 e2 relu6 | 24x2 k5 e4 se hardswish``."""
+    parts = [f"stem {arch.get('stem_channels')}/s{arch.get('stem_stride')}"]
+    for st in arch.get("stages", []):
+        se = " se" if st.get("se") else ""
+        exp = st.get("expansion")
+        exp_s = f"{exp:g}" if isinstance(exp, (int, float)) else str(exp)
+        parts.append(f"{st.get('channels')}x{st.get('depth')} k{st.get('kernel')} e{exp_s}{se} {st.get('activation')}")
+    return " | ".join(parts)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if v.is_integer() and abs(v) >= 1000:
+            return f"{int(v):,}"
+        return f"{v:.4f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+def _table(trials: list, objectives: list[str], show_state: bool = False) -> str:
+    if not trials:
+        return "(no completed trials)"
+    extra = [m for m in ("params", "macs", "comm_bytes") if m not in objectives]
+    head = ["#"] + (["state"] if show_state else []) + objectives + extra + ["architecture"]
+    rows = []
+    for t in trials:
+        row = [str(t.number)] + ([t.state] if show_state else [])
+        row += [_cell(t.values.get(o, "")) for o in objectives] + [_cell(t.metrics.get(m, "")) for m in extra]
+        row.append(describe_arch(t.arch) if t.arch else t.reason)
+        if show_state and t.reason and t.arch:
+            row[-1] += f"  ({t.reason})"
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+    lines = []
+    for r in [head, *rows]:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    return "\n".join(lines)
+
+
+def _csv(trials: list, objectives: list[str]) -> str:
+    labels: list[str] = []
+    for t in trials:
+        labels += [k for k in t.params if k not in labels]
+    metrics = ["params", "macs", "bytes", "comm_bytes", "upload_bytes", "download_bytes"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["number", "state", *objectives, *[m for m in metrics if m not in objectives], *labels, "reason"])
+    for t in trials:
+        w.writerow([t.number, t.state, *[t.values.get(o, "") for o in objectives],
+                    *[t.metrics.get(m, "") for m in metrics if m not in objectives],
+                    *[t.params.get(k, "") for k in labels], t.reason])
+    return buf.getvalue()
+
+
+def _quiet_libraries() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
