@@ -116,9 +116,9 @@ def _arch_info(args: argparse.Namespace) -> int:
 
     arch = load_architecture(args.arch)
     imagenet = str(args.arch).startswith("mobilenet_v")
-    classes = args.num_classes or (1000 if imagenet else 10)
-    res = args.resolution or (224 if imagenet else 28)
-    chans = args.in_channels or (3 if imagenet else 1)
+    classes = args.num_classes if args.num_classes is not None else (1000 if imagenet else 10)
+    res = args.resolution if args.resolution is not None else (224 if imagenet else 28)
+    chans = args.in_channels if args.in_channels is not None else (3 if imagenet else 1)
     for flag, v in (("--num-classes", classes), ("--resolution", res), ("--in-channels", chans)):
         if v < 1:
             raise ValueError(f"{flag}: expected an integer >= 1, got {v}")

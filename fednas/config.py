@@ -358,19 +358,17 @@ def _space(table: dict[str, Any]) -> SpaceConfig:
 
 
 def _cross_check(config: StudyConfig) -> None:
-    for name in config.constraints.active():
-        if name == "comm_bytes" and "comm_bytes" not in config.objectives:
-            continue
-    fed = config.federation
-    sampled = max(int(fed.num_clients * fed.fraction_train), fed.min_train_nodes)
-    if sampled > fed.num_clients:
-        raise ConfigError(
-            f"federation.min_train_nodes: {fed.min_train_nodes} exceeds num_clients {fed.num_clients}"
-        )
-    if config.data.partition not in ("iid", "dirichlet", "shards", "natural"):
-        raise ConfigError(
-            f"data.partition: expected one of ['iid', 'dirichlet', 'shards', 'natural'], got {config.data.partition!r}"
-        )
+    from fednas.data import LOADERS, PARTITIONERS
+
+    if config.data.source not in LOADERS:
+        raise ConfigError(f"data.source: expected one of {sorted(LOADERS)}, got {config.data.source!r}")
+    if config.data.partition not in PARTITIONERS:
+        raise ConfigError(f"data.partition: expected one of {sorted(PARTITIONERS)}, got {config.data.partition!r}")
+    if config.data.source == "torchvision" and not config.data.name:
+        raise ConfigError("data.name: expected a torchvision dataset class name (e.g. 'MNIST') for source 'torchvision'")
+    bad = [name for name in config.constraints.active() if name not in OBJECTIVES]
+    if bad:  # pragma: no cover - the schema only has known names
+        raise ConfigError(f"constraints: unknown bound(s) {bad}")
 
 
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from safetensors.torch import load_file
+
+from fednas.config import load_config
+from fednas.search import load_front, run_search
+from search_spaces import MobileNetArch, build_model
+
+
+def test_tiny_study_end_to_end(tiny_config: Path, tmp_path: Path) -> None:
+    config = load_config(tiny_config)
+    result = run_search(config, progress=False)
+    assert result.completed == 3
+    assert result.storage == f"sqlite:///{tmp_path / 'tiny.db'}"
+    study = optuna.load_study(study_name="tiny", storage=result.storage)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    for t in complete:
+        # values are the objectives in config order, and equal the stored metrics
+        acc, macs, comm = t.values
+        assert 0.0 <= acc <= 1.0 and acc == t.user_attrs["accuracy"]
+        assert macs == t.user_attrs["macs"] > 0
+        assert comm == t.user_attrs["upload_bytes"] + t.user_attrs["download_bytes"]
+        assert len(t.user_attrs["rounds"]) == 2
+        # the architecture rebuilds and the stored weights load into it
+        arch = MobileNetArch.from_dict(t.user_attrs["arch"])
+        folder = Path(study.user_attrs["artifacts_dir"])
+        weights = load_file(str(folder / t.user_attrs["weights_artifact"]))
+        model = build_model(arch, num_classes=10, in_channels=1)
+        model.load_state_dict(weights)
+        # fixed labels are stored with the searched ones
+        assert t.user_attrs["labels"]["s1_kernel"] == 3 and "s1_kernel" not in t.params
+    front = load_front(result.storage, "tiny")
+    assert front and {f.number for f in front} <= {t.number for t in complete}
+    assert [f.number for f in front] == [f.number for f in result.front]
+
+
+def test_resume_continues_the_same_study(tiny_config: Path) -> None:
+    config = load_config(tiny_config, ["study.trials=2"])
+    run_search(config, progress=False)
+    first = optuna.load_study(study_name="tiny", storage=config.storage)
+    first_numbers = [t.number for t in first.trials]
+    again = run_search(load_config(tiny_config, ["study.trials=4"]), progress=False)
+    assert again.completed == 4
+    study = optuna.load_study(study_name="tiny", storage=config.storage)
+    assert [t.number for t in study.trials][: len(first_numbers)] == first_numbers
+    labels = [json.dumps(t.user_attrs["labels"], sort_keys=True) for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(labels) == len(set(labels))  # no architecture trained twice
+
+
+def test_static_constraint_skips_training(tiny_config: Path) -> None:
+    config = load_config(tiny_config, ["constraints.max_macs=1", "study.max_attempts=2"])
+    result = run_search(config, progress=False)
+    assert result.completed == 0
+    study = optuna.load_study(study_name="tiny", storage=config.storage)
+    assert all(t.state.name == "PRUNED" for t in study.trials) and len(study.trials) == 2
+    assert "max_macs" in study.trials[0].user_attrs["pruned_reason"]
+    assert "weights_artifact" not in study.trials[0].user_attrs
+
+
+def test_cli_search_then_pareto_json_and_csv(tiny_config: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'cli.db'}"
+    run = subprocess.run(
+        [sys.executable, "-m", "fednas", "search", str(tiny_config), "--storage", storage, "--study", "clistudy",
+         "--trials", "2", "--seed", "3", "--set", "federation.rounds=1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "2 completed trials" in run.stdout
+    assert "[trial 2/2" in run.stderr  # progress display
+    out = subprocess.run(
+        [sys.executable, "-m", "fednas", "pareto", "--storage", storage, "--study", "clistudy", "--all", "--format", "json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    trials = json.loads(out.stdout)
+    assert len(trials) == 2
+    for t in trials:
+        assert {"number", "state", "accuracy", "macs", "comm_bytes", "params"} <= set(t)
+        assert t["state"] == "COMPLETE" and isinstance(t["params"], dict) and "s1_width" in t["params"]
+    csv_out = subprocess.run(
+        [sys.executable, "-m", "fednas", "pareto", "--storage", storage, "--study", "clistudy", "--format", "csv"],
+        capture_output=True, text=True, timeout=120,
+    )
+    header = csv_out.stdout.splitlines()[0].split(",")
+    assert header[:5] == ["number", "state", "accuracy", "macs", "comm_bytes"]
+
+
+def test_pareto_of_missing_study_is_a_one_line_error(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "fednas", "pareto", "--storage", f"sqlite:///{tmp_path / 'none.db'}", "--study", "x"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "none.db" in out.stderr
+    assert not (tmp_path / "none.db").exists()
