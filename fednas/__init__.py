@@ -1,0 +1,55 @@
+"""fednas: neural architecture search for lightweight models trained by federated learning.
+
+The Python API mirrors the CLI::
+
+    import fednas
+    config = fednas.load_config("studies/quickstart.toml", ["federation.rounds=3"])
+    result = fednas.run_search(config)                  # fednas search
+    front = fednas.load_front(result.storage, "quickstart")   # fednas pareto
+    model = fednas.build_model(fednas.load_architecture("mobilenet_v3_small"), num_classes=10)
+    cost = fednas.measure(model, in_channels=3, resolution=224)  # fednas arch info
+
+Names are imported lazily so that ``fednas --help`` does not load torch, Flower and Optuna.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "ConfigError": "fednas.config",
+    "StudyConfig": "fednas.config",
+    "load_config": "fednas.config",
+    "parse_config": "fednas.config",
+    "Cost": "fednas.cost",
+    "measure": "fednas.cost",
+    "run_search": "fednas.search",
+    "load_front": "fednas.search",
+    "SearchResult": "fednas.search",
+    "TrialSummary": "fednas.search",
+    "run_federation": "fednas.fl",
+    "RunSpec": "fednas.fl",
+    "load_dataset": "fednas.data",
+    "partition": "fednas.data",
+    "build_model": "search_spaces",
+    "load_architecture": "search_spaces",
+    "get_search_space": "search_spaces",
+    "MobileNetArch": "search_spaces",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fednas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

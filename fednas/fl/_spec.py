@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ from fednas.data import ArrayDataset, load_dataset, partition
 __all__ = ["FederatedData", "RunSpec", "federated_data"]
 
 RUN_KEY = "fednas-run"
+# For runtimes that cannot carry a run config (Flower's legacy ``run_simulation`` API):
+# the same JSON in this environment variable, which Ray's workers inherit.
+RUN_ENV = "FEDNAS_RUN_SPEC"
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,9 @@ class RunSpec:
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSpec:
         """Read the spec from a run config written by ``to_run_config`` or by ``flwr run``."""
-        if RUN_KEY in run_config:
-            doc = json.loads(str(run_config[RUN_KEY]))
+        text = run_config.get(RUN_KEY) or os.environ.get(RUN_ENV)
+        if text:
+            doc = json.loads(str(text))
             return cls(DataConfig(**doc["data"]), FederationConfig(**doc["federation"]), int(doc["seed"]), doc["arch"])
         return cls._from_flwr_app_config(run_config)
 
