@@ -51,17 +51,44 @@ class RunSpec:
 
     @classmethod
     def _from_flwr_app_config(cls, run_config: dict[str, Any]) -> RunSpec:
+        """The spec of a ``flwr run``: a study TOML, an architecture, and overrides.
+
+        Under ``flwr run`` the apps run from the installed FAB (``$FLWR_HOME/apps/...``)
+        in whatever directory the SuperLink was started from, so a relative path is
+        looked up in the working directory first and then in the app's root (the FAB
+        ships ``studies/*.toml``). ``num-partitions`` must equal the federation's
+        number of SuperNodes: the apps partition the data by it, the nodes only bring
+        their ``partition-id``.
+        """
+        import logging
         from dataclasses import replace
+        from pathlib import Path
 
-        from search_spaces import load_architecture
+        from search_spaces import PRESETS, load_architecture
 
-        config = load_config(str(run_config.get("study-config", "studies/quickstart.toml")))
+        def resolve(ref: str) -> str:
+            path = Path(ref)
+            if path.is_absolute() or path.exists():
+                return ref
+            in_app = Path(__file__).resolve().parents[2] / path
+            return str(in_app) if in_app.exists() else ref
+
+        config = load_config(resolve(str(run_config.get("study-config", "studies/quickstart.toml"))))
         federation = config.federation
         if "num-server-rounds" in run_config:
             federation = replace(federation, rounds=int(run_config["num-server-rounds"]))
         if "num-partitions" in run_config:
             federation = replace(federation, num_clients=int(run_config["num-partitions"]))
-        arch = load_architecture(str(run_config.get("architecture", "mobilenet_tiny")))
+        arch_ref = str(run_config.get("architecture", "mobilenet_tiny"))
+        arch = load_architecture(arch_ref if arch_ref in PRESETS else resolve(arch_ref))
+        # Flower's runtime configures only its own "flwr" logger: without a handler the
+        # ServerApp's INFO lines ("final accuracy ...") would never reach `flwr log`.
+        log = logging.getLogger("fednas")
+        if not log.handlers and not logging.getLogger().handlers:
+            from flwr.common.logger import console_handler
+
+            log.addHandler(console_handler)
+            log.setLevel(logging.INFO)
         return cls(config.data, federation, config.study.seed, arch.to_dict())
 
 
