@@ -65,12 +65,14 @@ class StudySection:
     population_size: int = 8
     max_attempts: int = 0
     artifacts: str = ""
+    heartbeat: int = 10
 
     def check(self) -> None:
         _require(self.name.strip() != "" and "/" not in self.name, "study.name", "a non-empty name without '/'", self.name)
         _require(self.trials >= 1, "study.trials", "an integer >= 1", self.trials)
         _require(self.sampler in SAMPLERS, "study.sampler", f"one of {list(SAMPLERS)}", self.sampler)
         _require(self.population_size >= 2, "study.population_size", "an integer >= 2", self.population_size)
+        _require(self.heartbeat >= 0, "study.heartbeat", "seconds >= 0 (0: off)", self.heartbeat)
         _require(self.max_attempts >= 0, "study.max_attempts", "an integer >= 0 (0: 3 x trials + 10)", self.max_attempts)
 
 

@@ -85,7 +85,7 @@ def train(
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, config.batch_size):
             idx = order[start : start + config.batch_size]
-            if len(idx) < 2 and n > 1:  # a batch of one breaks batch norm
+            if len(idx) < 2:  # a batch of one breaks batch norm in training mode
                 continue
             loss = F.cross_entropy(model(x[idx]), y[idx])
             if anchor is not None:

@@ -129,5 +129,6 @@ def _cached(data_json: str, num_clients: int, seed: int) -> FederatedData:
         alpha=data.alpha,
         shards_per_client=data.shards_per_client,
         groups=train.groups,
+        min_size=2,  # a client needs a batch of two for batch norm
     )
     return FederatedData(train, test, tuple(shards))

@@ -32,8 +32,12 @@ def _node_data(context: Context) -> tuple[RunSpec, FederatedData, int]:
     spec = RunSpec.from_run_config(context.run_config)
     data = federated_data(spec.data, spec.federation.num_clients, spec.seed)
     pid = int(context.node_config["partition-id"])
-    if not 0 <= pid < len(data.shards):
-        raise ValueError(f"partition-id {pid} outside 0..{len(data.shards) - 1}")
+    nodes = int(context.node_config.get("num-partitions", len(data.shards)))
+    if nodes != len(data.shards) or not 0 <= pid < len(data.shards):
+        raise ValueError(
+            f"node is partition {pid} of {nodes} but the data is split for {len(data.shards)} clients; "
+            f"set num-partitions (flwr run) or federation.num_clients to {nodes}"
+        )
     return spec, data, pid
 
 

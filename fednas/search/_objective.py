@@ -16,6 +16,7 @@ from fednas.config import StudyConfig
 from fednas.cost import measure
 from fednas.fl import FederatedData, FederationError, RunSpec, run_federation
 from fednas.search._progress import Progress
+from fednas.search._recovery import WORKER_ATTR, this_worker
 from fednas.train import TrainingDiverged
 from search_spaces import SearchSpace, build_model, domain_from_config
 
@@ -48,6 +49,7 @@ class TrialRunner:
         self.overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        trial.set_user_attr(WORKER_ATTR, this_worker())
         self.progress.trial_started(trial.number)
         labels = self.space.suggest(trial, self.overrides)
         arch = self.space.decode(labels)

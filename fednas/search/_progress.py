@@ -25,7 +25,10 @@ class Progress:
     trials still to complete, minus the time already spent on the current trial.
     """
 
-    def __init__(self, *, target: int, done: int, rounds: int, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, *, target: int, done: int, rounds: int, stream: TextIO | None = None, enabled: bool = True, prefix: str = ""
+    ) -> None:
+        self.prefix = prefix
         self.target, self.done, self.rounds = target, done, rounds
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -82,6 +85,7 @@ class Progress:
         return "~" + format_duration(max(left, 0))
 
     def _write(self, line: str, final: bool) -> None:
+        line = self.prefix + line
         if self.tty:
             self.stream.write("\r\033[2K" + line + ("\n" if final else ""))
         else:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 __all__ = ["StorageError", "artifact_dir_for", "open_storage", "sqlite_path"]
 
@@ -21,11 +23,13 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(prefix) :]) if url.startswith(prefix) else None
 
 
-def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna.storages.BaseStorage:
     """Open an Optuna storage URL: RDB URLs (SQLite with a busy timeout) or a journal file.
 
     ``journal:PATH`` (or a path ending in ``.log``/``.journal``) opens Optuna's journal
     file storage. With ``create=False`` a SQLite or journal file must already exist.
+    ``heartbeat`` (seconds, RDB only) turns on Optuna's heartbeats: a trial whose worker
+    stopped beating for three intervals is failed and retried by the next worker.
 
     Raises:
         StorageError: naming the URL and what was expected.
@@ -54,7 +58,16 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     level = optuna_log.level
     optuna_log.setLevel(logging.WARNING)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        beat: dict = {}
+        if heartbeat:
+            beat = {
+                "heartbeat_interval": heartbeat,
+                "grace_period": 3 * heartbeat,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
+            }
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beat)
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         raise StorageError(f"{url}: cannot open storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     finally:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from fednas.config import ConfigError, StudyConfig
@@ -17,10 +17,11 @@ from fednas.fl import federated_data
 from fednas.fl.client_app import derive_seed
 from fednas.search._objective import TrialFailed, TrialRunner
 from fednas.search._progress import Progress
+from fednas.search._recovery import WORKER_ATTR, enqueue_retry, recover_dead_workers, this_worker
 from fednas.search._storage import artifact_dir_for, artifact_store, open_storage
 from search_spaces import get_search_space
 
-__all__ = ["SearchResult", "TrialSummary", "load_front", "run_search", "summarize"]
+__all__ = ["SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "run_search", "summarize"]
 
 CONFIG_ATTR = "fednas_config"
 
@@ -71,7 +72,7 @@ def _constraints_func(trial: FrozenTrial) -> list[float]:
 
 
 def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, heartbeat=config.study.heartbeat)
     name = config.study.name
     directions = list(config.objectives.values())
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
@@ -98,12 +99,17 @@ def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     return study
 
 
-def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
+def run_search(config: StudyConfig, *, progress: bool = True, prefix: str = "") -> SearchResult:
     """Run (or resume) the study described by ``config`` until it has ``study.trials`` completed trials.
 
     Args:
         config: a validated study config (see ``fednas.load_config``).
         progress: print a live status line to stderr.
+        prefix: text in front of each status line (a worker's name).
+
+    Raises:
+        SearchInterrupted: on Ctrl-C, after marking the running trial failed and
+            enqueueing its candidate again.
     """
     storage_url = config.storage
     space = get_search_space(config.space.name, config.space.options)
@@ -113,25 +119,66 @@ def run_search(config: StudyConfig, *, progress: bool = True) -> SearchResult:
     if "artifacts_dir" not in study.user_attrs:
         study.set_user_attr("artifacts_dir", str(folder.resolve()))
     done = _count(study, TrialState.COMPLETE)
-    reporter = Progress(target=config.study.trials, done=done, rounds=config.federation.rounds, enabled=progress)
+    reporter = Progress(target=config.study.trials, done=done, rounds=config.federation.rounds, enabled=progress, prefix=prefix)
     runner = TrialRunner(config, space, data, artifact_store(folder), reporter)
-    attempts = config.study.max_attempts or 3 * config.study.trials + 10
-    remaining_attempts = max(attempts - len(study.trials), 0)
-    if done < config.study.trials and remaining_attempts:
-        optuna_log = logging.getLogger("optuna")
-        level = optuna_log.level
-        optuna_log.setLevel(logging.WARNING)
-        try:
-            study.optimize(
-                runner,
-                n_trials=remaining_attempts,
-                catch=TrialFailed,
-                callbacks=[MaxTrialsCallback(config.study.trials, states=(TrialState.COMPLETE,)), _report(reporter, config)],
-            )
-        finally:
-            optuna_log.setLevel(level)
+    _optimize(study, runner, config, reporter)
     front = [summarize(t, config.objectives) for t in _front(study)]
     return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a search: the running trial was marked failed and enqueued again."""
+
+
+def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, reporter: Progress) -> None:
+    """Run trials one at a time until the study holds ``study.trials`` completed trials.
+
+    Other workers may share the study: a worker does not start a trial when the running
+    ones would already reach the target; it waits for them instead (and takes over their
+    slots if their workers die), so together they finish the target without overshooting.
+    """
+    target = config.study.trials
+    attempts = config.study.max_attempts or 3 * target + 10
+    callbacks = [_report(reporter, config)]
+    optuna_log = logging.getLogger("optuna")
+    level = optuna_log.level
+    optuna_log.setLevel(logging.WARNING)
+    try:
+        recover_dead_workers(study)
+        while True:
+            complete = _count(study, TrialState.COMPLETE)
+            if complete >= target:
+                return
+            finished = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)))
+            if complete + finished >= attempts:
+                reporter.note(f"stopping: {attempts} attempts made (study.max_attempts), {complete} completed")
+                return
+            if complete + _count(study, TrialState.RUNNING) >= target:
+                _wait_for_others(study)
+                continue
+            try:
+                study.optimize(runner, n_trials=1, catch=TrialFailed, callbacks=callbacks)
+            except KeyboardInterrupt:
+                _requeue_interrupted(study)
+                raise SearchInterrupted() from None
+    finally:
+        optuna_log.setLevel(level)
+
+
+def _wait_for_others(study: optuna.Study, poll: float = 2.0) -> None:
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    recover_dead_workers(study)
+    time.sleep(poll)
+
+
+def _requeue_interrupted(study: optuna.Study) -> None:
+    me = this_worker()
+    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
+        if trial.user_attrs.get(WORKER_ATTR) == me:
+            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "interrupted (Ctrl-C)")
+            enqueue_retry(study, trial)
+            return
 
 
 def _report(reporter: Progress, config: StudyConfig):
@@ -164,6 +211,8 @@ def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> Tri
     attrs = trial.user_attrs
     metrics = {k: attrs[k] for k in ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes") if k in attrs}
     reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or trial.system_attrs.get("fail_reason", "")
+    if not reason and trial.state == TrialState.FAIL:
+        reason = "failed (no reason recorded)"
     feasible = all(c <= 0 for c in attrs.get("constraints", []))
     return TrialSummary(
         trial.number, trial.state.name, values, dict(attrs.get("labels", trial.params)), metrics, reason, feasible,
