@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, help="study seed")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set federation.rounds=3 (repeatable)")
+    s.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (default 1)")
     s.add_argument("--quiet", action="store_true", help="no progress display")
 
     pa = sub.add_parser("pareto", help="print a study's Pareto front")
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     from fednas.config import ConfigError
     from fednas.data import DataError
@@ -59,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "search":
-            return _search(args)
+            return _search(args, argv)
         if args.command == "pareto":
             return _pareto(args)
         return _arch_info(args)
@@ -71,13 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _search(args: argparse.Namespace) -> int:
+def _search(args: argparse.Namespace, argv: list[str]) -> int:
     from fednas.config import ConfigError, load_config
     from fednas.search import run_search
 
     path = args.config or DEFAULT_CONFIG
     if args.trials is not None and args.trials < 1:
         raise ConfigError(f"--trials: expected an integer >= 1, got {args.trials}")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: expected an integer >= 1, got {args.jobs}")
     config = load_config(path, args.overrides)
     changes: dict[str, Any] = {}
     for flag, key in (("storage", "storage"), ("study", "name"), ("trials", "trials"), ("seed", "seed")):
@@ -87,7 +92,15 @@ def _search(args: argparse.Namespace) -> int:
         config = config.replace_study(**changes)
         config.study.check()
     _quiet_libraries()
-    result = run_search(config, progress=not args.quiet)
+    try:
+        result = run_search(config, progress=not args.quiet, jobs=args.jobs)
+    except KeyboardInterrupt:
+        print(
+            f"fednas: interrupted; the running trial was marked failed and will be retried. "
+            f"Resume with the same command: fednas {shlex.join(argv)}",
+            file=sys.stderr,
+        )
+        return 130
     print(f"study {result.study_name!r} in {result.storage}: {result.completed} completed trials")
     print(_table(result.front, list(config.objectives)))
     return 0

@@ -50,6 +50,7 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         trial.set_user_attr(WORKER_ATTR, this_worker())
+        self._claim_slot(trial)
         self.progress.trial_started(trial.number)
         labels = self.space.suggest(trial, self.overrides)
         arch = self.space.decode(labels)
@@ -69,6 +70,9 @@ class TrialRunner:
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
         metrics: dict[str, Any] = {
             **static,
             "accuracy": outcome.accuracy,
@@ -87,6 +91,21 @@ class TrialRunner:
     def _violations(self, metrics: dict[str, Any]) -> list[float]:
         """Constraint values for Optuna: <= 0 is feasible (value minus bound)."""
         return [float(metrics[name] - bound) for name, bound in self.config.constraints.active().items()]
+
+    def _claim_slot(self, trial: optuna.Trial) -> None:
+        """With several workers, only the lowest-numbered running trials fill the remaining slots.
+
+        Two workers that both saw a free slot start two trials; the higher-numbered one
+        stops here (PRUNED, "surplus"), so the study does not overshoot its target.
+        """
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        trials = trial.study.get_trials(deepcopy=False, states=states)
+        complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        running = sorted(t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING)
+        slots = max(self.config.study.trials - complete, 0)
+        if trial.number not in running[:slots]:
+            trial.set_user_attr("pruned_reason", "surplus: other workers are completing the study")
+            raise optuna.TrialPruned("surplus trial")
 
     def _check_duplicate(self, trial: optuna.Trial, labels: dict[str, Any]) -> None:
         """A candidate already trained in this study is not trained again (runs are deterministic)."""

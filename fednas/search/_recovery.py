@@ -57,10 +57,10 @@ def recover_dead_workers(study: optuna.Study) -> list[int]:
             continue
         storage = study._storage
         try:
+            storage.set_trial_system_attr(trial._trial_id, "fail_reason", f"worker {worker} died during the trial")
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         except UpdateFinishedTrialError:  # it finished meanwhile
             continue
-        storage.set_trial_system_attr(trial._trial_id, "fail_reason", f"worker {worker} died during the trial")
         enqueue_retry(study, storage.get_trial(trial._trial_id))
         recovered.append(trial.number)
     return recovered

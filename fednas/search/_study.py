@@ -99,31 +99,102 @@ def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     return study
 
 
-def run_search(config: StudyConfig, *, progress: bool = True, prefix: str = "") -> SearchResult:
+def run_search(config: StudyConfig, *, progress: bool = True, jobs: int = 1, prefix: str = "") -> SearchResult:
     """Run (or resume) the study described by ``config`` until it has ``study.trials`` completed trials.
 
     Args:
         config: a validated study config (see ``fednas.load_config``).
         progress: print a live status line to stderr.
+        jobs: worker processes sharing the study (each runs trials one at a time).
         prefix: text in front of each status line (a worker's name).
 
     Raises:
-        SearchInterrupted: on Ctrl-C, after marking the running trial failed and
-            enqueueing its candidate again.
+        ConfigError: constraints that no candidate of the space can meet.
+        SearchInterrupted: on Ctrl-C, after marking the running trial(s) failed and
+            enqueueing their candidates again.
     """
     storage_url = config.storage
     space = get_search_space(config.space.name, config.space.options)
     data = federated_data(config.data, config.federation.num_clients, config.study.seed)
+    _check_feasible(config, space, data)
     study = _open_study(config, storage_url)
     folder = Path(config.study.artifacts) if config.study.artifacts else artifact_dir_for(storage_url, config.study.name)
     if "artifacts_dir" not in study.user_attrs:
         study.set_user_attr("artifacts_dir", str(folder.resolve()))
-    done = _count(study, TrialState.COMPLETE)
-    reporter = Progress(target=config.study.trials, done=done, rounds=config.federation.rounds, enabled=progress, prefix=prefix)
-    runner = TrialRunner(config, space, data, artifact_store(folder), reporter)
-    _optimize(study, runner, config, reporter)
+    if jobs > 1:
+        _run_workers(config, jobs, progress)
+    else:
+        done = _count(study, TrialState.COMPLETE)
+        reporter = Progress(
+            target=config.study.trials, done=done, rounds=config.federation.rounds, enabled=progress, prefix=prefix
+        )
+        runner = TrialRunner(config, space, data, artifact_store(folder), reporter)
+        _optimize(study, runner, config, reporter)
     front = [summarize(t, config.objectives) for t in _front(study)]
     return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
+
+
+def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
+    """Bounds on size that even the smallest candidate of the space exceeds are a config error."""
+    bounds = {k: v for k, v in config.constraints.active().items() if k in ("macs", "params", "bytes")}
+    if not bounds:
+        return
+    from fednas.cost import measure
+    from search_spaces import Choice, Fixed, Range, build_model, domain_from_config
+
+    overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
+    smallest = {}
+    for label, dom in space.resolve(overrides).items():
+        if isinstance(dom, Fixed):
+            smallest[label] = dom.value
+        elif isinstance(dom, Range):
+            smallest[label] = int(dom.low) if dom.is_int else dom.low
+        elif isinstance(dom, Choice):
+            numeric = [v for v in dom.values if isinstance(v, (int, float))]
+            smallest[label] = min(numeric) if numeric else dom.values[0]
+    train = data.train
+    model = build_model(space.decode(smallest), num_classes=train.num_classes, in_channels=train.in_channels)
+    cost = measure(model, in_channels=train.in_channels, resolution=train.resolution).to_dict()
+    for name, bound in bounds.items():
+        if cost[name] > bound:
+            raise ConfigError(
+                f"constraints.max_{name}: {bound:,} is below the smallest candidate of the space "
+                f"({cost[name]:,} {name}); expected at least {cost[name]:,}"
+            )
+
+
+def _worker_main(config: StudyConfig, progress: bool, index: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        run_search(config, progress=progress, prefix=f"[w{index}] ")
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _run_workers(config: StudyConfig, jobs: int, progress: bool) -> None:
+    """Start ``jobs`` processes on the same storage and wait for them."""
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    procs = [ctx.Process(target=_worker_main, args=(config, progress, i, threads)) for i in range(jobs)]
+    for p in procs:
+        p.start()
+    interrupted = False
+    while any(p.is_alive() for p in procs):
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:  # the workers got the same SIGINT; let them requeue their trials
+            interrupted = True
+    if interrupted or any(p.exitcode == 130 for p in procs):
+        raise SearchInterrupted()
+    bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode]
+    if bad:
+        raise RuntimeError(f"search worker(s) failed: {', '.join(f'w{i} exit {c}' for i, c in bad)}")
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -142,7 +213,7 @@ def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, rep
     callbacks = [_report(reporter, config)]
     optuna_log = logging.getLogger("optuna")
     level = optuna_log.level
-    optuna_log.setLevel(logging.WARNING)
+    optuna_log.setLevel(logging.ERROR)  # failed trials are reported by Progress, with their reason
     try:
         recover_dead_workers(study)
         while True:
@@ -176,7 +247,6 @@ def _requeue_interrupted(study: optuna.Study) -> None:
     me = this_worker()
     for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
         if trial.user_attrs.get(WORKER_ATTR) == me:
-            study._storage.set_trial_system_attr(trial._trial_id, "fail_reason", "interrupted (Ctrl-C)")
             enqueue_retry(study, trial)
             return
 

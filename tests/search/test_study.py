@@ -9,7 +9,7 @@ import optuna
 import pytest
 from safetensors.torch import load_file
 
-from fednas.config import load_config
+from fednas.config import ConfigError, load_config
 from fednas.search import load_front, run_search
 from search_spaces import MobileNetArch, build_model
 
@@ -56,13 +56,24 @@ def test_resume_continues_the_same_study(tiny_config: Path) -> None:
 
 
 def test_static_constraint_skips_training(tiny_config: Path) -> None:
-    config = load_config(tiny_config, ["constraints.max_macs=1", "study.max_attempts=2"])
-    result = run_search(config, progress=False)
-    assert result.completed == 0
+    config = load_config(tiny_config, ["constraints.max_macs=40000", "study.max_attempts=6", "study.trials=2"])
+    run_search(config, progress=False)
     study = optuna.load_study(study_name="tiny", storage=config.storage)
-    assert all(t.state.name == "PRUNED" for t in study.trials) and len(study.trials) == 2
-    assert "max_macs" in study.trials[0].user_attrs["pruned_reason"]
-    assert "weights_artifact" not in study.trials[0].user_attrs
+    pruned = [t for t in study.trials if t.state.name == "PRUNED" and "max_macs" in t.user_attrs.get("pruned_reason", "")]
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert pruned, "the bound should exclude some candidates of this space"
+    for t in pruned:
+        assert t.user_attrs["macs"] > 40000 and "weights_artifact" not in t.user_attrs
+        assert t.user_attrs["constraints"][0] > 0
+    for t in complete:
+        assert t.user_attrs["macs"] <= 40000 and t.user_attrs["constraints"][0] <= 0
+
+
+def test_bound_below_smallest_candidate_is_a_config_error(tiny_config: Path, tmp_path: Path) -> None:
+    config = load_config(tiny_config, ["constraints.max_params=10"])
+    with pytest.raises(ConfigError, match="constraints.max_params: 10 is below the smallest candidate"):
+        run_search(config, progress=False)
+    assert not list(tmp_path.glob("*.db"))
 
 
 def test_cli_search_then_pareto_json_and_csv(tiny_config: Path, tmp_path: Path) -> None:

@@ -1,0 +1,249 @@
+"""Flower pieces of update compression: ClientApp mods and the server's downlink encoder.
+
+Uplink (client -> server). ``make_uplink_mod()`` wraps a ClientApp's ``train`` handler:
+it keeps the arrays the train message brought, lets the app train, takes
+``update = trained - received`` (raw entries: the trained value), adds the node's
+error-feedback residual kept in ``context.state``, encodes the sum with the codec the
+message's ConfigRecord names (``uplink-codec``, ``uplink-bits``, ``uplink-per-channel``,
+``uplink-topk``, ``uplink-topk-values``, ``uplink-error-feedback``) and replaces the
+reply's ``arrays`` ArrayRecord with the encoded arrays, adding a ConfigRecord
+``compression`` that names the codec. A train message without ``uplink-codec`` passes
+through untouched, so the server turns compression on per run.
+
+Downlink (server -> client). The server sends the *difference* between the new global
+model and the model the clients already hold, encoded; ``DownlinkEncoder`` keeps the
+server's copy of what clients hold (the reference) and advances it by exactly what it
+sent, so both sides stay bit-identical and the coding error of one round is part of the
+next round's difference (error feedback for free). Protocol, in the train message's
+ConfigRecord: ``downlink-version`` (the version the node holds after decoding) and, for a
+delta, ``downlink-base`` (the version the delta applies to) plus the codec keys
+``downlink-codec``... A node that does not hold the base version (first round, a node
+not sampled last round, a node that failed) gets the new reference in full precision.
+``make_downlink_mod()`` decodes before the app runs and keeps the held model and its
+version in ``context.state``; a delta for another base version raises ``DownlinkOutOfSync``
+(the reply is an error and the server then sends that node full precision).
+
+Order on a ClientApp: ``ClientApp(mods=[make_downlink_mod(), make_uplink_mod()])`` (the
+first mod is outermost: the uplink mod must see the decoded global arrays). App-wide mods
+must be given to the constructor: Flower 1.42 binds ``app._mods`` when ``@app.train()``
+registers a function. They then wrap every handler (train, evaluate, query); each mod
+acts only on messages that carry its keys. ``@app.train(mods=[...])`` scopes them to train.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable, Mod
+
+from fednas.compress._codecs import (Codec, Layout, apply_update, codec_from_config, encode_with_feedback,
+                                     update_between)
+
+__all__ = [
+    "COMPRESSION_RECORD",
+    "DownlinkEncoder",
+    "DownlinkOutOfSync",
+    "make_downlink_mod",
+    "make_uplink_mod",
+    "to_array_record",
+    "to_numpy",
+]
+
+COMPRESSION_RECORD = "compression"
+"""Name of the ConfigRecord an encoded reply carries (the uplink codec's config entries)."""
+
+UPLINK_RESIDUAL = "fednas-uplink-residual"
+DOWNLINK_MODEL = "fednas-downlink-model"
+DOWNLINK_STATE = "fednas-downlink"
+
+
+class DownlinkOutOfSync(RuntimeError):
+    """A downlink delta arrived for a base version this node does not hold."""
+
+
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord's arrays as NumPy arrays, in the record's order."""
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """NumPy arrays as an ArrayRecord (each serialized as ``.npy``, as Flower does)."""
+    # not np.ascontiguousarray: it turns 0-d arrays (batch norm counters) into shape (1,)
+    return ArrayRecord({k: Array(np.array(v, order="C", copy=None)) for k, v in arrays.items()})
+
+
+def _category(msg: Message) -> str:
+    return msg.metadata.message_type.split(".", 1)[0]
+
+
+def _seed(msg: Message, context: Context, server_round: int) -> list[int]:
+    return [int(msg.metadata.run_id), int(context.node_id), int(server_round)]
+
+
+# --------------------------------------------------------------------------- uplink
+
+
+def make_uplink_mod(*, arrays_key: str = "arrays", config_key: str = "config", state_key: str = UPLINK_RESIDUAL) -> Mod:
+    """A ClientApp mod that encodes the model update of every ``train`` reply.
+
+    Args:
+        arrays_key: name of the ArrayRecord in messages and replies (the strategy's).
+        config_key: name of the ConfigRecord of train messages (the strategy's).
+        state_key: where ``context.state`` keeps the error-feedback residual (an ArrayRecord).
+    """
+
+    def uplink_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        config = msg.content.config_records.get(config_key) if msg.has_content() else None
+        if _category(msg) != "train" or config is None or codec_from_config(config, "uplink") is None:
+            return call_next(msg, context)
+        codec = codec_from_config(config, "uplink")
+        assert codec is not None
+        received = to_numpy(msg.content[arrays_key])
+        reply = call_next(msg, context)
+        if reply.has_error() or not reply.has_content() or arrays_key not in reply.content.array_records:
+            return reply
+        layout = Layout.of(received)
+        update = update_between(to_numpy(reply.content[arrays_key]), received, layout)
+        rng = np.random.default_rng(_seed(msg, context, int(config.get("server-round", 0))))
+        if bool(config.get("uplink-error-feedback", codec.default_error_feedback)):
+            residual = _load_residual(context, state_key, layout)
+            encoded, residual = encode_with_feedback(codec, update, residual, layout=layout, rng=rng)
+            context.state[state_key] = to_array_record(residual)
+        else:
+            encoded = codec.encode(update, rng=rng, layout=layout)
+        reply.content[arrays_key] = to_array_record(encoded)
+        reply.content[COMPRESSION_RECORD] = ConfigRecord(codec.to_config("uplink"))
+        return reply
+
+    return uplink_mod
+
+
+def _load_residual(context: Context, key: str, layout: Layout) -> dict[str, np.ndarray] | None:
+    record = context.state.array_records.get(key)
+    if record is None:
+        return None
+    residual = to_numpy(record)
+    fits = set(residual) == {s.name for s in layout.coded} and all(
+        residual[s.name].shape == s.shape for s in layout.coded
+    )
+    return residual if fits else None  # another model: start afresh
+
+
+# --------------------------------------------------------------------------- downlink
+
+
+def make_downlink_mod(
+    *, arrays_key: str = "arrays", config_key: str = "config", state_key: str = DOWNLINK_STATE,
+    model_key: str = DOWNLINK_MODEL,
+) -> Mod:
+    """A ClientApp mod that turns a downlink-encoded message into full global arrays.
+
+    Messages without ``downlink-version`` in their ConfigRecord pass through untouched.
+
+    Raises:
+        DownlinkOutOfSync: the delta's base version is not the version this node holds.
+    """
+
+    def downlink_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        config = msg.content.config_records.get(config_key) if msg.has_content() else None
+        if config is None or "downlink-version" not in config:
+            return call_next(msg, context)
+        version = int(config["downlink-version"])
+        sent = to_numpy(msg.content[arrays_key])
+        if "downlink-base" in config:
+            base_version = int(config["downlink-base"])
+            held_version = context.state.config_records.get(state_key, {}).get("version")
+            if held_version is None or int(held_version) != base_version or model_key not in context.state:
+                raise DownlinkOutOfSync(
+                    f"node {context.node_id}: delta for version {base_version}, but holds version {held_version}"
+                )
+            codec = codec_from_config(config, "downlink")
+            if codec is None:
+                raise ValueError("downlink-base given without downlink-codec")
+            held = to_numpy(context.state[model_key])
+            layout = Layout.of(held)
+            model = apply_update(held, codec.decode(sent, layout), layout)
+        else:
+            model = sent
+        record = to_array_record(model)
+        context.state[model_key] = record
+        context.state[state_key] = ConfigRecord({"version": version})
+        content = RecordDict(dict(msg.content.items()))
+        content[arrays_key] = record
+        return call_next(Message(metadata=msg.metadata, content=content), context)
+
+    return downlink_mod
+
+
+@dataclass
+class DownlinkPlan:
+    """One broadcast: the new reference and what each kind of node is sent.
+
+    ``delta``/``delta_config`` go to nodes holding ``base_version``; ``full``/``full_config``
+    (the new reference in full precision) to all others.
+    """
+
+    version: int
+    reference: dict[str, np.ndarray]
+    full: ArrayRecord
+    full_config: dict[str, int | str | float | bool]
+    delta: ArrayRecord | None = None
+    delta_config: dict[str, int | str | float | bool] = field(default_factory=dict)
+    base_version: int | None = None
+
+
+class DownlinkEncoder:
+    """Server side of the downlink: the reference copy of what clients hold, and the deltas.
+
+    Usage per round: ``plan = enc.prepare(global_arrays, server_round)``; send
+    ``plan.delta`` to ``enc.holders_of(plan.base_version)`` among the sampled nodes and
+    ``plan.full`` to the rest; then ``enc.commit(plan, sampled_nodes)``. Call ``forget``
+    for nodes whose reply failed or never came (they may not hold the new version).
+
+    Args:
+        codec: codes the difference between the new global model and the reference.
+        seed: seeds the stochastic rounding (with the round number).
+    """
+
+    def __init__(self, codec: Codec, *, seed: int = 0) -> None:
+        self.codec = codec
+        self.seed = seed
+        self.reference: dict[str, np.ndarray] | None = None
+        self.version = 0
+        self._held: dict[int, int] = {}
+
+    def prepare(self, arrays: Mapping[str, np.ndarray], server_round: int) -> DownlinkPlan:
+        """Encode ``arrays`` (the new global model) against the reference; nothing is committed."""
+        version = self.version + 1
+        full_config = {"downlink-version": version}
+        if self.reference is None:
+            reference = {k: np.asarray(v) for k, v in arrays.items()}
+            return DownlinkPlan(version, reference, to_array_record(reference), full_config)
+        layout = Layout.of(self.reference)
+        if set(arrays) != set(self.reference):
+            raise ValueError("global arrays changed names between rounds; cannot send a delta")
+        rng = np.random.default_rng([self.seed, server_round, version])
+        encoded = self.codec.encode(update_between(arrays, self.reference, layout), rng=rng, layout=layout)
+        reference = apply_update(self.reference, self.codec.decode(encoded, layout), layout)
+        delta_config = {**self.codec.to_config("downlink"), "downlink-version": version, "downlink-base": self.version}
+        return DownlinkPlan(
+            version, reference, to_array_record(reference), full_config,
+            delta=to_array_record(encoded), delta_config=delta_config, base_version=self.version,
+        )
+
+    def holds(self, node_id: int, version: int | None) -> bool:
+        return version is not None and self._held.get(node_id) == version
+
+    def commit(self, plan: DownlinkPlan, node_ids: Iterable[int]) -> None:
+        """``node_ids`` were sent ``plan``: they now hold ``plan.version`` (the reference)."""
+        self.reference, self.version = plan.reference, plan.version
+        for nid in node_ids:
+            self._held[nid] = plan.version
+
+    def forget(self, node_ids: Iterable[int]) -> None:
+        """These nodes may not hold any known version: send them full precision next time."""
+        for nid in node_ids:
+            self._held.pop(nid, None)

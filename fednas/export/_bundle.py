@@ -1,0 +1,218 @@
+"""A model bundle: arch.json, weights, metrics.json, a model card and the exported formats.
+
+Layout of a bundle folder::
+
+    arch.json            the architecture (``fednas arch info``/``fednas train`` read it)
+    model.safetensors    the final global model's state dict (architecture in the metadata)
+    metrics.json         everything measured: objectives, metrics, data, federation, exports
+    README.md            the model card
+    model.onnx, model.int8.onnx, model.torchscript.pt, model.pte   (the chosen formats)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fednas.config import ConfigError
+from fednas.export._formats import DEFAULT_FORMATS, EXPORTERS, ExportContext
+from fednas.export._source import ModelSource
+from search_spaces import MobileNetArch, build_model, get_search_space
+
+__all__ = ["BundleResult", "load_model", "resolve_formats", "write_bundle"]
+
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+CARD_FILE = "README.md"
+CALIBRATION_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    """What ``write_bundle`` wrote: the folder, its files, metrics.json's content, skipped formats."""
+
+    out: Path
+    files: dict[str, Path]
+    metrics: dict[str, Any]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_formats(formats: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """The formats to export, in order, and those skipped for a missing optional extra.
+
+    Formats asked for by name must be available; the default set skips what is missing.
+
+    Raises:
+        ConfigError: an unknown format, or a requested one whose extra is not installed.
+    """
+    explicit = formats is not None
+    wanted = list(formats) if explicit else list(DEFAULT_FORMATS)
+    for name in wanted:
+        if name not in EXPORTERS:
+            raise ConfigError(f"--formats: unknown format {name!r}; valid: {', '.join(EXPORTERS)}")
+    for name in list(wanted):  # a format's prerequisites are exported too
+        wanted += [r for r in EXPORTERS[name].requires if r not in wanted]
+    order = [n for n in EXPORTERS if n in wanted]
+    chosen, skipped = [], {}
+    for name in order:
+        missing = EXPORTERS[name].missing()
+        if missing and explicit:
+            raise ConfigError(f"--formats {name}: {missing}")
+        if missing:
+            skipped[name] = missing
+        elif any(r in skipped for r in EXPORTERS[name].requires):
+            skipped[name] = skipped[EXPORTERS[name].requires[0]]
+        else:
+            chosen.append(name)
+    return chosen, skipped
+
+
+def write_bundle(
+    source: ModelSource,
+    out: str | Path,
+    *,
+    formats: list[str] | None = None,
+    onnx_dynamo: bool | None = None,
+    calibration_samples: int = CALIBRATION_SAMPLES,
+) -> BundleResult:
+    """Write the bundle of ``source`` into ``out`` (created if needed).
+
+    Args:
+        source: the model and its record (``source_from_trial`` or ``train_architecture``).
+        out: folder to write; existing bundle files are replaced.
+        formats: names from ``EXPORTERS``; default: all whose libraries are installed.
+        onnx_dynamo: force the dynamo (True) or TorchScript-based (False) ONNX exporter.
+        calibration_samples: training images used to calibrate the int8 model.
+
+    Raises:
+        ConfigError: bad formats, an unwritable ``out``, weights that do not fit the architecture.
+        ExportError: an exported file does not reproduce the PyTorch model.
+    """
+    from safetensors.torch import save_file
+
+    from fednas.fl import federated_data
+    from fednas.plot._api import ensure_writable_dir
+    from fednas.train import evaluate
+
+    chosen, skipped = resolve_formats(formats)
+    folder = ensure_writable_dir(out)
+    cfg = source.config
+    data = federated_data(cfg.data, cfg.federation.num_clients, cfg.study.seed)
+    train, test = data.train, data.test
+    model = _model(source, train.num_classes, train.in_channels)
+    start = time.perf_counter()
+    (folder / ARCH_FILE).write_text(source.arch.to_json(indent=2) + "\n", encoding="utf-8")
+    info = _input_info(train.in_channels, train.resolution, train.num_classes)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE),
+              metadata={"arch": source.arch.to_json(), "input": json.dumps(info)})
+    _, torch_acc = evaluate(model, test.x, test.y)
+    gen = torch.Generator().manual_seed(cfg.study.seed)
+    calib = train.x[torch.randperm(len(train), generator=gen)[: max(calibration_samples, 1)]]
+    ctx = ExportContext(model=model, out=folder, in_channels=train.in_channels, resolution=train.resolution,
+                        calibration=calib, test_x=test.x, test_y=test.y, seed=cfg.study.seed, onnx_dynamo=onnx_dynamo)
+    for name in chosen:
+        ctx.records[name] = EXPORTERS[name].export(ctx)
+    doc = _metrics_doc(source, info, torch_acc, len(test), ctx.records, skipped, time.perf_counter() - start)
+    (folder / METRICS_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    from fednas.export._card import render_card
+
+    (folder / CARD_FILE).write_text(render_card(doc), encoding="utf-8")
+    files = {"arch": folder / ARCH_FILE, "weights": folder / WEIGHTS_FILE, "metrics": folder / METRICS_FILE,
+             "card": folder / CARD_FILE, **{n: folder / r["file"] for n, r in ctx.records.items()}}
+    return BundleResult(folder, files, doc, skipped)
+
+
+def _model(source: ModelSource, num_classes: int, in_channels: int) -> nn.Module:
+    model = build_model(source.arch, num_classes=num_classes, in_channels=in_channels)
+    try:
+        model.load_state_dict(source.state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise ConfigError(f"weights do not fit the architecture ({first})") from None
+    return model.eval()
+
+
+def _input_info(channels: int, resolution: int, classes: int) -> dict[str, Any]:
+    return {"shape": [channels, resolution, resolution], "in_channels": channels, "resolution": resolution,
+            "num_classes": classes, "dtype": "float32", "layout": "NCHW",
+            "preprocessing": "pixels scaled to [0, 1], resized to the resolution, then standardized per channel "
+                             "with the training split's mean and std (fednas.data.load_dataset)"}
+
+
+def _compression(source: ModelSource) -> dict[str, Any]:
+    """Labels beyond the architecture's own (e.g. pruning or quantization settings)."""
+    try:
+        arch_labels = set(get_search_space(source.config.space.name, source.config.space.options).domains())
+    except ValueError:
+        return {}
+    return {k: v for k, v in source.labels.items() if k not in arch_labels}
+
+
+def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_test: int,
+                 records: dict[str, dict[str, Any]], skipped: dict[str, str], seconds: float) -> dict[str, Any]:
+    import fednas
+
+    cfg = source.config
+    return {
+        "fednas": fednas.__version__,
+        "origin": source.origin,
+        "input": info,
+        "architecture": source.arch.to_dict(),
+        "objectives": source.objectives,
+        "metrics": source.metrics,
+        "pytorch_accuracy": torch_acc,
+        "test_samples": n_test,
+        "labels": source.labels,
+        "searched": source.searched,
+        "compression": _compression(source),
+        "data": asdict(cfg.data),
+        "federation": asdict(cfg.federation),
+        "seed": cfg.study.seed,
+        "rounds": source.rounds,
+        "files": {"arch": ARCH_FILE, "weights": WEIGHTS_FILE, "metrics": METRICS_FILE, "card": CARD_FILE},
+        "exports": records,
+        "skipped": skipped,
+        "export_seconds": round(seconds, 3),
+    }
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """The PyTorch model of a bundle folder written by ``fednas export``/``fednas train``, in eval mode.
+
+    Reads ``arch.json``, ``metrics.json`` (input channels and classes) and
+    ``model.safetensors``; nothing is unpickled.
+
+    Raises:
+        ValueError: a missing or malformed bundle file (one line naming it).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    arch_path, metrics_path, weights_path = folder / ARCH_FILE, folder / METRICS_FILE, folder / WEIGHTS_FILE
+    for p in (arch_path, metrics_path, weights_path):
+        if not p.is_file():
+            raise ValueError(f"{p}: not found; expected a bundle folder written by `fednas export`")
+    try:
+        arch = MobileNetArch.from_json(arch_path.read_text(encoding="utf-8"))
+        info = json.loads(metrics_path.read_text(encoding="utf-8"))["input"]
+        classes, channels = int(info["num_classes"]), int(info["in_channels"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{folder}: malformed bundle ({type(exc).__name__}: {exc})") from None
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{weights_path}: not a safetensors file ({exc})") from None
+    model = build_model(arch, num_classes=classes, in_channels=channels)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{weights_path}: weights do not fit {arch_path} ({str(exc).splitlines()[0]})") from None
+    return model.eval()

@@ -1,0 +1,161 @@
+"""The model card (README.md of a bundle), rendered from the content of metrics.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["render_card"]
+
+_FORMAT_NAMES = {"onnx": "ONNX (float32)", "int8": "ONNX (int8, static quantization)",
+                 "torchscript": "TorchScript", "executorch": "ExecuTorch (XNNPACK)"}
+
+
+def render_card(doc: dict[str, Any]) -> str:
+    """Markdown model card for a bundle's ``metrics.json`` document."""
+    sections = [_title(doc), _architecture(doc), _objectives(doc), _compression(doc), _training(doc),
+                _files(doc), _rounds(doc), _loading(doc)]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _n(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{int(v):,}" if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f} %" if isinstance(v, (int, float)) else "-"
+
+
+def _size(n: int) -> str:
+    return f"{n:,} B" if n < 10_000 else f"{n / 1024:,.1f} KiB" if n < 10_000_000 else f"{n / 2**20:,.1f} MiB"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _title(doc: dict[str, Any]) -> str:
+    o, i, m, fed = doc["origin"], doc["input"], doc["metrics"], doc["federation"]
+    if "trial" in o:
+        title = f"# fednas model: study `{o['study']}`, trial {o['trial']}"
+        how = f"picked as `{o['picked']}` from the Pareto front" if o.get("picked") else "chosen by number"
+        where = f"Exported from the weights stored with trial {o['trial']} ({how}) of `{o['storage']}`, without retraining."
+    else:
+        title = f"# fednas model: `{o.get('architecture', 'architecture')}`, retrained for {fed['rounds']} rounds"
+        where = f"Trained by `fednas train` ({o.get('from', '')})."
+    shape = "x".join(str(s) for s in i["shape"])
+    lead = (f"A MobileNet-style network for {shape} inputs and {i['num_classes']} classes, trained by federated "
+            f"learning ({fed['strategy']}, {fed['num_clients']} clients, {fed['rounds']} rounds) on "
+            f"`{doc['data']['source']}`. Held-out accuracy {_pct(m.get('accuracy'))}, "
+            f"{_n(m.get('macs', '-'))} MACs, {_n(m.get('params', '-'))} parameters.")
+    return f"{title}\n\n{lead}\n\n{where}"
+
+
+def _architecture(doc: dict[str, Any]) -> str:
+    a = doc["architecture"]
+    rows = [["stem (3x3 conv)", a["stem_channels"], 1, a["stem_stride"], "-", 3, "-", a["stem_activation"]]]
+    for k, s in enumerate(a["stages"], start=1):
+        rows.append([f"stage {k}", s["channels"], s["depth"], s["stride"], _n(s["expansion"]), s["kernel"],
+                     "yes" if s["se"] else "no", s["activation"]])
+    if a.get("head_channels"):
+        rows.append(["head (1x1 conv)", a["head_channels"], 1, 1, "-", 1, "-", a["head_activation"]])
+    if a.get("classifier_hidden"):
+        rows.append(["hidden linear", a["classifier_hidden"], 1, "-", "-", "-", "-", a["head_activation"]])
+    rows.append(["classifier (linear)", doc["input"]["num_classes"], 1, "-", "-", "-", "-", "-"])
+    table = _table(["part", "channels", "blocks", "stride", "expansion", "kernel", "SE", "activation"], rows)
+    return (f"## Architecture\n\n{table}\n\nBlocks are inverted residuals (expand 1x1, depthwise kxk, optional "
+            f"squeeze-excitation with a {a['se_gate']} gate at ratio {a['se_ratio']}, project 1x1); dropout "
+            f"{a['dropout']} before the classifier. `arch.json` rebuilds it with `fednas.build_model`.")
+
+
+def _objectives(doc: dict[str, Any]) -> str:
+    parts = []
+    if doc["objectives"]:
+        rows = [[n, o["direction"], _n(o["value"])] for n, o in doc["objectives"].items()]
+        parts.append("## Objectives\n\n" + _table(["objective", "direction", "value"], rows))
+    m = doc["metrics"]
+    rows = [[k, _pct(v) if k == "accuracy" else _n(v)] for k, v in m.items()]
+    rows.append(["accuracy re-measured on export (PyTorch)", _pct(doc["pytorch_accuracy"])])
+    parts.append(f"## Metrics\n\nOn {doc['test_samples']:,} held-out test images.\n\n" + _table(["metric", "value"], rows))
+    return "\n\n".join(parts)
+
+
+def _compression(doc: dict[str, Any]) -> str:
+    comp = doc.get("compression") or {}
+    if not comp:
+        return ""
+    rows = [[k, _n(v)] for k, v in comp.items()]
+    return "## Compression settings\n\n" + _table(["label", "value"], rows)
+
+
+def _training(doc: dict[str, Any]) -> str:
+    d, f = doc["data"], doc["federation"]
+    data = ", ".join(f"{k}={_n(v)}" for k, v in d.items() if v not in ("", 0) or k == "limit")
+    keys = ["num_clients", "rounds", "strategy", "fraction_train", "local_epochs", "local_steps", "batch_size",
+            "lr", "momentum", "weight_decay", "bn_recalibration"]
+    extra = {"fedprox": ["proximal_mu"], "fedavgm": ["server_lr", "server_momentum"], "fedadam": ["eta", "eta_l", "tau"]}
+    fed = ", ".join(f"{k}={_n(f[k])}" for k in keys + extra.get(f["strategy"], []) if k in f)
+    return (f"## Data and federation\n\n- data: {data}\n- federation: {fed}\n- seed: {doc['seed']}\n"
+            f"- input: {doc['input']['layout']} {doc['input']['dtype']}, {doc['input']['preprocessing']}")
+
+
+def _files(doc: dict[str, Any]) -> str:
+    rows = [["`arch.json`", "architecture (JSON)", "-", "-"], ["`model.safetensors`", "weights (safetensors)", "-", "-"]]
+    for name, r in doc["exports"].items():
+        rows.append([f"`{r['file']}`", _FORMAT_NAMES.get(name, name), _size(r["bytes"]), _check(name, r)])
+    lines = ["## Files", "", _table(["file", "format", "size", "check"], rows)]
+    q = doc["exports"].get("int8")
+    if q:
+        lines += ["", f"int8 model: accuracy {_pct(q['accuracy'])} vs {_pct(q['fp32_accuracy'])} in float32 "
+                      f"(same top-1 class on {_pct(q['agreement'])} of the test images), size "
+                      f"{_size(q['bytes'])} vs {_size(q['fp32_bytes'])} ({q['size_ratio']:.2f}x); calibrated on "
+                      f"{q['calibration_samples']} training images. {q['method']}."]
+    for name, why in doc.get("skipped", {}).items():
+        lines += ["", f"Not exported: {why}"]
+    return "\n".join(lines)
+
+
+def _check(name: str, r: dict[str, Any]) -> str:
+    if name == "onnx":
+        return (f"opset {r['opset']} ({r['exporter']} exporter); onnxruntime vs PyTorch max abs diff "
+                f"{r['max_abs_diff']:.2g} (<= {r['tolerance']:g}); accuracy {_pct(r['accuracy'])}")
+    if name == "int8":
+        return f"accuracy {_pct(r['accuracy'])} (float32 {_pct(r['fp32_accuracy'])})"
+    if "max_abs_diff" in r:
+        return f"max abs diff vs PyTorch {r['max_abs_diff']:.2g}"
+    return "-"
+
+
+def _rounds(doc: dict[str, Any]) -> str:
+    rounds = doc.get("rounds") or []
+    if not rounds:
+        return ""
+    rows = [[r["round"], _pct(r["accuracy"]), f"{r['loss']:.4f}", _n(r["download_bytes"] + r["upload_bytes"])]
+            for r in rounds]
+    return "## Accuracy per round\n\n" + _table(["round", "accuracy", "test loss", "bytes (both ways)"], rows)
+
+
+def _loading(doc: dict[str, Any]) -> str:
+    shape = ", ".join(str(s) for s in doc["input"]["shape"])
+    out = ["## How to load", "", "```python", "import fednas", "",
+           'model = fednas.load_model("path/to/this/folder")   # torch.nn.Module in eval mode', "```"]
+    if "onnx" in doc["exports"]:
+        out += ["", "```python", "import numpy as np, onnxruntime as ort", "",
+                'session = ort.InferenceSession("model.onnx")   # or model.int8.onnx',
+                f"x = np.zeros((1, {shape}), dtype=np.float32)   # standardized images",
+                'logits = session.run(None, {"input": x})[0]', "```"]
+    if "torchscript" in doc["exports"]:
+        out += ["", "TorchScript: `torch.jit.load(\"model.torchscript.pt\")` (no fednas needed)."]
+    if "executorch" in doc["exports"]:
+        out += ["", "ExecuTorch: load `model.pte` with the ExecuTorch runtime (XNNPACK delegate, batch of 1)."]
+    out += ["", "Without fednas: `search_spaces.build_model(MobileNetArch.from_json(open('arch.json').read()), "
+                f"num_classes={doc['input']['num_classes']}, in_channels={doc['input']['in_channels']})`, then "
+                "`load_state_dict(safetensors.torch.load_file('model.safetensors'))`."]
+    return "\n".join(out)

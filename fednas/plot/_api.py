@@ -1,0 +1,87 @@
+"""``fednas plot`` and ``fednas dashboard``: read a finished study, write pictures, serve it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fednas.config import ConfigError
+from fednas.plot._data import Report, build_report
+from fednas.plot._study import read_study
+
+__all__ = ["PlotResult", "ensure_writable_dir", "plot_study", "run_dashboard"]
+
+
+@dataclass(frozen=True)
+class PlotResult:
+    report: Report
+    html: Path
+    pngs: tuple[Path, ...]
+
+
+def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create ``path`` if needed and check a file can be written there.
+
+    Raises:
+        ConfigError: one line naming the folder and the reason.
+    """
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".fednas-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {out}: cannot write there ({type(exc).__name__}: {exc.strerror or exc})") from None
+    return out
+
+
+def plot_study(storage: str, study: str, out: str | Path, *, objectives: list[str] | None = None,
+               png: bool = True) -> PlotResult:
+    """Write ``report.html`` (and the PNGs) for a stored study into ``out``.
+
+    The study is only read. Bad input raises ``ConfigError``/``StorageError`` before any
+    file is written (except the ``out`` folder itself).
+    """
+    from fednas.plot._html import write_html
+
+    view = read_study(storage, study)
+    report = build_report(view, objectives)
+    folder = ensure_writable_dir(out)
+    html = write_html(report, folder / "report.html")
+    pngs: list[Path] = []
+    if png:
+        from fednas.plot._png import write_pngs
+
+        pngs = write_pngs(report, folder)
+    return PlotResult(report, html, tuple(pngs))
+
+
+def run_dashboard(storage: str, *, study: str | None = None, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve optuna-dashboard on ``storage`` (with the study's artifacts) until interrupted.
+
+    Raises:
+        ConfigError: optuna-dashboard is not installed (names the extra), or no such study.
+    """
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise ConfigError("fednas dashboard needs optuna-dashboard: pip install 'fednas[dashboard]'") from None
+    import optuna
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from fednas.search import open_storage
+
+    st = open_storage(storage, create=False)
+    summaries = optuna.get_all_study_summaries(st, include_best_trial=False)
+    names = [s.study_name for s in summaries]
+    if study is not None and study not in names:
+        raise ConfigError(f"study {study!r} not found in {storage}; studies there: {', '.join(names) or 'none'}")
+    artifacts = None
+    for s in summaries:
+        folder = s.user_attrs.get("artifacts_dir")
+        if folder and Path(folder).is_dir() and (study is None or s.study_name == study):
+            artifacts = FileSystemArtifactStore(folder)
+            break
+    print(f"optuna-dashboard on {storage} at http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
+    optuna_dashboard.run_server(st, host=host, port=port, artifact_store=artifacts)

@@ -1,0 +1,112 @@
+"""Front geometry: dominance, the knee point and the hypervolume. Plain numpy, no study.
+
+Every function takes raw objective values and their directions ("maximize"/"minimize"),
+so callers never flip signs themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["hypervolume", "knee_index", "normalized_losses", "pareto_mask", "to_losses"]
+
+
+def to_losses(values: Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
+    """Values as a float array to be minimized in every column (maximized columns negated).
+
+    Raises:
+        ValueError: a direction other than "maximize"/"minimize", or a shape mismatch.
+    """
+    arr = np.asarray(values, dtype=float).reshape(len(values), -1) if len(values) else np.zeros((0, len(directions)))
+    if arr.shape[1] != len(directions):
+        raise ValueError(f"expected {len(directions)} objective values per point, got {arr.shape[1]}")
+    signs = []
+    for d in directions:
+        if d not in ("maximize", "minimize"):
+            raise ValueError(f"direction: expected 'maximize' or 'minimize', got {d!r}")
+        signs.append(-1.0 if d == "maximize" else 1.0)
+    return arr * np.asarray(signs)
+
+
+def pareto_mask(values: Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the non-dominated points (duplicates of a front point are all kept)."""
+    loss = to_losses(values, directions)
+    n = len(loss)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        dominated_by = np.all(loss <= loss[i], axis=1) & np.any(loss < loss[i], axis=1)
+        mask[i] = not dominated_by.any()
+    return mask
+
+
+def normalized_losses(
+    values: Sequence[Sequence[float]], directions: Sequence[str], bounds: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """Losses scaled to [0, 1] per objective (0 = best); a constant objective maps to 0.
+
+    Args:
+        values: points x objectives, raw values.
+        directions: one per objective.
+        bounds: (low, high) of the losses to scale by; default: the points' own range.
+    """
+    loss = to_losses(values, directions)
+    if len(loss) == 0:
+        return loss
+    low, high = bounds if bounds is not None else (loss.min(axis=0), loss.max(axis=0))
+    span = np.where(high > low, high - low, 1.0)
+    return np.where(high > low, (loss - low) / span, 0.0)
+
+
+def knee_index(values: Sequence[Sequence[float]], directions: Sequence[str]) -> int:
+    """Index of the point closest (Euclidean) to the ideal point after scaling to [0, 1].
+
+    Each objective is scaled over the given points, so the ideal point is the origin; ties
+    go to the earliest point.
+
+    Raises:
+        ValueError: when there are no points.
+    """
+    if len(values) == 0:
+        raise ValueError("knee point: no points")
+    dist = np.linalg.norm(normalized_losses(values, directions), axis=1)
+    return int(np.argmin(dist))
+
+
+def hypervolume(losses: np.ndarray, reference: Sequence[float]) -> float:
+    """Exact hypervolume dominated by ``losses`` (to minimize) and bounded by ``reference``.
+
+    Points not strictly better than the reference in every objective add nothing. The
+    recursion slices along the last objective (fine for the few objectives and tens to
+    hundreds of points of a fednas study).
+    """
+    ref = np.asarray(reference, dtype=float)
+    pts = np.asarray(losses, dtype=float).reshape(-1, len(ref))
+    pts = pts[np.all(pts < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    pts = pts[pareto_mask(pts, ["minimize"] * len(ref))]
+    return _hv(np.unique(pts, axis=0), ref)
+
+
+def _hv(pts: np.ndarray, ref: np.ndarray) -> float:
+    if pts.shape[1] == 1:
+        return float(ref[0] - pts[:, 0].min())
+    if pts.shape[1] == 2:
+        order = np.argsort(pts[:, 0], kind="stable")
+        total, best_y = 0.0, ref[1]
+        for x, y in pts[order]:
+            if y < best_y:
+                total += (ref[0] - x) * (best_y - y)
+                best_y = y
+        return float(total)
+    order = np.argsort(pts[:, -1], kind="stable")
+    pts = pts[order]
+    total = 0.0
+    for i in range(len(pts)):
+        upper = pts[i + 1, -1] if i + 1 < len(pts) else ref[-1]
+        depth = upper - pts[i, -1]
+        if depth > 0:
+            total += depth * _hv(pts[: i + 1, :-1], ref[:-1])
+    return float(total)
