@@ -38,6 +38,7 @@ _API = {
     "load_architecture": "search_spaces",
     "get_search_space": "search_spaces",
     "MobileNetArch": "search_spaces",
+    "load_model": "fednas.export",
 }
 
 __all__ = sorted(_API)

@@ -1,4 +1,4 @@
-"""The ``fednas`` command line: search, pareto, arch info.
+"""The ``fednas`` command line: search, pareto, arch info, export, train, plot, dashboard.
 
 User errors (config, data, storage, architecture files) print one line and exit 2.
 """
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set federation.rounds=3 (repeatable)")
     s.add_argument("--jobs", type=int, default=1, help="worker processes sharing the study (default 1)")
     s.add_argument("--quiet", action="store_true", help="no progress display")
+    s.add_argument("--check", action="store_true", help="validate the config, data and bounds; write nothing")
 
     pa = sub.add_parser("pareto", help="print a study's Pareto front")
     pa.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
@@ -50,7 +51,56 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--resolution", type=int, default=None, help="default: 224 for ImageNet presets, else 28")
     info.add_argument("--in-channels", type=int, default=None, help="default: 3 for ImageNet presets, else 1")
     info.add_argument("--json", action="store_true")
+    _add_export_parsers(sub)
+    _add_plot_parsers(sub)
     return p
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
+    formats = "onnx, int8, torchscript, executorch (comma-separated; default: all whose extras are installed)"
+    e = sub.add_parser("export", help="export a trial's model: weights, ONNX, int8 ONNX, TorchScript, model card")
+    e.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    e.add_argument("--study", default="quickstart", help="study name (default: quickstart)")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number")
+    which.add_argument("--pick", choices=("knee", "best-accuracy", "smallest"), help="a member of the Pareto front")
+    e.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
+    e.add_argument("--formats", type=_csv_list, default=None, help=formats)
+    e.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"), default=None,
+                   help="torch.onnx exporter (default: dynamo when onnxscript is installed)")
+
+    t = sub.add_parser("train", help="train one architecture with a longer federated run, then export it")
+    t.add_argument("targets", nargs="*", metavar="ARCH [CONFIG]",
+                   help="ARCH.json, a preset name or a bundle folder, then a study TOML "
+                        f"(default: {DEFAULT_CONFIG}); with --trial only CONFIG (default: the study's own)")
+    t.add_argument("--storage", help="Optuna storage URL, with --trial (default: sqlite:///studies/<study>.db)")
+    t.add_argument("--study", help="study name, with --trial (default: quickstart)")
+    t.add_argument("--trial", type=int, help="train the architecture of this trial")
+    t.add_argument("--rounds", type=int, help="federated rounds (default: 3 x federation.rounds)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    t.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
+    t.add_argument("--formats", type=_csv_list, default=None, help=formats)
+    t.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"), default=None)
+
+
+def _add_plot_parsers(sub: argparse._SubParsersAction) -> None:
+    pl = sub.add_parser("plot", help="HTML report and PNG figures of a study's Pareto front")
+    pl.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    pl.add_argument("--study", default="quickstart", help="study name (default: quickstart)")
+    pl.add_argument("--out", required=True, metavar="DIR", help="folder for report.html and the PNGs")
+    pl.add_argument("--objectives", metavar="A,B[,C]", help="2 or 3 objectives of the main plot (default: the study's)")
+    pl.add_argument("--no-png", action="store_true", help="only the HTML report")
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on a study's storage (extra: dashboard)")
+    d.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    d.add_argument("--study", help="study whose artifacts to serve (default: quickstart's storage, any study)")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _search(args, argv)
         if args.command == "pareto":
             return _pareto(args)
+        if args.command in ("export", "train"):
+            from fednas.export._cli import run_export, run_train
+
+            return run_export(args) if args.command == "export" else run_train(args)
+        if args.command in ("plot", "dashboard"):
+            from fednas.plot._cli import run_dashboard_command, run_plot
+
+            return run_plot(args) if args.command == "plot" else run_dashboard_command(args)
         return _arch_info(args)
     except (ConfigError, DataError, StorageError, ValueError) as exc:
         print(f"fednas: error: {exc}", file=sys.stderr)
@@ -76,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _search(args: argparse.Namespace, argv: list[str]) -> int:
     from fednas.config import ConfigError, load_config
-    from fednas.search import run_search
+    from fednas.search import check_study, run_search
 
     path = args.config or DEFAULT_CONFIG
     if args.trials is not None and args.trials < 1:
@@ -92,6 +150,9 @@ def _search(args: argparse.Namespace, argv: list[str]) -> int:
         config = config.replace_study(**changes)
         config.study.check()
     _quiet_libraries()
+    if args.check:
+        print(check_study(config))
+        return 0
     try:
         result = run_search(config, progress=not args.quiet, jobs=args.jobs)
     except KeyboardInterrupt:

@@ -143,8 +143,12 @@ class FederationConfig:
     eta_l: float = 0.1
     tau: float = 0.001
     bn_recalibration: str = "final"
+    client_failure_rate: float = 0.0
+    client_dropout_rate: float = 0.0
 
     def check(self) -> None:
+        for key in ("client_failure_rate", "client_dropout_rate"):
+            _require(0.0 <= getattr(self, key) < 1.0, f"federation.{key}", "a fraction in [0, 1)", getattr(self, key))
         _require(self.num_clients >= 1, "federation.num_clients", "an integer >= 1", self.num_clients)
         _require(self.rounds >= 1, "federation.rounds", "an integer >= 1", self.rounds)
         _require(self.strategy in STRATEGIES, "federation.strategy", f"one of {list(STRATEGIES)}", self.strategy)

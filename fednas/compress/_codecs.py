@@ -57,6 +57,7 @@ __all__ = [
     "pack_bits",
     "payload_bytes",
     "unpack_bits",
+    "update_between",
 ]
 
 ConfigScalar = Union[bool, int, float, str]

@@ -46,6 +46,7 @@ __all__ = [
     "COMPRESSION_RECORD",
     "DownlinkEncoder",
     "DownlinkOutOfSync",
+    "DownlinkPlan",
     "make_downlink_mod",
     "make_uplink_mod",
     "to_array_record",

@@ -120,6 +120,7 @@ def write_bundle(
     for name in chosen:
         ctx.records[name] = EXPORTERS[name].export(ctx)
     doc = _metrics_doc(source, info, torch_acc, len(test), ctx.records, skipped, time.perf_counter() - start)
+    doc["file_bytes"] = {"arch": (folder / ARCH_FILE).stat().st_size, "weights": (folder / WEIGHTS_FILE).stat().st_size}
     (folder / METRICS_FILE).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     from fednas.export._card import render_card
 
@@ -180,6 +181,7 @@ def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_
         "exports": records,
         "skipped": skipped,
         "export_seconds": round(seconds, 3),
+        "file_bytes": {},
     }
 
 

@@ -107,7 +107,9 @@ def _training(doc: dict[str, Any]) -> str:
 
 
 def _files(doc: dict[str, Any]) -> str:
-    rows = [["`arch.json`", "architecture (JSON)", "-", "-"], ["`model.safetensors`", "weights (safetensors)", "-", "-"]]
+    sizes = doc.get("file_bytes", {})
+    rows = [["`arch.json`", "architecture (JSON)", _size(sizes.get("arch", 0)), "rebuilds the network"],
+            ["`model.safetensors`", "weights (safetensors)", _size(sizes.get("weights", 0)), "loaded strictly"]]
     for name, r in doc["exports"].items():
         rows.append([f"`{r['file']}`", _FORMAT_NAMES.get(name, name), _size(r["bytes"]), _check(name, r)])
     lines = ["## Files", "", _table(["file", "format", "size", "check"], rows)]
@@ -155,7 +157,7 @@ def _loading(doc: dict[str, Any]) -> str:
         out += ["", "TorchScript: `torch.jit.load(\"model.torchscript.pt\")` (no fednas needed)."]
     if "executorch" in doc["exports"]:
         out += ["", "ExecuTorch: load `model.pte` with the ExecuTorch runtime (XNNPACK delegate, batch of 1)."]
-    out += ["", "Without fednas: `search_spaces.build_model(MobileNetArch.from_json(open('arch.json').read()), "
+    out += ["", "By hand: `search_spaces.build_model(MobileNetArch.from_json(open('arch.json').read()), "
                 f"num_classes={doc['input']['num_classes']}, in_channels={doc['input']['in_channels']})`, then "
                 "`load_state_dict(safetensors.torch.load_file('model.safetensors'))`."]
     return "\n".join(out)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import tempfile
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,20 +66,26 @@ class Exporter(ABC):
         absent = [m for m in self.modules if importlib.util.find_spec(m) is None]
         if not absent:
             return None
-        return f"{self.name}: needs {', '.join(absent)}; install the extra: pip install 'fednas[{self.extra}]'"
+        return (f"{self.name} needs the Python package {', '.join(absent)}; "
+                f"install the extra: pip install 'fednas[{self.extra}]'")
 
     @abstractmethod
     def export(self, ctx: ExportContext) -> dict[str, Any]:
         """Write ``ctx.out / self.filename``, check it, and return its record."""
 
 
-def _quiet():
-    """Silence the exporters' progress prints and deprecation warnings."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    return stack
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints, log lines and deprecation warnings."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 @torch.no_grad()

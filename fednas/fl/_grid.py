@@ -55,6 +55,8 @@ class InProcessGrid(Grid):
         run_config: the run config each node's Context carries.
         run_id: id of the run.
         node_ids: explicit node ids (default: 1001, 1002, ...).
+        drop: optional predicate ``(message, partition_id) -> bool``; a message it selects
+            reaches no node and gets no reply, as when a node goes offline.
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class InProcessGrid(Grid):
         *,
         run_id: int = 1,
         node_ids: list[int] | None = None,
+        drop: Callable[[Message, int], bool] | None = None,
     ) -> None:
         self._app = client_app
+        self._drop = drop
         ids = node_ids or [1001 + i for i in range(num_nodes)]
         if len(ids) != num_nodes:
             raise ValueError(f"node_ids: expected {num_nodes} ids, got {len(ids)}")
@@ -90,6 +94,9 @@ class InProcessGrid(Grid):
     def run(self) -> Run:
         return self._run
 
+    def partition_of(self, node_id: int) -> int:
+        return int(self._contexts[node_id].node_config["partition-id"])
+
     def context(self, node_id: int) -> Context:
         """The node's own Context (its ``state`` persists across rounds)."""
         return self._contexts[node_id]
@@ -110,7 +117,8 @@ class InProcessGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             msg.metadata.__dict__["_run_id"] = self._run.run_id
             msg.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-            self._replies[msg.metadata.message_id] = self._deliver(msg)
+            if self._drop is None or not self._drop(msg, self.partition_of(msg.metadata.dst_node_id)):
+                self._replies[msg.metadata.message_id] = self._deliver(msg)
             ids.append(msg.metadata.message_id)
         return ids
 

@@ -10,6 +10,7 @@ from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fednas.fl import client_app, server_app
+from fednas.fl._faults import dropout_fn
 from fednas.fl._grid import SUPERLINK_NODE_ID, InProcessGrid
 from fednas.fl._spec import RunSpec
 from fednas.fl.client_app import derive_seed
@@ -44,7 +45,9 @@ def run_federation(
     random state is restored afterwards.
     """
     run_config = spec.to_run_config()
-    grid = InProcessGrid(client_app.app, spec.federation.num_clients, run_config, run_id=run_id)
+    grid = InProcessGrid(
+        client_app.app, spec.federation.num_clients, run_config, run_id=run_id, drop=dropout_fn(spec)
+    )
     context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=run_config)
     hooks = RunHooks(on_round=on_round)
     saved_random = random.getstate()

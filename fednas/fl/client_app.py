@@ -13,13 +13,14 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fednas.fl._faults import fault_mod
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.train import TrainConfig, batchnorm_moments, evaluate, train
 from search_spaces import MobileNetArch, build_model
 
 __all__ = ["app", "derive_seed", "model_from_message"]
 
-app = ClientApp()
+app = ClientApp(mods=[fault_mod])
 
 
 def derive_seed(*parts: int | str) -> int:

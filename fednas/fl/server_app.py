@@ -48,6 +48,7 @@ class RoundRecord:
     upload_bytes: int
     replies: int
     failures: int
+    dropped: int
     seconds: float
 
 
@@ -120,7 +121,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
-        train_ex = _check_round(counting, server_round)
+        train_ex = _check_round(counting, server_round, fed.min_train_nodes)
         model.load_state_dict(arrays.to_torch_state_dict())
         recal = fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and server_round == fed.rounds)
         if recal:
@@ -169,19 +170,28 @@ class _RunState:
             upload_bytes=sum(e.upload_bytes for e in new),
             replies=train_ex.replies - train_ex.errors,
             failures=train_ex.errors,
+            dropped=train_ex.sent - train_ex.replies,
             seconds=sum(e.seconds for e in new),
         )
         self.outcome.rounds.append(rec)
         return rec
 
 
-def _check_round(counting: CountingGrid, server_round: int) -> Exchange:
+def _check_round(counting: CountingGrid, server_round: int, min_replies: int) -> Exchange:
+    """The round's training exchange; fewer successful replies than the minimum fail the run."""
     train = [e for e in counting.traffic.exchanges if e.message_type == "train"]
-    if len(train) < server_round or train[-1].replies - train[-1].errors == 0:
-        reasons = counting.last_errors[:1]
-        why = f": {reasons[0]}" if reasons else ""
-        raise FederationError(f"round {server_round}: no client returned a model update{why}")
-    return train[-1]
+    if len(train) < server_round:
+        raise FederationError(f"round {server_round}: no training messages were sent")
+    ex = train[-1]
+    ok = ex.replies - ex.errors
+    if ok == 0 or ok < min_replies:
+        why = f"; first error: {ex.error_reasons[0]}" if ex.error_reasons else ""
+        raise FederationError(
+            f"round {server_round}: {ok} of {ex.sent} clients returned a model update "
+            f"({ex.errors} failed, {ex.sent - ex.replies} dropped), fewer than min_train_nodes={min_replies}"
+            + (" (no client returned a model update)" if ok == 0 else "") + why
+        )
+    return ex
 
 
 def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRecord, arch_json: str) -> None:

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from fednas.search._progress import Progress
 from fednas.search._storage import StorageError, open_storage
-from fednas.search._study import SearchResult, TrialSummary, load_front, run_search, summarize
+from fednas.search._study import (
+    SearchInterrupted,
+    SearchResult,
+    TrialSummary,
+    check_study,
+    load_front,
+    run_search,
+    summarize,
+)
 
 __all__ = [
     "Progress",
+    "SearchInterrupted",
     "SearchResult",
     "StorageError",
     "TrialSummary",
+    "check_study",
     "load_front",
     "open_storage",
     "run_search",

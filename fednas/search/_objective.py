@@ -20,10 +20,16 @@ from fednas.search._recovery import WORKER_ATTR, this_worker
 from fednas.train import TrainingDiverged
 from search_spaces import SearchSpace, build_model, domain_from_config
 
-__all__ = ["TrialFailed", "TrialRunner", "metric_names"]
+__all__ = ["CandidateError", "TrialFailed", "TrialRunner", "metric_names"]
+
+
+
+class CandidateError(RuntimeError):
+    """The sampled architecture cannot be built or costed for this data."""
+
 
 # Failures that end one trial (stored as FAIL with the reason) but not the search.
-TrialFailed = (TrainingDiverged, FederationError)
+TrialFailed = (TrainingDiverged, FederationError, CandidateError)
 
 
 def metric_names() -> tuple[str, ...]:
@@ -58,8 +64,13 @@ class TrialRunner:
         trial.set_user_attr("arch", arch.to_dict())
         self._check_duplicate(trial, labels)
         train = self.data.train
-        model = build_model(arch, num_classes=train.num_classes, in_channels=train.in_channels)
-        cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
+        try:
+            model = build_model(arch, num_classes=train.num_classes, in_channels=train.in_channels)
+            cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
+        except (RuntimeError, ValueError) as exc:
+            reason = f"cannot build the model for {train.in_channels}x{train.resolution}x{train.resolution} inputs: {exc}"
+            trial.set_user_attr("fail_reason", reason.splitlines()[0])
+            raise CandidateError(reason) from exc
         static = {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes}
         for k, v in static.items():
             trial.set_user_attr(k, v)
@@ -83,6 +94,8 @@ class TrialRunner:
         for k in ("accuracy", "comm_bytes", "upload_bytes", "download_bytes"):
             trial.set_user_attr(k, metrics[k])
         trial.set_user_attr("rounds", [asdict(r) for r in outcome.rounds])
+        trial.set_user_attr("client_failures", sum(r.failures for r in outcome.rounds))
+        trial.set_user_attr("client_dropouts", sum(r.dropped for r in outcome.rounds))
         trial.set_user_attr("train_seconds", outcome.seconds)
         trial.set_user_attr("constraints", self._violations(metrics))
         self._store_weights(trial, outcome.arrays.to_torch_state_dict())

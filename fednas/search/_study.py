@@ -21,7 +21,7 @@ from fednas.search._recovery import WORKER_ATTR, enqueue_retry, recover_dead_wor
 from fednas.search._storage import artifact_dir_for, artifact_store, open_storage
 from search_spaces import get_search_space
 
-__all__ = ["SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "run_search", "summarize"]
+__all__ = ["check_study", "SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "run_search", "summarize"]
 
 CONFIG_ATTR = "fednas_config"
 
@@ -114,9 +114,7 @@ def run_search(config: StudyConfig, *, progress: bool = True, jobs: int = 1, pre
             enqueueing their candidates again.
     """
     storage_url = config.storage
-    space = get_search_space(config.space.name, config.space.options)
-    data = federated_data(config.data, config.federation.num_clients, config.study.seed)
-    _check_feasible(config, space, data)
+    space, data = _prepare(config)
     study = _open_study(config, storage_url)
     folder = Path(config.study.artifacts) if config.study.artifacts else artifact_dir_for(storage_url, config.study.name)
     if "artifacts_dir" not in study.user_attrs:
@@ -132,6 +130,30 @@ def run_search(config: StudyConfig, *, progress: bool = True, jobs: int = 1, pre
         _optimize(study, runner, config, reporter)
     front = [summarize(t, config.objectives) for t in _front(study)]
     return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
+
+
+def _prepare(config: StudyConfig) -> tuple[Any, Any]:
+    """Everything that can be checked before the storage is touched: space, data, bounds."""
+    space = get_search_space(config.space.name, config.space.options)
+    data = federated_data(config.data, config.federation.num_clients, config.study.seed)
+    _check_feasible(config, space, data)
+    return space, data
+
+
+def check_study(config: StudyConfig) -> str:
+    """Validate ``config`` with its data and bounds, write nothing; returns a one-line summary.
+
+    Raises:
+        ConfigError, DataError: the same one-line errors a search would raise.
+    """
+    space, data = _prepare(config)
+    sizes = [len(s) for s in data.shards]
+    return (
+        f"{config.source or 'config'}: OK; {len(space.resolve())} labels, data {data.train.name or config.data.source} "
+        f"{len(data.train)} train / {len(data.test)} test, {data.train.in_channels}x{data.train.resolution}x"
+        f"{data.train.resolution}, {data.train.num_classes} classes, {len(sizes)} clients "
+        f"({min(sizes)}-{max(sizes)} samples), storage {config.storage}"
+    )
 
 
 def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:

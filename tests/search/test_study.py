@@ -112,3 +112,31 @@ def test_pareto_of_missing_study_is_a_one_line_error(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "none.db" in out.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_failed_trials_keep_their_reason_and_the_search_goes_on(tiny_config: Path, tmp_path: Path) -> None:
+    config = load_config(tiny_config, ["federation.client_failure_rate=0.9", "federation.min_train_nodes=3",
+                                       "study.max_attempts=2", "study.trials=1"])
+    result = run_search(config, progress=False)
+    assert result.completed == 0
+    study = optuna.load_study(study_name="tiny", storage=config.storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # the second attempt still ran
+    for t in study.trials:
+        assert "min_train_nodes=3" in t.user_attrs["fail_reason"]
+    out = subprocess.run(
+        [sys.executable, "-m", "fednas", "pareto", "--storage", config.storage, "--study", "tiny", "--all"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.count("FAIL") == 2 and "min_train_nodes=3" in out.stdout
+
+
+def test_same_config_and_seed_give_identical_trials(tiny_config: Path, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        config = load_config(tiny_config, [f"study.storage='sqlite:///{tmp_path / name}.db'", "study.trials=2"])
+        run_search(config, progress=False)
+        study = optuna.load_study(study_name="tiny", storage=config.storage)
+        runs.append([(t.params, t.values, t.user_attrs["rounds"]) for t in study.trials])
+    for a, b in zip(*runs):
+        assert a[0] == b[0] and a[1] == b[1]
+        assert [r["accuracy"] for r in a[2]] == [r["accuracy"] for r in b[2]]

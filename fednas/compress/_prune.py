@@ -1,0 +1,193 @@
+"""Structured (channel) pruning with NNI 3.0: masks from a pruner, then a smaller network.
+
+``prune_channels`` removes output channels of convolution (and hidden linear) layers and
+returns a genuinely smaller model, built by NNI's ``ModelSpeedup``. How it handles
+MobileNet's structure:
+
+* Channel dependencies. Layers whose output channels must be pruned together (a
+  depthwise conv and the conv that feeds it, the SE ``fc2`` whose output multiplies the
+  depthwise output, every conv feeding one residual sum) are found by NNI's
+  ``auto_set_denpendency_group_ids`` on a ``torch.fx`` trace and given one
+  ``dependency_group_id``: the pruner ranks channels by the group's mean metric and every
+  member gets the same mask. Without it ``ModelSpeedup`` resolves the conflicts by keeping
+  any channel one member keeps: a lone 1x1 expansion conv next to an unmasked depthwise
+  conv is not pruned at all ("nothing masked").
+* Excluded: the layers that produce the network's output (the classifier), and any
+  module named in ``exclude``.
+* ``ModelSpeedup``'s own tracer (``concrete_trace``) fails on torch 2.13 (nni#5768:
+  ``AttributeError: 'NoneType' object has no attribute 'startswith'``); a
+  ``torch.fx.symbolic_trace`` graph is passed instead. ``nn.Identity`` (an absent head)
+  gets a no-op replacer, as NNI has none and would log an error. NNI's stray ``print``
+  and INFO logging are silenced.
+* ``taylor`` (first-order Taylor importance, Molchanov et al. 2019) needs gradients: NNI's
+  ``TorchEvaluator`` runs ``training_steps`` SGD steps with learning rate 0 over the
+  given batches, so the weights do not move; it runs on a throwaway copy so batch-norm
+  statistics of the returned model are the input's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PRUNING_METHODS", "prune_channels"]
+
+PRUNING_METHODS = ("l1", "l2", "fpgm", "taylor")
+"""Ranking of channels: L1 / L2 norm of filters, FPGM (geometric median), Taylor (|w * grad|^2)."""
+
+Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def _import_nni() -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NNI 3.0 registers pytree nodes with deprecated torch APIs
+            import nni
+            import nni.compression.pruning as pruning
+            import nni.compression.speedup as speedup
+            from nni.compression.speedup.replacer import DefaultReplacer
+            from nni.compression.utils import TorchEvaluator
+    except ImportError as exc:
+        raise ImportError(f"channel pruning needs NNI ({exc}); run: pip install 'fednas[compress]'") from None
+    return nni, pruning, speedup, DefaultReplacer, TorchEvaluator
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[logging.Logger]:
+    """Silence NNI's INFO logs, warnings and its stray ``print`` during one pruning."""
+    nni_log = logging.getLogger("nni")
+    level = nni_log.level
+    nni_log.setLevel(logging.ERROR)
+    logger = logging.getLogger(__name__ + ".speedup")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield logger
+    finally:
+        nni_log.setLevel(level)
+
+
+def _output_layers(gm: torch.fx.GraphModule) -> set[str]:
+    """Conv/linear modules whose outputs reach the graph output with no conv/linear between."""
+    found: set[str] = set()
+    seen: set[torch.fx.Node] = set()
+    stack = [n for n in gm.graph.nodes if n.op == "output"]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), (nn.Conv2d, nn.Linear)):
+            found.add(str(node.target))
+            continue
+        stack.extend(node.all_input_nodes)
+    return found
+
+
+def _check_args(model: nn.Module, sparsity: float, method: str, batches: Batches | None) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
+        raise ValueError(f"sparsity: expected a fraction in (0, 1), got {sparsity!r}")
+    if method not in PRUNING_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; valid: {', '.join(PRUNING_METHODS)}")
+    if method == "taylor" and batches is None:
+        raise ValueError("method 'taylor' needs batches: a callable returning (inputs, targets) batches")
+
+
+def prune_channels(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    method: str = "l1",
+    example_input: torch.Tensor,
+    batches: Batches | None = None,
+    exclude: Collection[str] = (),
+) -> nn.Module:
+    """A smaller copy of ``model`` with a ``sparsity`` share of channels removed.
+
+    Every ``nn.Conv2d`` and hidden ``nn.Linear`` loses ``sparsity`` of its output channels
+    (per dependency group, see the module docstring); the layers producing the output and
+    those in ``exclude`` keep theirs, so the output shape is unchanged. ``model`` is not
+    modified; the result is in the same train/eval mode.
+
+    Args:
+        model: a network ``torch.fx.symbolic_trace`` can trace.
+        sparsity: share of output channels removed per layer, in (0, 1).
+        method: "l1", "l2", "fpgm" or "taylor" (see ``PRUNING_METHODS``).
+        example_input: a batch the model accepts (shapes only; used to trace and propagate).
+        batches: for "taylor", a callable returning a few ``(inputs, targets)`` training
+            batches (classification, cross-entropy); one Taylor step per batch.
+        exclude: qualified module names never pruned.
+
+    Raises:
+        ImportError: NNI is missing (``pip install 'fednas[compress]'``).
+        ValueError: bad sparsity or method, or "taylor" without batches.
+        RuntimeError: the pruned model's output shape differs (a bug; please report).
+    """
+    _check_args(model, sparsity, method, batches)
+    nni, pruning, speedup, DefaultReplacer, TorchEvaluator = _import_nni()
+    was_training = model.training
+    work = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        expected = work(example_input).shape
+    gm = torch.fx.symbolic_trace(work)
+    keep = _output_layers(gm) | set(exclude)
+    names = [n for n, m in work.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in keep]
+    if not names:
+        return copy.deepcopy(model)
+    with _quiet() as logger:
+        config = speedup.auto_set_denpendency_group_ids(gm, [{"op_names": names, "sparse_ratio": float(sparsity)}])
+        masks = _masks(pruning, nni, TorchEvaluator, copy.deepcopy(work), config, method, batches)
+        replacers = [DefaultReplacer({"Identity": lambda module, _masks: module})]
+        pruned = speedup.ModelSpeedup(
+            work, example_input, masks, graph_module=gm, customized_replacers=replacers, logger=logger
+        ).speedup_model()
+    with torch.no_grad():
+        got = pruned.eval()(example_input).shape
+    if got != expected:
+        raise RuntimeError(f"pruning changed the output shape from {tuple(expected)} to {tuple(got)}")
+    return pruned.train(was_training)
+
+
+def _masks(pruning: Any, nni: Any, evaluator_cls: Any, model: nn.Module, config: list[dict], method: str,
+           batches: Batches | None) -> dict:
+    if method == "taylor":
+        assert batches is not None
+        pruner = _taylor_pruner(pruning, nni, evaluator_cls, model, config, list(batches()))
+    else:
+        cls = {"l1": pruning.L1NormPruner, "l2": pruning.L2NormPruner, "fpgm": pruning.FPGMPruner}[method]
+        pruner = cls(model, config)
+    _, masks = pruner.compress()
+    return masks
+
+
+def _taylor_pruner(pruning: Any, nni: Any, evaluator_cls: Any, model: nn.Module, config: list[dict],
+                   data: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    if not data:
+        raise ValueError("method 'taylor': batches() returned no batches")
+
+    def training_step(batch: tuple[torch.Tensor, torch.Tensor], net: nn.Module) -> torch.Tensor:
+        return F.cross_entropy(net(batch[0]), batch[1])
+
+    def training_func(net: nn.Module, optimizer: torch.optim.Optimizer, step: Callable, lr_schedulers: Any = None,
+                      max_steps: int | None = None, max_epochs: int | None = None) -> None:
+        net.train()
+        limit = max_steps or len(data)
+        for i in range(limit):
+            optimizer.zero_grad()
+            step(data[i % len(data)], net).backward()
+            optimizer.step()  # NNI hooks count steps here; lr 0 keeps the weights
+
+    optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.0)
+    evaluator = evaluator_cls(training_func, optimizer, training_step, dummy_input=data[0][0])
+    return pruning.TaylorPruner(model, config, evaluator, training_steps=len(data))

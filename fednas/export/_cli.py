@@ -1,0 +1,133 @@
+"""Handlers of ``fednas export`` and ``fednas train`` (the parsers are in ``fednas.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fednas.config import ConfigError, StudyConfig
+
+__all__ = ["run_export", "run_train"]
+
+DEFAULT_CONFIG = "studies/quickstart.toml"
+
+
+def _dynamo(args: argparse.Namespace) -> bool | None:
+    return {None: None, "dynamo": True, "torchscript": False}[getattr(args, "onnx_exporter", None)]
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from fednas.config import default_storage
+    from fednas.export import resolve_formats, source_from_trial, write_bundle
+    from fednas.plot import ensure_writable_dir
+
+    storage = args.storage or default_storage(args.study)
+    resolve_formats(args.formats)  # bad or unavailable formats fail before anything is read
+    start = time.perf_counter()
+    source = source_from_trial(storage, args.study, trial=args.trial, pick=args.pick)
+    ensure_writable_dir(args.out)
+    print(f"trial {source.origin['trial']} of study {args.study!r}" + (f" ({args.pick})" if args.pick else ""))
+    result = write_bundle(source, args.out, formats=args.formats, onnx_dynamo=_dynamo(args))
+    _report(result, time.perf_counter() - start)
+    return 0
+
+
+def _report(result: Any, seconds: float) -> None:
+    m = result.metrics
+    for name, r in m["exports"].items():
+        extra = ""
+        if name == "onnx":
+            extra = f"  opset {r['opset']}, max abs diff {r['max_abs_diff']:.2g}"
+        elif name == "int8":
+            extra = f"  accuracy {r['accuracy']:.4f} (fp32 {r['fp32_accuracy']:.4f}), {r['size_ratio']:.2f}x the size"
+        print(f"  {r['file']:<22} {r['bytes']:>10,} B  {r['seconds']:6.2f} s{extra}")
+    for why in result.skipped.values():
+        print(f"  skipped {why}")
+    print(f"bundle written to {result.out} in {seconds:.1f} s (accuracy {m['pytorch_accuracy']:.4f})")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fednas.export import train_architecture, write_bundle
+    from fednas.fl import FederationError
+    from fednas.plot import ensure_writable_dir
+    from fednas.train import TrainingDiverged
+
+    arch, config, origin = _train_inputs(args)
+    rounds = args.rounds if args.rounds is not None else 3 * config.federation.rounds
+    if rounds < 1:
+        raise ConfigError(f"--rounds: expected an integer >= 1, got {rounds}")
+    ensure_writable_dir(args.out)
+    if args.formats is not None:
+        from fednas.export import resolve_formats
+
+        resolve_formats(args.formats)
+    print(f"training {origin['architecture']} for {rounds} rounds on {config.data.source} "
+          f"({config.federation.num_clients} clients, {config.federation.strategy})", flush=True)
+
+    def on_round(r: Any) -> None:
+        print(f"  round {r.round:>3}/{rounds}  accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  "
+              f"bytes {r.download_bytes + r.upload_bytes:>12,}  {r.seconds:5.1f} s", flush=True)
+
+    start = time.perf_counter()
+    try:
+        source = train_architecture(arch, config, rounds=rounds, on_round=on_round, origin=origin)
+    except (FederationError, TrainingDiverged) as exc:
+        print(f"fednas: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"final accuracy {source.metrics['accuracy']:.4f} after {rounds} rounds "
+          f"({time.perf_counter() - start:.1f} s)")
+    result = write_bundle(source, args.out, formats=args.formats, onnx_dynamo=_dynamo(args))
+    _report(result, time.perf_counter() - start)
+    return 0
+
+
+def _train_inputs(args: argparse.Namespace) -> tuple[Any, StudyConfig, dict[str, Any]]:
+    """The architecture, the config and a description of where both came from."""
+    from fednas.config import load_config
+    from search_spaces import load_architecture
+
+    targets = list(args.targets)
+    if args.trial is not None:
+        if len(targets) > 1:
+            raise ConfigError(f"with --trial, expected at most a CONFIG argument, got {' '.join(targets)}")
+        return _from_trial(args, targets[0] if targets else None)
+    if not targets:
+        raise ConfigError("expected an architecture (ARCH.json, a preset name or a bundle folder) or --study S --trial N")
+    if len(targets) > 2:
+        raise ConfigError(f"expected ARCH [CONFIG], got {len(targets)} arguments")
+    ref = targets[0]
+    if Path(ref).is_dir():
+        ref = str(Path(ref) / "arch.json")
+    arch = load_architecture(ref)
+    config_path = targets[1] if len(targets) > 1 else DEFAULT_CONFIG
+    config = load_config(config_path, args.overrides)
+    return arch, config, {"architecture": targets[0], "config": config_path,
+                          "from": f"architecture {targets[0]}, config {config_path}"}
+
+
+def _from_trial(args: argparse.Namespace, config_path: str | None) -> tuple[Any, StudyConfig, dict[str, Any]]:
+    from fednas.config import apply_overrides, default_storage, load_config, parse_config
+    from fednas.export import pick_trial
+    from fednas.plot import read_study
+    from search_spaces import MobileNetArch
+
+    study = args.study or "quickstart"
+    storage = args.storage or default_storage(study)
+    view = read_study(storage, study)
+    chosen = pick_trial(view, trial=args.trial)
+    arch = MobileNetArch.from_dict(chosen.arch)
+    if config_path is not None:
+        config = load_config(config_path, args.overrides)
+    elif view.config is None:
+        raise ConfigError(f"study {study!r} has no stored config; give a CONFIG file")
+    else:
+        doc = view.config.to_dict()
+        doc["space"] = {"name": doc["space"]["name"], **doc["space"]["options"], "labels": doc["space"]["labels"]}
+        apply_overrides(doc, args.overrides)
+        config = parse_config(doc)
+    name = f"trial {chosen.number} of study {study!r}"
+    return arch, config, {"architecture": name, "storage": storage, "study": study, "from_trial": chosen.number,
+                          "from": f"{name} in {storage}" + (f", config {config_path}" if config_path else "")}
