@@ -108,3 +108,23 @@ def test_cli_bad_data_file_exits_2_before_storage(tiny_config: Path, tmp_path: P
     assert run.returncode == 2, run.stderr
     assert "broken.npz" in run.stderr and "Traceback" not in run.stderr
     assert not list(tmp_path.glob("*.db"))
+
+
+@pytest.mark.parametrize(
+    "url, needle",
+    [
+        ("postgresql://nobody@127.0.0.1:1/nodb", "postgresql://"),
+        ("not-a-url", "not-a-url"),
+        ("sqlite:///{tmp}/afile/sub/x.db", "afile"),
+    ],
+)
+def test_unusable_storage_is_a_one_line_error(tiny_config: Path, tmp_path: Path, url: str, needle: str) -> None:
+    (tmp_path / "afile").write_text("a file, not a folder")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    run = subprocess.run(
+        [sys.executable, "-m", "fednas", "search", str(tiny_config), "--storage", url.format(tmp=tmp_path), "--trials", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert needle in run.stderr and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

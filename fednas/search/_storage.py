@@ -38,7 +38,10 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
     if journal is not None:
         if not create and not journal.exists():
             raise StorageError(f"{url}: no such journal file")
-        journal.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{url}: cannot create folder {journal.parent} ({exc.strerror})") from None
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
@@ -47,7 +50,10 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
         if not create and not db.exists():
             raise StorageError(f"{url}: no such SQLite file ({db})")
         if db.parent != Path("") and not db.parent.exists():
-            db.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"{url}: cannot create folder {db.parent} ({exc.strerror})") from None
     if "://" not in url:
         raise StorageError(
             f"{url!r}: expected a storage URL such as sqlite:///studies/NAME.db, "
@@ -58,15 +64,15 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
     level = optuna_log.level
     optuna_log.setLevel(logging.WARNING)
     try:
-        beat: dict = {}
-        if heartbeat:
-            beat = {
-                "heartbeat_interval": heartbeat,
-                "grace_period": 3 * heartbeat,
-                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
-            }
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            beat: dict = {}
+            if heartbeat:
+                beat = {
+                    "heartbeat_interval": heartbeat,
+                    "grace_period": 3 * heartbeat,
+                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
+                }
             return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beat)
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         raise StorageError(f"{url}: cannot open storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
