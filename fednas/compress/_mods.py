@@ -98,10 +98,9 @@ def make_uplink_mod(*, arrays_key: str = "arrays", config_key: str = "config", s
 
     def uplink_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         config = msg.content.config_records.get(config_key) if msg.has_content() else None
-        if _category(msg) != "train" or config is None or codec_from_config(config, "uplink") is None:
+        codec = codec_from_config(config, "uplink") if config is not None and _category(msg) == "train" else None
+        if codec is None:
             return call_next(msg, context)
-        codec = codec_from_config(config, "uplink")
-        assert codec is not None
         received = to_numpy(msg.content[arrays_key])
         reply = call_next(msg, context)
         if reply.has_error() or not reply.has_content() or arrays_key not in reply.content.array_records:

@@ -178,10 +178,10 @@ def _calibration_reader(name: str, x: torch.Tensor, batch: int = 32) -> Any:
 class Int8Exporter(Exporter):
     """Static int8 quantization of the ONNX model, calibrated on training images.
 
-    QOperator format (QLinearConv ...), int8 weights per channel, uint8 activations with a
-    reduced range (no overflow in x86 integer kernels without VNNI). It is chosen over QDQ
-    because the extra Quantize/Dequantize nodes make QDQ files of very small networks no
-    smaller than the float ones.
+    QOperator format (QLinearConv ...), int8 weights per channel kept to 7 bits
+    (``reduce_range``: no saturation in the u8s8 kernels of x86 CPUs without VNNI), uint8
+    activations, MinMax calibration. QOperator rather than QDQ because QDQ's extra
+    Quantize/Dequantize nodes make files of very small networks no smaller than the float ones.
     """
 
     name = "int8"

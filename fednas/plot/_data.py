@@ -47,12 +47,29 @@ HV_REFERENCE = 1.1  # reference point per objective, on losses scaled to [0, 1]
 
 @dataclass(frozen=True)
 class Axis:
-    """One plotted objective: name, direction, scale for display and a label with units."""
+    """One plotted objective: name, direction, scale for display and labels with units.
+
+    Attributes:
+        name: the metric name.
+        direction: "maximize" or "minimize".
+        scale: multiply values by this to display them in ``unit``.
+        title: what it measures with its unit, e.g. "MACs per image (kMACs)".
+        short: name and unit only, for crowded axes (3-D, parallel coordinates).
+    """
 
     name: str
     direction: str
     scale: float
-    label: str
+    title: str
+    short: str
+
+    @property
+    def hint(self) -> str:
+        return "higher is better" if self.direction == "maximize" else "lower is better"
+
+    @property
+    def label(self) -> str:
+        return f"{self.title}, {self.hint}"
 
 
 _BASE_UNITS = {
@@ -67,18 +84,17 @@ _BASE_UNITS = {
 
 
 def axis_for(name: str, direction: str, values: list[float]) -> Axis:
-    """A display scale (k, M, G; accuracy in %) and a label with units for one objective."""
+    """A display scale (k, M, G; accuracy in %) and labels with units for one objective."""
     what, unit = _BASE_UNITS.get(name, (name, ""))
-    arrow = "higher is better" if direction == "maximize" else "lower is better"
     if unit is None:
-        return Axis(name, direction, 100.0, f"{what} (%), {arrow}")
+        return Axis(name, direction, 100.0, f"{what} (%)", f"{name} (%)")
     top = max((abs(v) for v in values), default=0.0)
     prefix, scale = next(((p, s) for p, s in (("G", 1e-9), ("M", 1e-6), ("k", 1e-3)) if top >= 1 / s), ("", 1.0))
     if unit in ("B", "MACs"):
         shown = f"{prefix}{unit}"
     else:
         shown = {"G": "billions", "M": "millions", "k": "thousands", "": "count"}[prefix]
-    return Axis(name, direction, scale, f"{what} ({shown}), {arrow}")
+    return Axis(name, direction, scale, f"{what} ({shown})", f"{name} ({shown})")
 
 
 def choose_objectives(view: StudyView, requested: list[str] | None) -> list[str]:
@@ -263,6 +279,7 @@ class Importances:
     by_objective: dict[str, dict[str, float]] = field(default_factory=dict)
     message: str = ""
     method: str = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator)"
+    trials: int = 0
 
 
 def importance_data(view: StudyView) -> Importances:
@@ -279,7 +296,12 @@ def importance_data(view: StudyView) -> Importances:
     if not varied:
         return Importances(message="Parameter importances need a searched label that took more than one value.")
     names = list(view.objectives)
-    study = optuna.create_study(directions=list(view.objectives.values()))
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" line
+    try:
+        study = optuna.create_study(directions=list(view.objectives.values()))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     study.add_trials(list(view.frozen))
     quantile = min(0.5, max(0.1, 2.0 / n))  # at least two trials in the top regime
     out: dict[str, dict[str, float]] = {}
@@ -295,7 +317,7 @@ def importance_data(view: StudyView) -> Importances:
         except (RuntimeError, ValueError, ZeroDivisionError) as exc:
             return Importances(message=f"Parameter importances could not be computed: {exc}")
         out[name] = {k: (0.0 if not math.isfinite(v) else float(v)) for k, v in imp.items()}
-    return Importances(by_objective=out)
+    return Importances(by_objective=out, trials=n)
 
 
 # --------------------------------------------------------------------------- the whole report

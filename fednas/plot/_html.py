@@ -25,10 +25,16 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.9rem; } td, th { padding: 0.2rem 0.6rem; text-align: left; }
 th { border-bottom: 1px solid #999; } tr:nth-child(even) td { background: #f6f6f6; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 0.5rem; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr)); gap: 0.5rem; }
+.grid > div { min-width: 0; overflow: hidden; }
 .message { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.5rem 0.8rem; }
 .note { color: #555; font-size: 0.9rem; }
 """
+
+
+# Figures are drawn while the page is parsed; size them again to their final boxes.
+_RESIZE = ("window.addEventListener('load', function () { document.querySelectorAll('.js-plotly-plot')"
+           ".forEach(function (d) { Plotly.Plots.resize(d); }); });")
 
 
 def _plotly():
@@ -51,7 +57,9 @@ def render_html(report: Report) -> str:
     figs: list[str] = []
 
     def fig_div(fig: Any, name: str, height: int = 480) -> str:
-        fig.update_layout(height=height, margin={"l": 60, "r": 20, "t": 50, "b": 60}, template="plotly_white")
+        fig.update_layout(height=height, template="plotly_white", modebar={"orientation": "v"})
+        if not fig.layout.margin.t:
+            fig.update_layout(margin={"l": 60, "r": 40, "t": 50, "b": 60})
         div = fig.to_html(full_html=False, include_plotlyjs=False, include_mathjax=False,
                           div_id=f"fig-{name}", config=_CONFIG, default_width="100%", default_height=f"{height}px")
         figs.append(name)
@@ -89,7 +97,7 @@ def render_html(report: Report) -> str:
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
         f"<title>fednas: {e(report.study)}</title>\n<style>{_CSS}</style>\n"
         f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n"
-        f"</head>\n<body data-figures=\"{e(json.dumps(figs))}\">\n{body}\n</body>\n</html>\n"
+        f"</head>\n<body data-figures=\"{e(json.dumps(figs))}\">\n{body}\n<script>{_RESIZE}</script>\n</body>\n</html>\n"
     )
 
 
@@ -148,7 +156,8 @@ def _main_figure(go: Any, data: FrontData, study: str) -> Any:
                         "size": 5 if status == "dominated" else 6, "opacity": 0.6 if status == "dominated" else 1.0}))
     fig = go.Figure(traces)
     fig.update_layout(title=f"{study}: Pareto front", scene={
-        "xaxis_title": data.axes[0].label, "yaxis_title": data.axes[1].label, "zaxis_title": data.axes[2].label})
+        "xaxis_title": data.axes[0].short, "yaxis_title": data.axes[1].short, "zaxis_title": data.axes[2].short,
+        "camera": {"eye": {"x": 1.7, "y": 1.7, "z": 1.2}}})
     return fig
 
 
@@ -166,7 +175,7 @@ def _parallel(go: Any, data: ParallelData) -> Any:
     fig = go.Figure(go.Parcoords(
         line={"color": [code[s] for s in data.statuses], "colorscale": colors, "cmin": 0, "cmax": 2},
         dimensions=dims))
-    fig.update_layout(title="Objectives and searched labels, one line per completed trial")
+    fig.update_layout(margin={"l": 80, "r": 80, "t": 90, "b": 40})
     return fig
 
 
@@ -181,7 +190,8 @@ def _hv_note(hv: HypervolumeHistory) -> str:
 def _hv_figure(go: Any, hv: HypervolumeHistory) -> Any:
     fig = go.Figure(go.Scatter(x=list(hv.numbers), y=list(hv.values), mode="lines+markers",
                                line={"shape": "hv", "color": STATUS_STYLE["front"]["color"]}, name="hypervolume"))
-    fig.update_layout(title="Hypervolume history", xaxis_title="trial number",
+    step = max(1, -(-len(hv.numbers) // 12))
+    fig.update_layout(title="Hypervolume history", xaxis={"title": "trial number", "tick0": 0, "dtick": step},
                       yaxis_title="hypervolume (objectives scaled to [0, 1])")
     return fig
 
@@ -189,7 +199,9 @@ def _hv_figure(go: Any, hv: HypervolumeHistory) -> Any:
 def _importances(go: Any, imp: Importances, fig_div: Any) -> str:
     if not imp.by_objective:
         return f'<p class="message">{html.escape(imp.message)}</p>'
-    out = [f'<p class="note">Method: {html.escape(imp.method)}; importances of each objective sum to 1.</p>',
+    rough = " With fewer than about 20 trials they are rough estimates." if imp.trials < 20 else ""
+    out = [f'<p class="note">Method: {html.escape(imp.method)}, over {imp.trials} completed trials; '
+           f"importances of each objective sum to 1.{rough}</p>",
            '<div class="grid">']
     for i, (name, values) in enumerate(imp.by_objective.items()):
         labels = list(values)[::-1]

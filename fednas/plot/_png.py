@@ -74,8 +74,8 @@ def _projection(plt, data: FrontData, study: str, path: Path) -> None:
         # interval to its right (post), with x maximized the interval to its left (pre)
         where = "post" if ax_x.direction == "minimize" else "pre"
         ax.step(xs, ys, where=where, color=STATUS_STYLE["front"]["color"], lw=1.2, alpha=0.7, zorder=1)
-    ax.set_xlabel(ax_x.label)
-    ax.set_ylabel(ax_y.label)
+    ax.set_xlabel(f"{ax_x.title}\n{ax_x.hint}")
+    ax.set_ylabel(f"{ax_y.title}\n{ax_y.hint}")
     ax.set_title(f"{study}: {ax_x.name} vs {ax_y.name}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", frameon=True)
@@ -91,6 +91,9 @@ def _hypervolume(plt, hv: HypervolumeHistory, study: str, path: Path) -> None:
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, hv.message, ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume (objectives scaled to [0, 1])")
     ax.set_title(f"{study}: hypervolume of {', '.join(hv.objectives)}", fontsize=11)

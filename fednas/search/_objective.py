@@ -97,13 +97,22 @@ class TrialRunner:
         trial.set_user_attr("client_failures", sum(r.failures for r in outcome.rounds))
         trial.set_user_attr("client_dropouts", sum(r.dropped for r in outcome.rounds))
         trial.set_user_attr("train_seconds", outcome.seconds)
-        trial.set_user_attr("constraints", self._violations(metrics))
+        self._set_constraints(trial, metrics)
         self._store_weights(trial, outcome.arrays.to_torch_state_dict())
         return tuple(float(metrics[name]) for name in self.config.objectives)
 
-    def _violations(self, metrics: dict[str, Any]) -> list[float]:
-        """Constraint values for Optuna: <= 0 is feasible (value minus bound)."""
-        return [float(metrics[name] - bound) for name, bound in self.config.constraints.active().items()]
+    def _set_constraints(self, trial: optuna.Trial, metrics: dict[str, Any]) -> None:
+        """Optuna constraint values (``Trial.set_constraint``; <= 0 is feasible): value minus bound.
+
+        Optuna 5 samplers (NSGA-II, TPE) and ``Study.best_trials`` read these; the older
+        ``constraints_func`` argument is deprecated there.
+        """
+        values = []
+        for name, bound in self.config.constraints.active().items():
+            if name in metrics:
+                values.append(float(metrics[name] - bound))
+                trial.set_constraint(f"max_{name}", values[-1])
+        trial.set_user_attr("constraints", values)
 
     def _claim_slot(self, trial: optuna.Trial) -> None:
         """With several workers, only the lowest-numbered running trials fill the remaining slots.
@@ -135,7 +144,7 @@ class TrialRunner:
             if name in static and static[name] > bound
         ]
         if broken:
-            trial.set_user_attr("constraints", self._violations({**static, "comm_bytes": 0}))
+            self._set_constraints(trial, static)
             trial.set_user_attr("pruned_reason", "; ".join(broken))
             raise optuna.TrialPruned("constraint violated before training: " + "; ".join(broken))
 

@@ -56,19 +56,14 @@ class SearchResult:
 def _sampler(config: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
     # A resumed study re-seeds from its history size, so it does not replay the same draws.
     seed = derive_seed(config.study.seed, "sampler", n_existing)
-    constraints = _constraints_func if config.constraints.active() else None
     name = config.study.sampler
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(
-            population_size=config.study.population_size, seed=seed, constraints_func=constraints
+            population_size=config.study.population_size, seed=seed
         )
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def _constraints_func(trial: FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", []))
 
 
 def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
@@ -305,7 +300,7 @@ def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> Tri
     reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or trial.system_attrs.get("fail_reason", "")
     if not reason and trial.state == TrialState.FAIL:
         reason = "failed (no reason recorded)"
-    feasible = all(c <= 0 for c in attrs.get("constraints", []))
+    feasible = all(c <= 0 for c in trial.constraints.values())
     return TrialSummary(
         trial.number, trial.state.name, values, dict(attrs.get("labels", trial.params)), metrics, reason, feasible,
         dict(attrs.get("arch", {})),

@@ -292,7 +292,7 @@ def test_pick_needs_a_front(study: dict) -> None:
 def test_train_from_a_stored_trial(study: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "retrained"
     rc = main(["train", "--storage", study["storage"], "--study", "exp", "--trial", "0", "--rounds", "1",
-               "--out", str(out), "--formats", "onnx"])
+               "--out", str(out), "--formats", "onnx", "--onnx-exporter", "torchscript"])
     text = capsys.readouterr().out
     assert rc == 0 and "round   1/1" in text
     m = json.loads((out / "metrics.json").read_text())

@@ -64,9 +64,9 @@ def test_static_constraint_skips_training(tiny_config: Path) -> None:
     assert pruned, "the bound should exclude some candidates of this space"
     for t in pruned:
         assert t.user_attrs["macs"] > 40000 and "weights_artifact" not in t.user_attrs
-        assert t.user_attrs["constraints"][0] > 0
+        assert t.constraints["max_macs"] > 0
     for t in complete:
-        assert t.user_attrs["macs"] <= 40000 and t.user_attrs["constraints"][0] <= 0
+        assert t.user_attrs["macs"] <= 40000 and t.constraints["max_macs"] <= 0
 
 
 def test_bound_below_smallest_candidate_is_a_config_error(tiny_config: Path, tmp_path: Path) -> None:

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fednas.compress import distillation_loss, train_with_teacher
+from fednas.train import TrainConfig, TrainingDiverged, train
+from search_spaces import build_model, preset
+
+
+def _logits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 10, generator=gen) * 3, torch.randn(8, 10, generator=gen) * 3, torch.randint(0, 10, (8,), generator=gen)
+
+
+def test_weight_zero_is_cross_entropy_and_weight_one_is_scaled_kl() -> None:
+    s, t, y = _logits(0)
+    torch.testing.assert_close(distillation_loss(s, t, y, temperature=4.0, weight=0.0), F.cross_entropy(s, y))
+    for temp in (1.0, 2.0, 5.0):
+        p_t = F.softmax(t / temp, dim=1)
+        kl = (p_t * (p_t.log() - F.log_softmax(s / temp, dim=1))).sum(1).mean()
+        torch.testing.assert_close(distillation_loss(s, t, y, temperature=temp, weight=1.0), temp**2 * kl)
+    mixed = distillation_loss(s, t, y, temperature=2.0, weight=0.25)
+    expected = 0.75 * F.cross_entropy(s, y) + 0.25 * distillation_loss(s, t, y, temperature=2.0, weight=1.0)
+    torch.testing.assert_close(mixed, expected)
+    assert distillation_loss(t, t, y, temperature=3.0, weight=1.0).abs() < 1e-6  # student == teacher
+
+
+def test_gradients_reach_the_student_only_and_keep_their_scale_across_temperatures() -> None:
+    s, t, y = _logits(1)
+    s.requires_grad_(True)
+    t.requires_grad_(True)
+    distillation_loss(s, t, y, temperature=4.0, weight=1.0).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+    # soft-target gradients scale as 1/T^2 (Hinton et al.); the T^2 factor makes them independent of T
+    s_small = (torch.randn(64, 10, generator=torch.Generator().manual_seed(2)) * 0.1).requires_grad_(True)
+    t_small = torch.randn(64, 10, generator=torch.Generator().manual_seed(3)) * 0.1
+    norms = []
+    for temp in (4.0, 16.0):
+        s_small.grad = None
+        distillation_loss(s_small, t_small, y.repeat(8), temperature=temp, weight=1.0).backward()
+        norms.append(s_small.grad.norm().item())
+    assert 0.8 < norms[1] / norms[0] < 1.25  # without the factor: 1/16
+
+
+def test_bad_arguments() -> None:
+    s, t, y = _logits(0)
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(s, t, y, temperature=0.0)
+    with pytest.raises(ValueError, match="weight"):
+        distillation_loss(s, t, y, weight=1.5)
+
+
+def test_train_with_teacher_mirrors_train() -> None:
+    torch.manual_seed(0)
+    student = build_model(preset("mobilenet_micro"), num_classes=10, in_channels=1)
+    teacher = build_model(preset("mobilenet_micro"), num_classes=10, in_channels=1)
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 28, 28, generator=gen), torch.randint(0, 10, (40,), generator=gen)
+    config = TrainConfig(batch_size=16, lr=0.05, max_steps=2)
+    a, b = copy.deepcopy(student), copy.deepcopy(student)
+    result = train_with_teacher(a, teacher, x, y, config, seed=3, weight=0.0)
+    reference = train(b, x, y, config, seed=3)
+    assert (result.steps, result.examples) == (reference.steps, reference.examples) == (2, 32)
+    assert abs(result.loss - reference.loss) < 1e-5  # weight 0 is plain training, same batches
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k])
+    distilled = copy.deepcopy(student)
+    train_with_teacher(distilled, teacher, x, y, config, seed=3, temperature=2.0, weight=0.9)
+    assert any(not torch.equal(v, a.state_dict()[k]) for k, v in distilled.state_dict().items() if v.is_floating_point())
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    with pytest.raises(TrainingDiverged):
+        train_with_teacher(copy.deepcopy(student), teacher, x * float("nan"), y, config, seed=0)
