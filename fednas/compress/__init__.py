@@ -21,6 +21,7 @@ Codecs (``_codecs``; NumPy only)
                                                          sorted name order; the rest (int counters) raw,
                                                          carrying their value; shapes never travel
     payload_bytes(encoded) -> int                        exact bytes of the encoded arrays' data
+    wire_bytes(encoded) -> int                           the same as Flower counts it (+ .npy headers, keys)
     encode_with_feedback(codec, update, residual, *, layout, rng) -> (encoded, new_residual)
     update_between(new, base, layout) / apply_update(base, decoded, layout)   delta out / model back in
     pack_bits(codes, bits) / unpack_bits(packed, bits, count)
@@ -34,6 +35,7 @@ Flower pieces (``_mods``, ``_strategy``)
                                                          uplink_error_feedback=, seed=
     CompressedFedAvg = compressed(FedAvg)
     COMPRESSION_RECORD = "compression"                   ConfigRecord name on an encoded reply
+    to_array_record(arrays) / to_numpy(record)           NumPy dict <-> ArrayRecord (keeps 0-d arrays 0-d)
 
 Model compression
     prune_channels(model, sparsity, *, method="l1"|"l2"|"fpgm"|"taylor", example_input, batches=None,
@@ -93,7 +95,7 @@ from fednas.compress._distill import distillation_loss, train_with_teacher
 from fednas.compress._int8 import INT8_BACKENDS, Int8Model, evaluate_int8, quantize_int8, serialized_bytes
 from fednas.compress._lowrank import factorize, low_rank, low_rank_rank
 from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, DownlinkOutOfSync, DownlinkPlan,
-                                   make_downlink_mod, make_uplink_mod, to_array_record, to_numpy)
+                                   make_downlink_mod, make_uplink_mod, to_array_record, to_numpy, wire_bytes)
 from fednas.compress._prune import PRUNING_METHODS, prune_channels
 from fednas.compress._strategy import CompressedFedAvg, CompressionMixin, compressed
 
@@ -136,4 +138,5 @@ __all__ = [
     "train_with_teacher",
     "unpack_bits",
     "update_between",
+    "wire_bytes",
 ]

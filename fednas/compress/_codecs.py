@@ -448,7 +448,7 @@ def encode_with_feedback(
     corrected = dict(update)
     if residual is not None:
         for s in layout.coded:
-            corrected[s.name] = np.asarray(update[s.name], dtype=np.float64) + np.asarray(residual[s.name], dtype=np.float64)
+            corrected[s.name] = np.add(update[s.name], residual[s.name], dtype=np.float64)
     encoded = codec.encode(corrected, rng=rng, layout=layout)
     decoded = codec.decode(encoded, layout)
     new_residual = {

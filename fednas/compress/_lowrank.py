@@ -57,7 +57,8 @@ def factorize(layer: nn.Module, rank: int) -> nn.Sequential:
         first.weight.data.copy_(a)
         second.weight.data.copy_(b)
     else:
-        first = nn.Conv2d(in_f, rank, 1, stride=layer.stride, padding=layer.padding, dilation=layer.dilation, bias=False)
+        first = nn.Conv2d(in_f, rank, 1, stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                          bias=False)
         second = nn.Conv2d(rank, out_f, 1, bias=bias)
         first.weight.data.copy_(a[:, :, None, None])
         second.weight.data.copy_(b[:, :, None, None])

@@ -51,6 +51,7 @@ __all__ = [
     "make_uplink_mod",
     "to_array_record",
     "to_numpy",
+    "wire_bytes",
 ]
 
 COMPRESSION_RECORD = "compression"
@@ -74,6 +75,11 @@ def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """NumPy arrays as an ArrayRecord (each serialized as ``.npy``, as Flower does)."""
     # not np.ascontiguousarray: it turns 0-d arrays (batch norm counters) into shape (1,)
     return ArrayRecord({k: Array(np.array(v, order="C", copy=None)) for k, v in arrays.items()})
+
+
+def wire_bytes(encoded: Mapping[str, np.ndarray]) -> int:
+    """What Flower's ``count_bytes`` reports for ``encoded`` as an ArrayRecord (data, ``.npy`` headers, keys)."""
+    return to_array_record(encoded).count_bytes()
 
 
 def _category(msg: Message) -> str:

@@ -69,8 +69,8 @@ class CompressionMixin:
     ) -> Iterable[Message]:
         if self.uplink is not None:
             config.update(self.uplink.to_config("uplink"))
-            ef = self.uplink.default_error_feedback if self.uplink_error_feedback is None else self.uplink_error_feedback
-            config["uplink-error-feedback"] = bool(ef)
+            ef = self.uplink_error_feedback
+            config["uplink-error-feedback"] = bool(self.uplink.default_error_feedback if ef is None else ef)
         if self.downlink is None:
             messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
             self._remember(to_numpy(arrays), messages)
@@ -89,7 +89,8 @@ class CompressionMixin:
             delta = RecordDict({**extra, self.arrayrecord_key: plan.delta,
                                 self.configrecord_key: ConfigRecord({**sent_config, **plan.delta_config})})
         for m in messages:
-            m.content = delta if delta is not None and self.downlink.holds(m.metadata.dst_node_id, plan.base_version) else full
+            holds_base = self.downlink.holds(m.metadata.dst_node_id, plan.base_version)
+            m.content = delta if delta is not None and holds_base else full
         self.downlink.commit(plan, [m.metadata.dst_node_id for m in messages])
         self._remember(plan.reference, messages)
         return messages

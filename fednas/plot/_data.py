@@ -216,7 +216,8 @@ def parallel_data(view: StudyView) -> ParallelData:
         else:
             cats = sorted({_cat(v) for v in raw})
             code = {c: i for i, c in enumerate(cats)}
-            dims.append(Dimension(label, tuple(float(code[_cat(v)]) for v in raw), tuple((float(i), c) for i, c in enumerate(cats))))
+            ticks = tuple((float(i), c) for i, c in enumerate(cats))
+            dims.append(Dimension(label, tuple(float(code[_cat(v)]) for v in raw), ticks))
     status = statuses(trials, names, [view.direction(n) for n in names]) if names else ["dominated"] * len(trials)
     return ParallelData(tuple(t.number for t in trials), tuple(status), tuple(dims))
 

@@ -18,7 +18,8 @@ __all__ = ["CSP", "render_html", "write_html"]
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
        "img-src data: blob:; font-src data:; worker-src blob:")
-_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
+_CONFIG = {"displaylogo": False, "showSendToCloud": False, "responsive": True,
+           "toImageButtonOptions": {"format": "png", "scale": 2}}
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 1.5rem auto;
        max-width: 1200px; padding: 0 1rem; color: #222; }

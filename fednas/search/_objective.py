@@ -130,9 +130,15 @@ class TrialRunner:
             raise optuna.TrialPruned("surplus trial")
 
     def _check_duplicate(self, trial: optuna.Trial, labels: dict[str, Any]) -> None:
-        """A candidate already trained in this study is not trained again (runs are deterministic)."""
-        for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if other.user_attrs.get("labels") == labels:
+        """A candidate already trained, or being trained by another worker, is not trained again.
+
+        Runs are deterministic, so a repeat would only reproduce the same numbers. Two
+        workers that draw the same candidate at the same moment may both step back; that
+        costs an attempt, never a doubled trial.
+        """
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        for other in trial.study.get_trials(deepcopy=False, states=states):
+            if other.number != trial.number and other.user_attrs.get("labels") == labels:
                 trial.set_user_attr("pruned_reason", f"duplicate of trial {other.number}")
                 raise optuna.TrialPruned(f"duplicate of trial {other.number}")
 

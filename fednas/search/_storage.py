@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -73,11 +74,24 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
                     "grace_period": 3 * heartbeat,
                     "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
                 }
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **beat)
+            return _rdb_with_retry(url, kwargs, beat)
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         raise StorageError(f"{url}: cannot open storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     finally:
         optuna_log.setLevel(level)
+
+
+def _rdb_with_retry(url: str, engine_kwargs: dict, beat: dict, attempts: int = 8) -> optuna.storages.RDBStorage:
+    """Open an RDB storage; workers creating a new database at once race to create its
+    tables ("table ... already exists"), and the losers simply open it again."""
+    for i in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except Exception as exc:
+            if "already exists" not in str(exc) or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _journal_path(url: str) -> Path | None:

@@ -53,9 +53,9 @@ class SearchResult:
     front: list[TrialSummary]
 
 
-def _sampler(config: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+def _sampler(config: StudyConfig, n_existing: int, salt: str = "") -> optuna.samplers.BaseSampler:
     # A resumed study re-seeds from its history size, so it does not replay the same draws.
-    seed = derive_seed(config.study.seed, "sampler", n_existing)
+    seed = derive_seed(config.study.seed, "sampler", n_existing, salt)
     name = config.study.sampler
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(
@@ -66,7 +66,7 @@ def _sampler(config: StudyConfig, n_existing: int) -> optuna.samplers.BaseSample
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
+def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna.Study:
     storage = open_storage(storage_url, heartbeat=config.study.heartbeat)
     name = config.study.name
     directions = list(config.objectives.values())
@@ -86,7 +86,7 @@ def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name, storage=storage, directions=directions,
-        sampler=_sampler(config, n_existing), load_if_exists=True,
+        sampler=_sampler(config, n_existing, salt), load_if_exists=True,
     )
     if n_existing == 0:
         study.set_user_attr("objectives", list(config.objectives))
@@ -94,7 +94,9 @@ def _open_study(config: StudyConfig, storage_url: str) -> optuna.Study:
     return study
 
 
-def run_search(config: StudyConfig, *, progress: bool = True, jobs: int = 1, prefix: str = "") -> SearchResult:
+def run_search(
+    config: StudyConfig, *, progress: bool = True, jobs: int = 1, prefix: str = "", worker: str = ""
+) -> SearchResult:
     """Run (or resume) the study described by ``config`` until it has ``study.trials`` completed trials.
 
     Args:
@@ -102,6 +104,8 @@ def run_search(config: StudyConfig, *, progress: bool = True, jobs: int = 1, pre
         progress: print a live status line to stderr.
         jobs: worker processes sharing the study (each runs trials one at a time).
         prefix: text in front of each status line (a worker's name).
+        worker: a name that makes this worker's sampler draw differently from the others'
+            (``--jobs`` sets it; hand-started workers rely on duplicate detection).
 
     Raises:
         ConfigError: constraints that no candidate of the space can meet.
@@ -110,7 +114,7 @@ def run_search(config: StudyConfig, *, progress: bool = True, jobs: int = 1, pre
     """
     storage_url = config.storage
     space, data = _prepare(config)
-    study = _open_study(config, storage_url)
+    study = _open_study(config, storage_url, worker)
     folder = Path(config.study.artifacts) if config.study.artifacts else artifact_dir_for(storage_url, config.study.name)
     if "artifacts_dir" not in study.user_attrs:
         study.set_user_attr("artifacts_dir", str(folder.resolve()))
@@ -185,7 +189,7 @@ def _worker_main(config: StudyConfig, progress: bool, index: int, threads: int) 
 
     torch.set_num_threads(threads)
     try:
-        run_search(config, progress=progress, prefix=f"[w{index}] ")
+        run_search(config, progress=progress, prefix=f"[w{index}] ", worker=f"w{index}")
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

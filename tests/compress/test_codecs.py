@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fednas.compress import (CODECS, Identity, Layout, Quantize, TopK, apply_update, codec_from_config,
-                             encode_with_feedback, make_codec, pack_bits, payload_bytes, unpack_bits)
+                             encode_with_feedback, make_codec, pack_bits, payload_bytes, unpack_bits, wire_bytes)
 from search_spaces import build_model, preset
 
 
@@ -17,14 +17,16 @@ def _state(name: str = "mobilenet_tiny") -> dict[str, np.ndarray]:
 
 def _update(state: dict[str, np.ndarray], seed: int = 1, scale: float = 0.01) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {k: (rng.normal(size=v.shape) * scale).astype(v.dtype) if v.dtype.kind == "f" else v for k, v in state.items()}
+    return {k: (rng.normal(size=v.shape) * scale).astype(v.dtype) if v.dtype.kind == "f" else v
+            for k, v in state.items()}
 
 
 def _steps(codec: Quantize, x: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-element quantization step of ``codec`` for ``x``."""
     layout = Layout.of(x)
     _, step = codec.scales(layout.flatten(x), layout)
-    return layout.unflatten(np.repeat(step.astype(np.float64), layout.group_sizes(codec.per_channel)).astype(np.float64))
+    per_element = np.repeat(step.astype(np.float64), layout.group_sizes(codec.per_channel))
+    return {k: v.astype(np.float64) for k, v in layout.unflatten(per_element).items()}
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8, 16])
@@ -98,6 +100,9 @@ def test_payload_bytes_are_the_bytes_of_the_produced_arrays(codec) -> None:
     assert payload_bytes(encoded) == sum(a.nbytes for a in encoded.values())
     full = sum(a.nbytes for a in x.values())
     assert payload_bytes(encoded) <= full
+    # Flower adds a .npy header (~128 bytes) and the key per array: few arrays keep that small
+    assert payload_bytes(encoded) < wire_bytes(encoded) <= payload_bytes(encoded) + 200 * len(encoded)
+    assert len(encoded) <= 4
 
 
 def test_topk_sends_the_largest_entries_with_compact_indices() -> None:

@@ -13,7 +13,8 @@ from search_spaces import build_model, preset
 
 def _logits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(8, 10, generator=gen) * 3, torch.randn(8, 10, generator=gen) * 3, torch.randint(0, 10, (8,), generator=gen)
+    student, teacher = torch.randn(8, 10, generator=gen) * 3, torch.randn(8, 10, generator=gen) * 3
+    return student, teacher, torch.randint(0, 10, (8,), generator=gen)
 
 
 def test_weight_zero_is_cross_entropy_and_weight_one_is_scaled_kl() -> None:
@@ -71,7 +72,8 @@ def test_train_with_teacher_mirrors_train() -> None:
         torch.testing.assert_close(v, b.state_dict()[k])
     distilled = copy.deepcopy(student)
     train_with_teacher(distilled, teacher, x, y, config, seed=3, temperature=2.0, weight=0.9)
-    assert any(not torch.equal(v, a.state_dict()[k]) for k, v in distilled.state_dict().items() if v.is_floating_point())
+    plain = a.state_dict()
+    assert any(not torch.equal(v, plain[k]) for k, v in distilled.state_dict().items() if v.is_floating_point())
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     with pytest.raises(TrainingDiverged):
         train_with_teacher(copy.deepcopy(student), teacher, x * float("nan"), y, config, seed=0)

@@ -25,8 +25,6 @@ from fednas.search import run_search
 pytest.importorskip("plotly")
 pytest.importorskip("matplotlib")
 
-ROOT = Path(__file__).resolve().parents[2]
-
 # comm_bytes of these candidates spans about 170-230 kB: the bound makes some infeasible.
 PLOT_STUDY = """
 [study]
