@@ -177,19 +177,28 @@ class SearchSpace(ABC):
     def decode(self, values: dict[str, Any]) -> Any:
         """Turn a complete label -> value dict into an architecture (pure)."""
 
+    def allowed_domains(self) -> dict[str, Domain]:
+        """The widest domain a study may give each label; by default the default domains.
+
+        A space whose defaults are narrower than what it accepts (e.g. knobs that default
+        to a fixed "off" value) overrides this.
+        """
+        return self.domains()
+
     def resolve(self, overrides: dict[str, Domain] | None = None) -> dict[str, Domain]:
         """Default domains with ``overrides`` applied and checked.
 
         Raises:
-            ValueError: for an unknown label or a domain outside the label's default one.
+            ValueError: for an unknown label or a domain outside the label's allowed one.
         """
         domains = dict(self.domains())
+        allowed = self.allowed_domains() if overrides else {}
         for label, dom in (overrides or {}).items():
             if label not in domains:
                 raise ValueError(
                     f"unknown label {label!r} for search space {self.name!r}; valid: {', '.join(domains)}"
                 )
-            why = dom.values_ok(domains[label])
+            why = dom.values_ok(allowed[label])
             if why:
                 raise ValueError(f"label {label!r}: {why}")
             domains[label] = dom
