@@ -235,11 +235,14 @@ def _table(trials: list, objectives: list[str], show_state: bool = False) -> str
     if not trials:
         return "(no completed trials)"
     extra = [m for m in ("params", "macs", "comm_bytes") if m not in objectives]
-    head = ["#"] + (["state"] if show_state else []) + objectives + extra + ["architecture"]
+    from search_spaces import CompressionSettings
+
+    head = ["#"] + (["state"] if show_state else []) + objectives + extra + ["compression", "architecture"]
     rows = []
     for t in trials:
         row = [str(t.number)] + ([t.state] if show_state else [])
         row += [_cell(t.values.get(o, "")) for o in objectives] + [_cell(t.metrics.get(m, "")) for m in extra]
+        row.append(CompressionSettings.from_labels(t.params).describe())
         row.append(describe_arch(t.arch) if t.arch else t.reason)
         if show_state and t.reason and t.arch:
             row[-1] += f"  ({t.reason})"

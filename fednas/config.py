@@ -44,6 +44,8 @@ OBJECTIVES: dict[str, str] = {
     "comm_bytes": "bytes of all message records, both directions, all rounds",
     "upload_bytes": "bytes of client -> server message records",
     "download_bytes": "bytes of server -> client message records",
+    "model_bytes": "bytes of the final model after post-training int8 quantization (serialized state dict)",
+    "accuracy_int8": "held-out accuracy of the final model after post-training int8 quantization",
 }
 DIRECTIONS = ("maximize", "minimize")
 SAMPLERS = ("nsga2", "tpe", "random")
@@ -337,7 +339,7 @@ def _objectives(table: dict[str, Any]) -> dict[str, str]:
 
 
 def _space(table: dict[str, Any]) -> SpaceConfig:
-    from search_spaces import domain_from_config, get_search_space
+    from search_spaces import domain_from_config, get_search_space, with_compression
 
     table = dict(table)
     name = table.pop("name", "mobilenet")
@@ -347,7 +349,7 @@ def _space(table: dict[str, Any]) -> SpaceConfig:
     if not isinstance(labels, dict):
         raise ConfigError(f"space.labels: expected a table, got {_show(labels)}")
     try:
-        space = get_search_space(name, table)
+        space = with_compression(get_search_space(name, table))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"space: {exc}") from None
     domains = {}

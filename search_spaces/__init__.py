@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, domain_from_config
+from .compression import CompressionSettings, CompressionSpace, JointSpace, with_compression
 from .mobilenet import PRESETS, MobileNetArch, MobileNetSpace, Stage, build_model, preset
 
 __all__ = [
     "PRESETS",
     "SEARCH_SPACES",
     "Choice",
+    "CompressionSettings",
+    "CompressionSpace",
     "Domain",
     "Fixed",
+    "JointSpace",
     "MobileNetArch",
     "MobileNetSpace",
     "Range",
@@ -26,6 +30,7 @@ __all__ = [
     "get_search_space",
     "load_architecture",
     "preset",
+    "with_compression",
 ]
 
 SEARCH_SPACES: dict[str, Callable[[dict[str, Any]], SearchSpace]] = {

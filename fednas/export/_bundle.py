@@ -23,7 +23,7 @@ from torch import nn
 from fednas.config import ConfigError
 from fednas.export._formats import DEFAULT_FORMATS, EXPORTERS, ExportContext
 from fednas.export._source import ModelSource
-from search_spaces import MobileNetArch, build_model, get_search_space
+from search_spaces import MobileNetArch, get_search_space
 
 __all__ = ["BundleResult", "load_model", "resolve_formats", "write_bundle"]
 
@@ -131,7 +131,7 @@ def write_bundle(
 
 
 def _model(source: ModelSource, num_classes: int, in_channels: int) -> nn.Module:
-    model = build_model(source.arch, num_classes=num_classes, in_channels=in_channels)
+    model = _structure(source.arch, source.labels, num_classes, in_channels)
     try:
         model.load_state_dict(source.state, strict=True)
     except RuntimeError as exc:
@@ -148,12 +148,15 @@ def _input_info(channels: int, resolution: int, classes: int) -> dict[str, Any]:
 
 
 def _compression(source: ModelSource) -> dict[str, Any]:
-    """Labels beyond the architecture's own (e.g. pruning or quantization settings)."""
+    """Labels beyond the architecture's own (compression settings), those not at their "off" default."""
+    from search_spaces import CompressionSpace
+
     try:
         arch_labels = set(get_search_space(source.config.space.name, source.config.space.options).domains())
     except ValueError:
         return {}
-    return {k: v for k, v in source.labels.items() if k not in arch_labels}
+    off = {k: d.value for k, d in CompressionSpace().domains().items()}  # type: ignore[attr-defined]
+    return {k: v for k, v in source.labels.items() if k not in arch_labels and (k not in off or v != off[k])}
 
 
 def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_test: int,
@@ -185,6 +188,15 @@ def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_
     }
 
 
+def _structure(arch: MobileNetArch, labels: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """The trained structure: the architecture, low-rank factorized when the trial's labels say so."""
+    from fednas.fl._spec import build_run_model
+    from search_spaces import CompressionSettings
+
+    return build_run_model(arch, CompressionSettings.from_labels(labels), num_classes=num_classes,
+                           in_channels=in_channels)
+
+
 def load_model(path: str | Path) -> nn.Module:
     """The PyTorch model of a bundle folder written by ``fednas export``/``fednas train``, in eval mode.
 
@@ -204,7 +216,8 @@ def load_model(path: str | Path) -> nn.Module:
             raise ValueError(f"{p}: not found; expected a bundle folder written by `fednas export`")
     try:
         arch = MobileNetArch.from_json(arch_path.read_text(encoding="utf-8"))
-        info = json.loads(metrics_path.read_text(encoding="utf-8"))["input"]
+        doc = json.loads(metrics_path.read_text(encoding="utf-8"))
+        info, labels = doc["input"], dict(doc.get("labels") or {})
         classes, channels = int(info["num_classes"]), int(info["in_channels"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder}: malformed bundle ({type(exc).__name__}: {exc})") from None
@@ -212,7 +225,7 @@ def load_model(path: str | Path) -> nn.Module:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{weights_path}: not a safetensors file ({exc})") from None
-    model = build_model(arch, num_classes=classes, in_channels=channels)
+    model = _structure(arch, labels, classes, channels)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

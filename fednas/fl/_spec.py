@@ -11,15 +11,17 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from fednas.config import DataConfig, FederationConfig, load_config
 from fednas.data import ArrayDataset, load_dataset, partition
+from search_spaces import CompressionSettings, MobileNetArch, build_model
 
-__all__ = ["FederatedData", "RunSpec", "federated_data"]
+__all__ = ["FederatedData", "RunSpec", "build_run_model", "federated_data"]
 
 RUN_KEY = "fednas-run"
 # For runtimes that cannot carry a run config (Flower's legacy ``run_simulation`` API):
@@ -29,15 +31,17 @@ RUN_ENV = "FEDNAS_RUN_SPEC"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One federated run: data, federation settings, seed and architecture (as a dict)."""
+    """One federated run: data, federation settings, seed, architecture (as a dict), compression."""
 
     data: DataConfig
     federation: FederationConfig
     seed: int
     arch: dict[str, Any]
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
 
     def to_run_config(self) -> dict[str, str]:
-        doc = {"data": asdict(self.data), "federation": asdict(self.federation), "seed": self.seed, "arch": self.arch}
+        doc = {"data": asdict(self.data), "federation": asdict(self.federation), "seed": self.seed, "arch": self.arch,
+               "compression": self.compression.to_dict()}
         return {RUN_KEY: json.dumps(doc, sort_keys=True)}
 
     @classmethod
@@ -46,7 +50,8 @@ class RunSpec:
         text = run_config.get(RUN_KEY) or os.environ.get(RUN_ENV)
         if text:
             doc = json.loads(str(text))
-            return cls(DataConfig(**doc["data"]), FederationConfig(**doc["federation"]), int(doc["seed"]), doc["arch"])
+            return cls(DataConfig(**doc["data"]), FederationConfig(**doc["federation"]), int(doc["seed"]), doc["arch"],
+                       CompressionSettings.from_dict(doc.get("compression", {})))
         return cls._from_flwr_app_config(run_config)
 
     @classmethod
@@ -90,6 +95,24 @@ class RunSpec:
             log.addHandler(console_handler)
             log.setLevel(logging.INFO)
         return cls(config.data, federation, config.study.seed, arch.to_dict())
+
+
+def build_run_model(
+    arch: MobileNetArch | dict[str, Any], compression: CompressionSettings | None = None, *, num_classes: int,
+    in_channels: int,
+) -> torch.nn.Module:
+    """The model a run trains: the architecture, low-rank factorized when ``lowrank_ratio < 1``.
+
+    The server's initial model, every client's model and the trial's cost measurement are
+    built here, so they share one structure (weights are then loaded or kept).
+    """
+    arch = arch if isinstance(arch, MobileNetArch) else MobileNetArch.from_dict(arch)
+    model = build_model(arch, num_classes=num_classes, in_channels=in_channels)
+    if compression is not None and compression.lowrank_on:
+        from fednas.compress import low_rank
+
+        model = low_rank(model, compression.lowrank_ratio)
+    return model
 
 
 @dataclass(frozen=True)

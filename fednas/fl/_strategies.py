@@ -1,4 +1,9 @@
-"""Strategy registry: names in the study config -> ``flwr.serverapp.strategy`` objects."""
+"""Strategy registry: names in the study config -> ``flwr.serverapp.strategy`` objects.
+
+With an update codec configured (``CompressionSettings.uplink_codec`` / ``downlink_codec``),
+the strategy class is wrapped by ``fednas.compress.compressed``: it sends the codec keys in
+the train ConfigRecord (and encoded global-model deltas downlink) and decodes the replies.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ from typing import Any
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
 
 from fednas.config import FederationConfig
+from search_spaces import CompressionSettings
 
-__all__ = ["STRATEGIES", "make_strategy"]
+__all__ = ["STRATEGIES", "make_codecs", "make_strategy"]
 
 
 def _sampling(fed: FederationConfig) -> dict[str, Any]:
@@ -23,18 +29,46 @@ def _sampling(fed: FederationConfig) -> dict[str, Any]:
     }
 
 
-STRATEGIES: dict[str, Callable[[FederationConfig], Strategy]] = {
-    "fedavg": lambda fed: FedAvg(**_sampling(fed)),
-    "fedprox": lambda fed: FedProx(**_sampling(fed), proximal_mu=fed.proximal_mu),
-    "fedavgm": lambda fed: FedAvgM(**_sampling(fed), server_learning_rate=fed.server_lr, server_momentum=fed.server_momentum),
-    "fedadam": lambda fed: FedAdam(**_sampling(fed), eta=fed.eta, eta_l=fed.eta_l, tau=fed.tau),
+# name -> (strategy class, its keyword arguments beyond sampling)
+STRATEGIES: dict[str, tuple[type[FedAvg], Callable[[FederationConfig], dict[str, Any]]]] = {
+    "fedavg": (FedAvg, lambda fed: {}),
+    "fedprox": (FedProx, lambda fed: {"proximal_mu": fed.proximal_mu}),
+    "fedavgm": (FedAvgM, lambda fed: {"server_learning_rate": fed.server_lr, "server_momentum": fed.server_momentum}),
+    "fedadam": (FedAdam, lambda fed: {"eta": fed.eta, "eta_l": fed.eta_l, "tau": fed.tau}),
 }
 
 
-def make_strategy(fed: FederationConfig) -> Strategy:
-    """The strategy named by ``fed.strategy``; unknown names raise ``ValueError``."""
+def make_codecs(compression: CompressionSettings) -> dict[str, Any]:
+    """``uplink``/``downlink`` codec objects of ``compression`` (only those that are on)."""
+    from fednas.compress import make_codec
+
+    codecs: dict[str, Any] = {}
+    for side in ("uplink", "downlink"):
+        name = getattr(compression, f"{side}_codec")
+        if name == "quantize":
+            codecs[side] = make_codec(
+                "quantize", bits=getattr(compression, f"{side}_bits"), per_channel=getattr(compression, f"{side}_per_channel")
+            )
+        elif name == "topk":
+            codecs[side] = make_codec("topk", fraction=compression.uplink_topk)
+        elif name != "none":
+            raise ValueError(f"{side}_codec: unknown codec {name!r}")
+    return codecs
+
+
+def make_strategy(fed: FederationConfig, compression: CompressionSettings | None = None, *, seed: int = 0) -> Strategy:
+    """The strategy named by ``fed.strategy``, wrapped for compression when a codec is on.
+
+    Raises:
+        ValueError: unknown strategy name (listing the valid ones) or codec.
+    """
     try:
-        factory = STRATEGIES[fed.strategy]
+        cls, extra = STRATEGIES[fed.strategy]
     except KeyError:
         raise ValueError(f"unknown strategy {fed.strategy!r}; valid: {', '.join(STRATEGIES)}") from None
-    return factory(fed)
+    kwargs = {**_sampling(fed), **extra(fed)}
+    if compression is None or not compression.codecs_on:
+        return cls(**kwargs)
+    from fednas.compress import compressed
+
+    return compressed(cls)(**kwargs, **make_codecs(compression), seed=seed)

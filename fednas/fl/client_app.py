@@ -7,20 +7,25 @@ architecture JSON and the local training settings; the node's data shard comes f
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fednas.compress import make_downlink_mod, make_uplink_mod
 from fednas.fl._faults import fault_mod
-from fednas.fl._spec import FederatedData, RunSpec, federated_data
+from fednas.fl._spec import FederatedData, RunSpec, build_run_model, federated_data
 from fednas.train import TrainConfig, batchnorm_moments, evaluate, train
-from search_spaces import MobileNetArch, build_model
+from search_spaces import CompressionSettings, MobileNetArch
 
 __all__ = ["app", "derive_seed", "model_from_message"]
 
-app = ClientApp(mods=[fault_mod])
+# fault_mod outermost (an injected fault hits before anything runs); downlink before uplink,
+# so the uplink mod sees the decoded global arrays. Both pass messages without codec keys through.
+app = ClientApp(mods=[fault_mod, make_downlink_mod(), make_uplink_mod()])
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -42,12 +47,29 @@ def _node_data(context: Context) -> tuple[RunSpec, FederatedData, int]:
     return spec, data, pid
 
 
-def model_from_message(msg: Message, data: FederatedData) -> torch.nn.Module:
-    """Build the architecture named in the message and load the global weights."""
+def model_from_message(
+    msg: Message, data: FederatedData, compression: CompressionSettings | None = None
+) -> torch.nn.Module:
+    """Build the architecture named in the message (factorized as ``compression`` says) and load the global weights."""
     arch = MobileNetArch.from_json(str(msg.content["config"]["arch"]))
-    model = build_model(arch, num_classes=data.train.num_classes, in_channels=data.train.in_channels)
+    model = build_run_model(arch, compression, num_classes=data.train.num_classes, in_channels=data.train.in_channels)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
+
+
+@functools.lru_cache(maxsize=2)
+def _bundle_teacher(path: str) -> torch.nn.Module:
+    from fednas.export import load_model
+
+    return load_model(path).eval()
+
+
+def _teacher(model: torch.nn.Module, compression: CompressionSettings) -> torch.nn.Module:
+    """The distillation teacher: an exported bundle, or a frozen copy of the received global model."""
+    teacher = _bundle_teacher(compression.kd_teacher) if compression.kd_teacher else copy.deepcopy(model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 @app.train()
@@ -55,7 +77,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     spec, data, pid = _node_data(context)
     shard = data.client(pid)
     cfg = msg.content["config"]
-    model = model_from_message(msg, data)
+    model = model_from_message(msg, data, spec.compression)
     fed = spec.federation
     local = TrainConfig(
         epochs=fed.local_epochs,
@@ -67,7 +89,15 @@ def train_fn(msg: Message, context: Context) -> Message:
         max_steps=fed.local_steps,
     )
     round_ = int(cfg.get("server-round", 0))
-    result = train(model, shard.x, shard.y, local, seed=derive_seed(spec.seed, round_, pid))
+    seed = derive_seed(spec.seed, round_, pid)
+    kd = spec.compression
+    if kd.kd_on:
+        from fednas.compress import train_with_teacher
+
+        result = train_with_teacher(model, _teacher(model, kd), shard.x, shard.y, local, seed=seed,
+                                    temperature=kd.kd_temperature, weight=kd.kd_weight)
+    else:
+        result = train(model, shard.x, shard.y, local, seed=seed)
     metrics = MetricRecord({"train_loss": result.loss, "num-examples": result.examples})
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
@@ -75,9 +105,9 @@ def train_fn(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
-    _, data, pid = _node_data(context)
+    spec, data, pid = _node_data(context)
     shard = data.client(pid)
-    loss, acc = evaluate(model_from_message(msg, data), shard.x, shard.y)
+    loss, acc = evaluate(model_from_message(msg, data, spec.compression), shard.x, shard.y)
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(shard)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -85,8 +115,8 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
 @app.query("bn_moments")
 def bn_moments_fn(msg: Message, context: Context) -> Message:
     """Reply with per-layer [sum, sum of squares, count] of batch-norm inputs on local data."""
-    _, data, pid = _node_data(context)
+    spec, data, pid = _node_data(context)
     shard = data.client(pid)
-    moments = batchnorm_moments(model_from_message(msg, data), shard.x)
+    moments = batchnorm_moments(model_from_message(msg, data, spec.compression), shard.x)
     record = ArrayRecord({f"bn{i}": m for i, m in enumerate(moments)})
     return Message(content=RecordDict({"moments": record}), reply_to=msg)

@@ -20,11 +20,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 
 from fednas.fl._grid import CountingGrid, Exchange
-from fednas.fl._spec import FederatedData, RunSpec, federated_data
+from fednas.fl._spec import FederatedData, RunSpec, build_run_model, federated_data
 from fednas.fl._strategies import make_strategy
 from fednas.fl.client_app import derive_seed
 from fednas.train import apply_batchnorm_moments, evaluate
-from search_spaces import MobileNetArch, build_model
+from search_spaces import MobileNetArch
 
 __all__ = ["FederationError", "RoundRecord", "RunHooks", "ServerOutcome", "app", "run_hooks", "run_server"]
 
@@ -61,6 +61,8 @@ class ServerOutcome:
     download_bytes: int = 0
     upload_bytes: int = 0
     seconds: float = 0.0
+    # message type ("train", "query.bn_moments", ...) -> {"download_bytes": .., "upload_bytes": ..}
+    bytes_by_type: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -98,11 +100,12 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def initial_model(spec: RunSpec, data: FederatedData) -> torch.nn.Module:
-    """The global model at round 0, initialized from the run seed."""
-    arch = MobileNetArch.from_dict(spec.arch)
+    """The global model at round 0, initialized from the run seed (factorized if low-rank is on)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(spec.seed, "init"))
-        return build_model(arch, num_classes=data.train.num_classes, in_channels=data.train.in_channels)
+        return build_run_model(
+            spec.arch, spec.compression, num_classes=data.train.num_classes, in_channels=data.train.in_channels
+        )
 
 
 def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], None] | None = None) -> ServerOutcome:
@@ -137,7 +140,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     level = flwr_log.level
     flwr_log.setLevel(logging.ERROR)  # its INFO lines and the "evaluation skipped" warning are noise here
     try:
-        make_strategy(fed).start(
+        make_strategy(fed, spec.compression, seed=spec.seed).start(
             grid=counting,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=fed.rounds,
@@ -148,6 +151,10 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
         flwr_log.setLevel(level)
     out = state.outcome
     out.download_bytes, out.upload_bytes = counting.traffic.download_bytes, counting.traffic.upload_bytes
+    for ex in counting.traffic.exchanges:
+        kind = out.bytes_by_type.setdefault(ex.message_type, {"download_bytes": 0, "upload_bytes": 0})
+        kind["download_bytes"] += ex.download_bytes
+        kind["upload_bytes"] += ex.upload_bytes
     out.seconds = time.perf_counter() - state.start
     return out
 

@@ -15,10 +15,11 @@ from optuna.artifacts import upload_artifact
 from fednas.config import StudyConfig
 from fednas.cost import measure
 from fednas.fl import FederatedData, FederationError, RunSpec, run_federation
+from fednas.fl._spec import build_run_model
 from fednas.search._progress import Progress
 from fednas.search._recovery import WORKER_ATTR, this_worker
 from fednas.train import TrainingDiverged
-from search_spaces import SearchSpace, build_model, domain_from_config
+from search_spaces import SearchSpace, domain_from_config, with_compression
 
 __all__ = ["CandidateError", "TrialFailed", "TrialRunner", "metric_names"]
 
@@ -33,7 +34,12 @@ TrialFailed = (TrainingDiverged, FederationError, CandidateError)
 
 
 def metric_names() -> tuple[str, ...]:
-    return ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes")
+    return ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes", "model_bytes",
+            "accuracy_int8")
+
+
+INT8_OBJECTIVES = ("model_bytes", "accuracy_int8")
+CALIBRATION_SAMPLES = 256
 
 
 class TrialRunner:
@@ -48,24 +54,33 @@ class TrialRunner:
         progress: Progress,
     ) -> None:
         self.config = config
-        self.space = space
+        self.space = with_compression(space)
         self.data = data
         self.store = store
         self.progress = progress
         self.overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:  # also while building or costing, not only while training
+            if "fail_reason" not in trial.user_attrs:
+                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         trial.set_user_attr(WORKER_ATTR, this_worker())
         self._claim_slot(trial)
         self.progress.trial_started(trial.number)
         labels = self.space.suggest(trial, self.overrides)
         arch = self.space.decode(labels)
+        compression = self.space.settings(labels)
         trial.set_user_attr("labels", labels)
         trial.set_user_attr("arch", arch.to_dict())
         self._check_duplicate(trial, labels)
         train = self.data.train
         try:
-            model = build_model(arch, num_classes=train.num_classes, in_channels=train.in_channels)
+            model = build_run_model(arch, compression, num_classes=train.num_classes, in_channels=train.in_channels)
             cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
         except (RuntimeError, ValueError) as exc:
             reason = f"cannot build the model for {train.in_channels}x{train.resolution}x{train.resolution} inputs: {exc}"
@@ -75,7 +90,7 @@ class TrialRunner:
         for k, v in static.items():
             trial.set_user_attr(k, v)
         self._check_static(trial, static)
-        spec = RunSpec(self.config.data, self.config.federation, self.config.study.seed, arch.to_dict())
+        spec = RunSpec(self.config.data, self.config.federation, self.config.study.seed, arch.to_dict(), compression)
         try:
             outcome = run_federation(spec, on_round=self.progress.round_done)
         except TrialFailed as exc:
@@ -97,9 +112,23 @@ class TrialRunner:
         trial.set_user_attr("client_failures", sum(r.failures for r in outcome.rounds))
         trial.set_user_attr("client_dropouts", sum(r.dropped for r in outcome.rounds))
         trial.set_user_attr("train_seconds", outcome.seconds)
+        if any(name in self.config.objectives for name in INT8_OBJECTIVES):
+            model.load_state_dict(outcome.arrays.to_torch_state_dict())
+            metrics.update(self._int8_metrics(model))
+            for k in INT8_OBJECTIVES:
+                trial.set_user_attr(k, metrics[k])
         self._set_constraints(trial, metrics)
         self._store_weights(trial, outcome.arrays.to_torch_state_dict())
         return tuple(float(metrics[name]) for name in self.config.objectives)
+
+    def _int8_metrics(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Post-training int8 of the final model: calibrated on training data, scored on the held-out split."""
+        from fednas.compress import evaluate_int8, quantize_int8
+
+        calibration = self.data.train.x[:CALIBRATION_SAMPLES]
+        q = quantize_int8(model, calibration)
+        _, acc = evaluate_int8(q, self.data.test.x, self.data.test.y)
+        return {"model_bytes": q.bytes, "accuracy_int8": acc}
 
     def _set_constraints(self, trial: optuna.Trial, metrics: dict[str, Any]) -> None:
         """Optuna constraint values (``Trial.set_constraint``; <= 0 is feasible): value minus bound.

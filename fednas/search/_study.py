@@ -15,11 +15,11 @@ from optuna.trial import FrozenTrial, TrialState
 from fednas.config import ConfigError, StudyConfig
 from fednas.fl import federated_data
 from fednas.fl.client_app import derive_seed
-from fednas.search._objective import TrialFailed, TrialRunner
+from fednas.search._objective import TrialFailed, TrialRunner, metric_names
 from fednas.search._progress import Progress
 from fednas.search._recovery import WORKER_ATTR, enqueue_retry, recover_dead_workers, this_worker
 from fednas.search._storage import artifact_dir_for, artifact_store, open_storage
-from search_spaces import get_search_space
+from search_spaces import get_search_space, with_compression
 
 __all__ = ["check_study", "SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "run_search", "summarize"]
 
@@ -133,7 +133,7 @@ def run_search(
 
 def _prepare(config: StudyConfig) -> tuple[Any, Any]:
     """Everything that can be checked before the storage is touched: space, data, bounds."""
-    space = get_search_space(config.space.name, config.space.options)
+    space = with_compression(get_search_space(config.space.name, config.space.options))
     data = federated_data(config.data, config.federation.num_clients, config.study.seed)
     _check_feasible(config, space, data)
     return space, data
@@ -161,7 +161,8 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
     if not bounds:
         return
     from fednas.cost import measure
-    from search_spaces import Choice, Fixed, Range, build_model, domain_from_config
+    from fednas.fl._spec import build_run_model
+    from search_spaces import Choice, Fixed, Range, domain_from_config
 
     overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
     smallest = {}
@@ -174,7 +175,8 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
             numeric = [v for v in dom.values if isinstance(v, (int, float))]
             smallest[label] = min(numeric) if numeric else dom.values[0]
     train = data.train
-    model = build_model(space.decode(smallest), num_classes=train.num_classes, in_channels=train.in_channels)
+    model = build_run_model(space.decode(smallest), space.settings(smallest), num_classes=train.num_classes,
+                            in_channels=train.in_channels)
     cost = measure(model, in_channels=train.in_channels, resolution=train.resolution).to_dict()
     for name, bound in bounds.items():
         if cost[name] > bound:
@@ -300,7 +302,7 @@ def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> Tri
     names = list(objectives)
     values = dict(zip(names, trial.values)) if trial.values is not None else {}
     attrs = trial.user_attrs
-    metrics = {k: attrs[k] for k in ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes") if k in attrs}
+    metrics = {k: attrs[k] for k in metric_names() if k in attrs}
     reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or trial.system_attrs.get("fail_reason", "")
     if not reason and trial.state == TrialState.FAIL:
         reason = "failed (no reason recorded)"

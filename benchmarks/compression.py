@@ -1,0 +1,140 @@
+"""Each compression knob against the uncompressed baseline, on one architecture and seed.
+
+Runs the default federation (mnist5k, 8 clients, Dirichlet 0.5) of ``mobilenet_tiny`` once
+uncompressed and once per knob, in this process, and prints a markdown table (copy it into
+BENCHMARKS.md) and, as the last line, one JSON object:
+
+    python benchmarks/compression.py --rounds 4
+
+Upload ratios are of the *training* uploads only (``train`` exchanges: the encoded model
+updates); the batch-norm pooling replies (``query.bn_moments``, never compressed, identical
+in every run) are left out and shown in their own column. MACs/params are those of the
+trained model. ``prune50`` is post-training: the baseline's final model pruned to 50 % of
+its channels with L1 ranking (NNI + ModelSpeedup) and evaluated without fine-tuning
+(federated pruning during training is not wired in yet). ``int8`` is post-training static
+int8 of the baseline's final model, calibrated on 256 training images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from fednas.config import DataConfig, FederationConfig
+from fednas.cost import measure
+from fednas.fl import RunSpec, federated_data, run_federation
+from fednas.fl._spec import build_run_model
+from fednas.train import evaluate
+from search_spaces import CompressionSettings, preset
+
+RUNS: dict[str, CompressionSettings] = {
+    "baseline": CompressionSettings(),
+    "q8": CompressionSettings(uplink_codec="quantize", uplink_bits=8),
+    "q4": CompressionSettings(uplink_codec="quantize", uplink_bits=4),
+    "topk1": CompressionSettings(uplink_codec="topk", uplink_topk=0.01),
+    "q8down": CompressionSettings(downlink_codec="quantize", downlink_bits=8),
+    "lowrank50": CompressionSettings(lowrank_ratio=0.5),
+    "kd": CompressionSettings(kd_weight=0.3, kd_temperature=4.0),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    accuracy: float
+    macs: int
+    params: int
+    train_upload: int
+    train_download: int
+    bn_bytes: int
+    seconds: float
+    note: str = ""
+
+
+def _federated(spec: RunSpec, name: str) -> tuple[Row, Any]:
+    data = federated_data(spec.data, spec.federation.num_clients, spec.seed)
+    model = build_run_model(spec.arch, spec.compression, num_classes=data.train.num_classes,
+                            in_channels=data.train.in_channels)
+    cost = measure(model, in_channels=data.train.in_channels, resolution=data.train.resolution)
+    start = time.perf_counter()
+    out = run_federation(replace(spec))
+    train = out.bytes_by_type.get("train", {"upload_bytes": 0, "download_bytes": 0})
+    bn = out.bytes_by_type.get("query.bn_moments", {"upload_bytes": 0, "download_bytes": 0})
+    model.load_state_dict(out.arrays.to_torch_state_dict())
+    row = Row(name, out.accuracy, cost.macs, cost.params, train["upload_bytes"], train["download_bytes"],
+              bn["upload_bytes"] + bn["download_bytes"], time.perf_counter() - start)
+    return row, model
+
+
+def _int8(model: torch.nn.Module, data: Any, base: Row) -> Row:
+    from fednas.compress import evaluate_int8, quantize_int8, serialized_bytes
+
+    q = quantize_int8(model, data.train.x[:256])
+    _, acc = evaluate_int8(q, data.test.x, data.test.y)
+    return replace(base, name="int8", accuracy=acc, seconds=0.0,
+                   note=f"post-training; {q.bytes:,} B vs {serialized_bytes(model):,} B float")
+
+
+def _prune(model: torch.nn.Module, data: Any, base: Row) -> Row:
+    from fednas.compress import prune_channels
+
+    x = data.train.x[:8]
+    pruned = prune_channels(model, 0.5, method="l1", example_input=x)
+    cost = measure(pruned, in_channels=data.train.in_channels, resolution=data.train.resolution)
+    _, acc = evaluate(pruned, data.test.x, data.test.y)
+    return replace(base, name="prune50", accuracy=acc, macs=cost.macs, params=cost.params, seconds=0.0,
+                   note="post-training L1, no fine-tuning")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="mobilenet_tiny")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    fed = FederationConfig(num_clients=args.clients, rounds=args.rounds)
+    base_spec = RunSpec(DataConfig(), fed, args.seed, preset(args.arch).to_dict())
+    rows: dict[str, Row] = {}
+    baseline_model = None
+    for name, settings in RUNS.items():
+        row, model = _federated(replace(base_spec, compression=settings), name)
+        rows[name] = row
+        if name == "baseline":
+            baseline_model = model
+        print(f"{name}: accuracy {row.accuracy:.4f}, train upload {row.train_upload:,} B", file=sys.stderr)
+    data = federated_data(base_spec.data, fed.num_clients, base_spec.seed)
+    rows["int8"] = _int8(baseline_model, data, rows["baseline"])
+    rows["prune50"] = _prune(baseline_model, data, rows["baseline"])
+    b = rows["baseline"]
+    print(f"`{args.arch}`, mnist5k, {args.clients} clients Dirichlet 0.5, {args.rounds} rounds, seed {args.seed}; "
+          "upload = training uploads only (batch-norm pooling in its own column)\n")
+    print("| knob | accuracy | Δ acc | MACs | params | train upload B | ratio | train download B | ratio | BN pooling B | s | note |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows.values():
+        print(f"| {r.name} | {r.accuracy:.4f} | {r.accuracy - b.accuracy:+.4f} | {r.macs:,} | {r.params:,} | "
+              f"{r.train_upload:,} | {r.train_upload / b.train_upload:.3f} | {r.train_download:,} | "
+              f"{r.train_download / b.train_download:.3f} | {r.bn_bytes:,} | {r.seconds:.1f} | {r.note} |")
+    summary = {
+        "q8_upload_ratio": rows["q8"].train_upload / b.train_upload,
+        "q4_upload_ratio": rows["q4"].train_upload / b.train_upload,
+        "topk1_upload_ratio": rows["topk1"].train_upload / b.train_upload,
+        "prune50_macs_ratio": rows["prune50"].macs / b.macs,
+        "upload_counts": "train exchanges only (query.bn_moments excluded)",
+        "accuracy_delta": {k: rows[k].accuracy - b.accuracy
+                           for k in ("q8", "q4", "topk1", "prune50", "kd", "lowrank50", "int8")},
+    }
+    print()
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Compression knobs as search-space labels, and the joint (architecture + compression) space.
+
+Every knob is a flat label, like an architecture's: a study may search it (list of
+choices / ``{low, high}`` range) or fix it (scalar) under ``[space.labels]``. All knobs
+default to a fixed "off" value, so a study that names none of them trains exactly as
+before. ``CompressionSpace.domains()`` holds those defaults; ``allowed_domains()`` the
+widest domain each label accepts, which ``SearchSpace.resolve`` checks overrides against.
+
+Decoding gives a frozen ``CompressionSettings`` (JSON round-trip), which the federation
+carries in its ``RunSpec``. Plain data: no PyTorch, no Flower here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike
+
+__all__ = ["CODEC_CHOICES", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
+
+CODEC_CHOICES = {"uplink": ("none", "quantize", "topk"), "downlink": ("none", "quantize")}
+BITS = (16, 8, 4, 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressionSettings:
+    """The compression of one trial; every field is the label of the same name.
+
+    Attributes:
+        uplink_codec: client -> server update codec: "none", "quantize" or "topk".
+        uplink_bits: quantizer bits (16, 8, 4, 2).
+        uplink_per_channel: one quantization scale per output channel.
+        uplink_topk: fraction of update entries top-k keeps.
+        downlink_codec: server -> client codec for the global-model delta: "none" or "quantize".
+        downlink_bits / downlink_per_channel: as for the uplink.
+        lowrank_ratio: SVD rank of pointwise convs and linears as a fraction of full rank (1.0: off).
+        kd_weight: weight of the distillation term in local training (0: off).
+        kd_temperature: distillation temperature.
+        kd_teacher: a ``fednas export`` bundle folder used as teacher ("" : the received global model).
+    """
+
+    uplink_codec: str = "none"
+    uplink_bits: int = 8
+    uplink_per_channel: bool = False
+    uplink_topk: float = 0.01
+    downlink_codec: str = "none"
+    downlink_bits: int = 8
+    downlink_per_channel: bool = False
+    lowrank_ratio: float = 1.0
+    kd_weight: float = 0.0
+    kd_temperature: float = 4.0
+    kd_teacher: str = ""
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, Any]) -> CompressionSettings:
+        """The settings among ``labels`` (others are ignored; missing ones are off)."""
+        types = {f.name: f.type for f in fields(cls)}
+        return cls(**{k: _CAST.get(types[k], _same)(v) for k, v in labels.items() if k in types})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionSettings:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown compression setting(s) {unknown}; valid: {', '.join(sorted(names))}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CompressionSettings:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def codecs_on(self) -> bool:
+        return self.uplink_codec != "none" or self.downlink_codec != "none"
+
+    @property
+    def lowrank_on(self) -> bool:
+        return self.lowrank_ratio < 1.0
+
+    @property
+    def kd_on(self) -> bool:
+        return self.kd_weight > 0
+
+    def describe(self) -> str:
+        """Compact form for tables, e.g. ``q4 up, q8 down, lr0.5, kd0.3``; ``-`` when all are off."""
+        parts = []
+        for side, short in (("uplink", "up"), ("downlink", "down")):
+            codec = getattr(self, f"{side}_codec")
+            if codec == "quantize":
+                pc = "c" if getattr(self, f"{side}_per_channel") else ""
+                parts.append(f"q{getattr(self, f'{side}_bits')}{pc} {short}")
+            elif codec == "topk":
+                parts.append(f"top{_num(100 * self.uplink_topk)}% {short}")
+        if self.lowrank_on:
+            parts.append(f"lr{_num(self.lowrank_ratio)}")
+        if self.kd_on:
+            parts.append(f"kd{_num(self.kd_weight)}" + ("*" if self.kd_teacher else ""))
+        return ", ".join(parts) or "-"
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+# Optuna and TOML may give 8.0 for a choice of 8, or 1 for a ratio of 1.0.
+_CAST = {"int": int, "float": float}
+
+
+def _num(v: float) -> str:
+    return f"{v:.3g}"
+
+
+@dataclass(frozen=True)
+class _Text(Domain):
+    """Any string (a path); used only as an allowed domain."""
+
+    def suggest(self, trial: TrialLike, label: str) -> Any:  # pragma: no cover - never a default
+        raise TypeError("a text label must be fixed or given as choices")
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+    def values_ok(self, allowed: Domain) -> str | None:  # pragma: no cover - never an override
+        return None
+
+    def describe(self) -> str:
+        return "a string"
+
+
+class CompressionSpace(SearchSpace):
+    """The compression knobs as labels: every default is a fixed "off" value."""
+
+    name = "compression"
+
+    def domains(self) -> dict[str, Domain]:
+        return {f.name: Fixed(f.default) for f in fields(CompressionSettings)}
+
+    def allowed_domains(self) -> dict[str, Domain]:
+        return {
+            "uplink_codec": Choice(CODEC_CHOICES["uplink"]),
+            "uplink_bits": Choice(BITS),
+            "uplink_per_channel": Choice((False, True)),
+            "uplink_topk": Range(1e-4, 1.0),
+            "downlink_codec": Choice(CODEC_CHOICES["downlink"]),
+            "downlink_bits": Choice(BITS),
+            "downlink_per_channel": Choice((False, True)),
+            "lowrank_ratio": Range(0.01, 1.0),
+            "kd_weight": Range(0.0, 1.0),
+            "kd_temperature": Range(0.1, 100.0),
+            "kd_teacher": _Text(),
+        }
+
+    def decode(self, values: dict[str, Any]) -> CompressionSettings:
+        return CompressionSettings.from_labels(values)
+
+
+class JointSpace(SearchSpace):
+    """An architecture space and the compression knobs, addressed by one flat label dict.
+
+    ``decode`` gives the architecture (as the wrapped space does); ``settings`` gives the
+    ``CompressionSettings`` of the same labels.
+    """
+
+    def __init__(self, arch: SearchSpace, compression: CompressionSpace | None = None) -> None:
+        self.arch = arch
+        self.compression = compression or CompressionSpace()
+        self.name = arch.name
+        clash = sorted(set(arch.domains()) & set(self.compression.domains()))
+        if clash:
+            raise ValueError(f"search space {arch.name!r} defines compression label(s) {clash}")
+
+    def domains(self) -> dict[str, Domain]:
+        return {**self.arch.domains(), **self.compression.domains()}
+
+    def allowed_domains(self) -> dict[str, Domain]:
+        return {**self.arch.allowed_domains(), **self.compression.allowed_domains()}
+
+    def decode(self, values: dict[str, Any]) -> Any:
+        own = self.arch.domains()
+        return self.arch.decode({k: v for k, v in values.items() if k in own})
+
+    def settings(self, values: dict[str, Any]) -> CompressionSettings:
+        return self.compression.decode(values)
+
+
+def with_compression(space: SearchSpace) -> JointSpace:
+    """``space`` plus the compression labels (idempotent)."""
+    return space if isinstance(space, JointSpace) else JointSpace(space)
