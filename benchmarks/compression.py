@@ -9,10 +9,11 @@ BENCHMARKS.md) and, as the last line, one JSON object:
 Upload ratios are of the *training* uploads only (``train`` exchanges: the encoded model
 updates); the batch-norm pooling replies (``query.bn_moments``, never compressed, identical
 in every run) are left out and shown in their own column. MACs/params are those of the
-trained model. ``prune50`` is post-training: the baseline's final model pruned to 50 % of
-its channels with L1 ranking (NNI + ModelSpeedup) and evaluated without fine-tuning
-(federated pruning during training is not wired in yet). ``int8`` is post-training static
-int8 of the baseline's final model, calibrated on 256 training images.
+trained (final) model. ``prune50`` is federated pruning: after aggregating the middle round
+(``rounds // 2``) the server prunes 50 % of the global model's channels (L1 ranking, NNI +
+ModelSpeedup), and the remaining rounds train and send the smaller model; its MACs/params
+are of the final pruned model. ``int8`` is post-training static int8 of the baseline's final
+model, calibrated on 256 training images.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from fednas.config import DataConfig, FederationConfig
 from fednas.cost import measure
 from fednas.fl import RunSpec, federated_data, run_federation
 from fednas.fl._spec import build_run_model
-from fednas.train import evaluate
 from search_spaces import CompressionSettings, preset
 
 RUNS: dict[str, CompressionSettings] = {
@@ -66,9 +66,19 @@ def _federated(spec: RunSpec, name: str) -> tuple[Row, Any]:
     out = run_federation(replace(spec))
     train = out.bytes_by_type.get("train", {"upload_bytes": 0, "download_bytes": 0})
     bn = out.bytes_by_type.get("query.bn_moments", {"upload_bytes": 0, "download_bytes": 0})
+    note = ""
+    if out.prune_masks:  # the server pruned during the run: the final model is the smaller structure
+        from fednas.compress import apply_channel_masks, decode_channel_masks
+        from fednas.fl._pruning import example_input
+
+        model = apply_channel_masks(model, decode_channel_masks(out.prune_masks),
+                                    example_input(data.train.in_channels, data.train.resolution))
+        cost = measure(model, in_channels=data.train.in_channels, resolution=data.train.resolution)
+        s = spec.compression
+        note = f"federated {s.prune_method.upper()} {s.prune_sparsity:.0%} after round {out.pruned_round}"
     model.load_state_dict(out.arrays.to_torch_state_dict())
     row = Row(name, out.accuracy, cost.macs, cost.params, train["upload_bytes"], train["download_bytes"],
-              bn["upload_bytes"] + bn["download_bytes"], time.perf_counter() - start)
+              bn["upload_bytes"] + bn["download_bytes"], time.perf_counter() - start, note)
     return row, model
 
 
@@ -81,17 +91,6 @@ def _int8(model: torch.nn.Module, data: Any, base: Row) -> Row:
                    note=f"post-training; {q.bytes:,} B vs {serialized_bytes(model):,} B float")
 
 
-def _prune(model: torch.nn.Module, data: Any, base: Row) -> Row:
-    from fednas.compress import prune_channels
-
-    x = data.train.x[:8]
-    pruned = prune_channels(model, 0.5, method="l1", example_input=x)
-    cost = measure(pruned, in_channels=data.train.in_channels, resolution=data.train.resolution)
-    _, acc = evaluate(pruned, data.test.x, data.test.y)
-    return replace(base, name="prune50", accuracy=acc, macs=cost.macs, params=cost.params, seconds=0.0,
-                   note="post-training L1, no fine-tuning")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=4)
@@ -102,9 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     fed = FederationConfig(num_clients=args.clients, rounds=args.rounds)
     base_spec = RunSpec(DataConfig(), fed, args.seed, preset(args.arch).to_dict())
+    runs = {**RUNS, "prune50": CompressionSettings(prune_method="l1", prune_sparsity=0.5,
+                                                   prune_round=max(args.rounds // 2, 1))}
     rows: dict[str, Row] = {}
     baseline_model = None
-    for name, settings in RUNS.items():
+    for name, settings in runs.items():
         row, model = _federated(replace(base_spec, compression=settings), name)
         rows[name] = row
         if name == "baseline":
@@ -112,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: accuracy {row.accuracy:.4f}, train upload {row.train_upload:,} B", file=sys.stderr)
     data = federated_data(base_spec.data, fed.num_clients, base_spec.seed)
     rows["int8"] = _int8(baseline_model, data, rows["baseline"])
-    rows["prune50"] = _prune(baseline_model, data, rows["baseline"])
     b = rows["baseline"]
     print(f"`{args.arch}`, mnist5k, {args.clients} clients Dirichlet 0.5, {args.rounds} rounds, seed {args.seed}; "
           "upload = training uploads only (batch-norm pooling in its own column)\n")

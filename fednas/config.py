@@ -352,6 +352,10 @@ def _space(table: dict[str, Any]) -> SpaceConfig:
         space = with_compression(get_search_space(name, table))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"space: {exc}") from None
+    if "taylor" in _label_values(labels.get("prune_method")):
+        from search_spaces.compression import TAYLOR_IN_FEDERATION
+
+        raise ConfigError(f"space.labels.prune_method: 'taylor' is not offered: {TAYLOR_IN_FEDERATION}")
     domains = {}
     for label, value in labels.items():
         try:
@@ -374,9 +378,37 @@ def _cross_check(config: StudyConfig) -> None:
         raise ConfigError(f"data.partition: expected one of {sorted(PARTITIONERS)}, got {config.data.partition!r}")
     if config.data.source == "torchvision" and not config.data.name:
         raise ConfigError("data.name: expected a torchvision dataset class name (e.g. 'MNIST') for source 'torchvision'")
+    _check_pruning(config)
     bad = [name for name in config.constraints.active() if name not in OBJECTIVES]
     if bad:  # pragma: no cover - the schema only has known names
         raise ConfigError(f"constraints: unknown bound(s) {bad}")
+
+
+def _label_values(value: Any) -> list[Any]:
+    """The values a label's config entry names: a scalar, a list of choices, or a range's ends."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return [value.get("low"), value.get("high")]
+    return [value]
+
+
+def _check_pruning(config: StudyConfig) -> None:
+    """Federated pruning: ``prune_round`` inside the run, and no downlink codec beside it."""
+    labels = config.space.labels
+    methods = _label_values(labels.get("prune_method")) or ["none"]
+    if all(m == "none" for m in methods):
+        return
+    rounds = config.federation.rounds
+    for r in _label_values(labels.get("prune_round")) or [1]:
+        if isinstance(r, (int, float)) and not isinstance(r, bool) and r >= rounds:
+            raise ConfigError(f"space.labels.prune_round: {r} must be < federation.rounds ({rounds}): the server "
+                              "prunes after that round and later rounds train the pruned model")
+    if any(c not in ("none", None) for c in _label_values(labels.get("downlink_codec"))):
+        raise ConfigError("space.labels.prune_method: pruning cannot be combined with a downlink_codec (the "
+                          "downlink delta's reference model changes shape when the server prunes)")
 
 
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:

@@ -106,7 +106,7 @@ class Range(Domain):
         if isinstance(allowed, Range):
             if allowed.is_int and not self.is_int:
                 return f"{self.describe()} must be an integer range"
-            if self.low < allowed.low or self.high > allowed.high:
+            if self.low < allowed.low or self.high > allowed.high or not allowed.contains(self.low):
                 return f"{self.describe()} not inside {allowed.describe()}"
             return None
         if isinstance(allowed, Choice):

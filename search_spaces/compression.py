@@ -18,10 +18,13 @@ from typing import Any
 
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike
 
-__all__ = ["CODEC_CHOICES", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
+__all__ = ["CODEC_CHOICES", "PRUNE_METHODS", "TAYLOR_IN_FEDERATION", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
 
 CODEC_CHOICES = {"uplink": ("none", "quantize", "topk"), "downlink": ("none", "quantize")}
 BITS = (16, 8, 4, 2)
+# Data-free channel rankings the server can run on the global model; "taylor" needs training data.
+PRUNE_METHODS = ("none", "l1", "l2", "fpgm")
+TAYLOR_IN_FEDERATION = "taylor needs training data; the server has none in a federation"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +42,10 @@ class CompressionSettings:
         kd_weight: weight of the distillation term in local training (0: off).
         kd_temperature: distillation temperature.
         kd_teacher: a ``fednas export`` bundle folder used as teacher ("" : the received global model).
+        prune_method: structured pruning of the global model during the federation: "none", "l1", "l2"
+            or "fpgm" (data-free rankings; the server has no training data, so no "taylor").
+        prune_sparsity: share of output channels removed per layer, in (0, 0.9].
+        prune_round: the server prunes after aggregating this round (1 <= prune_round < rounds).
     """
 
     uplink_codec: str = "none"
@@ -52,6 +59,9 @@ class CompressionSettings:
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     kd_teacher: str = ""
+    prune_method: str = "none"
+    prune_sparsity: float = 0.5
+    prune_round: int = 1
 
     @classmethod
     def from_labels(cls, labels: dict[str, Any]) -> CompressionSettings:
@@ -89,6 +99,10 @@ class CompressionSettings:
     def kd_on(self) -> bool:
         return self.kd_weight > 0
 
+    @property
+    def prune_on(self) -> bool:
+        return self.prune_method != "none"
+
     def describe(self) -> str:
         """Compact form for tables, e.g. ``q4 up, q8 down, lr0.5, kd0.3``; ``-`` when all are off."""
         parts = []
@@ -103,6 +117,8 @@ class CompressionSettings:
             parts.append(f"lr{_num(self.lowrank_ratio)}")
         if self.kd_on:
             parts.append(f"kd{_num(self.kd_weight)}" + ("*" if self.kd_teacher else ""))
+        if self.prune_on:
+            parts.append(f"{self.prune_method}{_num(100 * self.prune_sparsity)}%@r{self.prune_round}")
         return ", ".join(parts) or "-"
 
 
@@ -135,6 +151,17 @@ class _Text(Domain):
         return "a string"
 
 
+@dataclass(frozen=True)
+class _OpenLowRange(Range):
+    """``(low, high]``: a range whose low end is excluded; used only as an allowed domain."""
+
+    def contains(self, value: Any) -> bool:
+        return super().contains(value) and value > self.low
+
+    def describe(self) -> str:
+        return f"({_num(self.low)}, {_num(self.high)}]"
+
+
 class CompressionSpace(SearchSpace):
     """The compression knobs as labels: every default is a fixed "off" value."""
 
@@ -156,6 +183,9 @@ class CompressionSpace(SearchSpace):
             "kd_weight": Range(0.0, 1.0),
             "kd_temperature": Range(0.1, 100.0),
             "kd_teacher": _Text(),
+            "prune_method": Choice(PRUNE_METHODS),
+            "prune_sparsity": _OpenLowRange(0.0, 0.9),
+            "prune_round": Range(1, 1_000_000),
         }
 
     def decode(self, values: dict[str, Any]) -> CompressionSettings:

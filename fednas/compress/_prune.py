@@ -39,7 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PRUNING_METHODS", "prune_channels"]
+__all__ = ["PRUNING_METHODS", "ChannelMasks", "apply_channel_masks", "decode_channel_masks", "encode_channel_masks",
+           "mask_digest", "prune_channels", "prune_channels_with_masks"]
+
+ChannelMasks = dict[str, torch.Tensor]
+"""Qualified conv/linear name -> bool vector over its output channels (True: kept)."""
 
 PRUNING_METHODS = ("l1", "l2", "fpgm", "taylor")
 """Ranking of channels: L1 / L2 norm of filters, FPGM (geometric median), Taylor (|w * grad|^2)."""
@@ -134,29 +138,114 @@ def prune_channels(
         ValueError: bad sparsity or method, or "taylor" without batches.
         RuntimeError: the pruned model's output shape differs (a bug; please report).
     """
+    return prune_channels_with_masks(model, sparsity, method=method, example_input=example_input, batches=batches,
+                                     exclude=exclude)[0]
+
+
+def prune_channels_with_masks(
+    model: nn.Module,
+    sparsity: float,
+    *,
+    method: str = "l1",
+    example_input: torch.Tensor,
+    batches: Batches | None = None,
+    exclude: Collection[str] = (),
+) -> tuple[nn.Module, ChannelMasks]:
+    """``prune_channels``, also returning the output-channel masks it applied.
+
+    ``apply_channel_masks(model_of_same_structure, masks, example_input)`` rebuilds the
+    same pruned structure (the federation's clients do that; ``encode_channel_masks``
+    makes the masks a short string for a ConfigRecord).
+    """
     _check_args(model, sparsity, method, batches)
     nni, pruning, speedup, DefaultReplacer, TorchEvaluator = _import_nni()
-    was_training = model.training
     work = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        expected = work(example_input).shape
     gm = torch.fx.symbolic_trace(work)
     keep = _output_layers(gm) | set(exclude)
     names = [n for n, m in work.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in keep]
     if not names:
-        return copy.deepcopy(model)
-    with _quiet() as logger:
+        return copy.deepcopy(model), {}
+    with _quiet():
         config = speedup.auto_set_denpendency_group_ids(gm, [{"op_names": names, "sparse_ratio": float(sparsity)}])
         masks = _masks(pruning, nni, TorchEvaluator, copy.deepcopy(work), config, method, batches)
+    channel = {name: _out_channels(m["weight"]) for name, m in masks.items() if m.get("weight") is not None}
+    return apply_channel_masks(model, channel, example_input), channel
+
+
+def _out_channels(weight_mask: torch.Tensor) -> torch.Tensor:
+    return weight_mask.reshape(weight_mask.shape[0], -1).any(dim=1).cpu()
+
+
+def apply_channel_masks(model: nn.Module, masks: ChannelMasks, example_input: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` with the masked output channels physically removed (NNI ``ModelSpeedup``).
+
+    Deterministic in the structure: two models of the same structure given the same masks
+    become the same smaller structure (same state-dict keys and shapes). ``model`` is not
+    modified; the result is in the same train/eval mode.
+
+    Raises:
+        ValueError: a mask names no conv/linear of ``model`` or has the wrong length.
+        RuntimeError: the pruned model's output shape differs (a bug; please report).
+    """
+    _, _, speedup, DefaultReplacer, _ = _import_nni()
+    was_training = model.training
+    work = copy.deepcopy(model).eval()
+    if not masks:
+        return work.train(was_training)
+    modules = dict(work.named_modules())
+    nni_masks: dict[str, dict[str, torch.Tensor | None]] = {}
+    for name, keep in masks.items():
+        layer = modules.get(name)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)) or layer.weight.shape[0] != keep.numel():
+            raise ValueError(f"channel mask {name!r} ({keep.numel()} channels) does not fit the model")
+        shape = layer.weight.shape
+        weight = keep.to(torch.float32).reshape(-1, *([1] * (len(shape) - 1))).expand(shape).contiguous()
+        bias = keep.to(torch.float32).clone() if layer.bias is not None else None
+        nni_masks[name] = {"weight": weight, "bias": bias}
+    with torch.no_grad():
+        expected = work(example_input).shape
+    gm = torch.fx.symbolic_trace(work)
+    with _quiet() as logger:
         replacers = [DefaultReplacer({"Identity": lambda module, _masks: module})]
         pruned = speedup.ModelSpeedup(
-            work, example_input, masks, graph_module=gm, customized_replacers=replacers, logger=logger
+            work, example_input, nni_masks, graph_module=gm, customized_replacers=replacers, logger=logger
         ).speedup_model()
     with torch.no_grad():
         got = pruned.eval()(example_input).shape
     if got != expected:
         raise RuntimeError(f"pruning changed the output shape from {tuple(expected)} to {tuple(got)}")
     return pruned.train(was_training)
+
+
+def encode_channel_masks(masks: ChannelMasks) -> str:
+    """Masks as compact JSON: ``{name: [channels, hex of the bit-packed keep vector]}`` (sorted)."""
+    import json
+
+    import numpy as np
+
+    doc = {name: [int(keep.numel()), np.packbits(keep.numpy().astype(bool)).tobytes().hex()]
+           for name, keep in sorted(masks.items())}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def decode_channel_masks(text: str) -> ChannelMasks:
+    """Inverse of ``encode_channel_masks``."""
+    import json
+
+    import numpy as np
+
+    out: ChannelMasks = {}
+    for name, (count, hexbits) in json.loads(text).items():
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(hexbits), dtype=np.uint8))[: int(count)]
+        out[name] = torch.from_numpy(bits.astype(bool))
+    return out
+
+
+def mask_digest(text: str) -> str:
+    """A short stable digest of encoded masks (cache key)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _masks(pruning: Any, nni: Any, evaluator_cls: Any, model: nn.Module, config: list[dict], method: str,

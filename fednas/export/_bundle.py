@@ -106,7 +106,7 @@ def write_bundle(
     cfg = source.config
     data = federated_data(cfg.data, cfg.federation.num_clients, cfg.study.seed)
     train, test = data.train, data.test
-    model = _model(source, train.num_classes, train.in_channels)
+    model = _model(source, train.num_classes, train.in_channels, train.resolution)
     start = time.perf_counter()
     (folder / ARCH_FILE).write_text(source.arch.to_json(indent=2) + "\n", encoding="utf-8")
     info = _input_info(train.in_channels, train.resolution, train.num_classes)
@@ -130,8 +130,8 @@ def write_bundle(
     return BundleResult(folder, files, doc, skipped)
 
 
-def _model(source: ModelSource, num_classes: int, in_channels: int) -> nn.Module:
-    model = _structure(source.arch, source.labels, num_classes, in_channels)
+def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: int = 0) -> nn.Module:
+    model = _structure(source.arch, source.labels, num_classes, in_channels, source.prune_masks, resolution)
     try:
         model.load_state_dict(source.state, strict=True)
     except RuntimeError as exc:
@@ -180,6 +180,7 @@ def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_
         "federation": asdict(cfg.federation),
         "seed": cfg.study.seed,
         "rounds": source.rounds,
+        "prune_masks": source.prune_masks,
         "files": {"arch": ARCH_FILE, "weights": WEIGHTS_FILE, "metrics": METRICS_FILE, "card": CARD_FILE},
         "exports": records,
         "skipped": skipped,
@@ -188,13 +189,21 @@ def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_
     }
 
 
-def _structure(arch: MobileNetArch, labels: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The trained structure: the architecture, low-rank factorized when the trial's labels say so."""
+def _structure(arch: MobileNetArch, labels: dict[str, Any], num_classes: int, in_channels: int,
+               prune_masks: str = "", resolution: int = 0) -> nn.Module:
+    """The trained structure: the architecture, low-rank factorized when the trial's labels say so,
+    and pruned as the federation's server pruned it when ``prune_masks`` are given."""
     from fednas.fl._spec import build_run_model
     from search_spaces import CompressionSettings
 
-    return build_run_model(arch, CompressionSettings.from_labels(labels), num_classes=num_classes,
-                           in_channels=in_channels)
+    model = build_run_model(arch, CompressionSettings.from_labels(labels), num_classes=num_classes,
+                            in_channels=in_channels)
+    if prune_masks:
+        from fednas.compress import apply_channel_masks, decode_channel_masks
+        from fednas.fl._pruning import example_input
+
+        model = apply_channel_masks(model, decode_channel_masks(prune_masks), example_input(in_channels, resolution))
+    return model
 
 
 def load_model(path: str | Path) -> nn.Module:
@@ -219,13 +228,14 @@ def load_model(path: str | Path) -> nn.Module:
         doc = json.loads(metrics_path.read_text(encoding="utf-8"))
         info, labels = doc["input"], dict(doc.get("labels") or {})
         classes, channels = int(info["num_classes"]), int(info["in_channels"])
+        prune_masks, resolution = str(doc.get("prune_masks") or ""), int(info.get("resolution", 0))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder}: malformed bundle ({type(exc).__name__}: {exc})") from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{weights_path}: not a safetensors file ({exc})") from None
-    model = _structure(arch, labels, classes, channels)
+    model = _structure(arch, labels, classes, channels, prune_masks, resolution)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -33,6 +33,7 @@ class ModelSource:
         searched: the labels the study searched (Optuna's params).
         rounds: per-round records of the federated run.
         origin: where it came from (storage, study, trial; or the training run).
+        prune_masks: for a run the server pruned, the channel masks that rebuild its structure.
     """
 
     arch: MobileNetArch
@@ -43,6 +44,7 @@ class ModelSource:
     labels: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, Any] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    prune_masks: str = ""  # channel masks of a run the server pruned (``fednas.compress.encode_channel_masks``)
     origin: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,6 +149,7 @@ def source_from_trial(storage: str, study: str, *, trial: int | None = None, pic
         labels=dict(chosen.labels),
         searched=dict(chosen.params),
         rounds=list(chosen.attrs.get("rounds", [])),
+        prune_masks=str(chosen.attrs.get("prune_masks", "")),
         origin={"storage": storage, "study": study, "trial": chosen.number, "picked": pick or "",
                 "weights_artifact": chosen.attrs.get("weights_artifact", "")},
     )

@@ -56,8 +56,13 @@ def make_codecs(compression: CompressionSettings) -> dict[str, Any]:
     return codecs
 
 
-def make_strategy(fed: FederationConfig, compression: CompressionSettings | None = None, *, seed: int = 0) -> Strategy:
+def make_strategy(fed: FederationConfig, compression: CompressionSettings | None = None, *, seed: int = 0,
+                  prune_fn: Callable[..., Any] | None = None) -> Strategy:
     """The strategy named by ``fed.strategy``, wrapped for compression when a codec is on.
+
+    With ``compression.prune_on`` and a ``prune_fn`` (the server's prune step, see
+    ``fednas.fl._pruning``), also wrapped by ``pruning``: the aggregate of round
+    ``prune_round`` is pruned and later train configs carry the channel masks.
 
     Raises:
         ValueError: unknown strategy name (listing the valid ones) or codec.
@@ -67,8 +72,12 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
     except KeyError:
         raise ValueError(f"unknown strategy {fed.strategy!r}; valid: {', '.join(STRATEGIES)}") from None
     kwargs = {**_sampling(fed), **extra(fed)}
-    if compression is None or not compression.codecs_on:
-        return cls(**kwargs)
-    from fednas.compress import compressed
+    if compression is not None and compression.codecs_on:
+        from fednas.compress import compressed
 
-    return compressed(cls)(**kwargs, **make_codecs(compression), seed=seed)
+        cls, kwargs = compressed(cls), {**kwargs, **make_codecs(compression), "seed": seed}
+    if compression is not None and compression.prune_on and prune_fn is not None:
+        from fednas.fl._pruning import pruning
+
+        cls, kwargs = pruning(cls), {**kwargs, "prune_round": compression.prune_round, "prune_fn": prune_fn}
+    return cls(**kwargs)

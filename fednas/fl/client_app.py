@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from fednas.compress import make_downlink_mod, make_uplink_mod
 from fednas.fl._faults import fault_mod
+from fednas.fl._pruning import MASKS_KEY, pruned_template
 from fednas.fl._spec import FederatedData, RunSpec, build_run_model, federated_data
 from fednas.train import TrainConfig, batchnorm_moments, evaluate, train
 from search_spaces import CompressionSettings, MobileNetArch
@@ -50,9 +51,20 @@ def _node_data(context: Context) -> tuple[RunSpec, FederatedData, int]:
 def model_from_message(
     msg: Message, data: FederatedData, compression: CompressionSettings | None = None
 ) -> torch.nn.Module:
-    """Build the architecture named in the message (factorized as ``compression`` says) and load the global weights."""
-    arch = MobileNetArch.from_json(str(msg.content["config"]["arch"]))
-    model = build_run_model(arch, compression, num_classes=data.train.num_classes, in_channels=data.train.in_channels)
+    """Build the architecture named in the message (factorized as ``compression`` says) and load the global weights.
+
+    After the server pruned the global model, the config carries its channel masks
+    (``prune-masks``) and the same pruned structure is rebuilt (cached per mask digest).
+    """
+    config = msg.content["config"]
+    if MASKS_KEY in config:  # the server pruned the global model: rebuild its structure from the masks
+        model = pruned_template(str(config["arch"]), (compression or CompressionSettings()).to_json(),
+                                str(config[MASKS_KEY]), data.train.num_classes, data.train.in_channels,
+                                data.train.resolution)
+    else:
+        arch = MobileNetArch.from_json(str(config["arch"]))
+        model = build_run_model(arch, compression, num_classes=data.train.num_classes,
+                                in_channels=data.train.in_channels)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
 

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 
 from fednas.fl._grid import CountingGrid, Exchange
+from fednas.fl._pruning import MASKS_KEY, example_input
 from fednas.fl._spec import FederatedData, RunSpec, build_run_model, federated_data
 from fednas.fl._strategies import make_strategy
 from fednas.fl.client_app import derive_seed
@@ -63,6 +64,10 @@ class ServerOutcome:
     seconds: float = 0.0
     # message type ("train", "query.bn_moments", ...) -> {"download_bytes": .., "upload_bytes": ..}
     bytes_by_type: dict[str, dict[str, int]] = field(default_factory=dict)
+    # federated pruning: the encoded channel masks applied after ``pruned_round`` ("" / 0: not pruned);
+    # ``arrays`` then fit ``build_run_model`` + ``fednas.compress.apply_channel_masks`` of these masks
+    prune_masks: str = ""
+    pruned_round: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -119,16 +124,31 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     model = initial_model(spec, data)
     arch_json = MobileNetArch.from_dict(spec.arch).to_json()
     counting = CountingGrid(grid)
-    state = _RunState(ServerOutcome(arrays=ArrayRecord(model.state_dict())), time.perf_counter())
+    state = _RunState(ServerOutcome(arrays=ArrayRecord(model.state_dict())), time.perf_counter(), model)
+
+    def prune_fn(server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, str]:
+        """Prune the aggregate (data-free ranking) and make the smaller model the global one."""
+        from fednas.compress import encode_channel_masks, prune_channels_with_masks
+
+        comp = spec.compression
+        state.model.load_state_dict(arrays.to_torch_state_dict())
+        pruned, masks = prune_channels_with_masks(
+            state.model, comp.prune_sparsity, method=comp.prune_method,
+            example_input=example_input(data.train.in_channels, data.train.resolution),
+        )
+        state.model = pruned
+        state.outcome.prune_masks, state.outcome.pruned_round = encode_channel_masks(masks), server_round
+        return ArrayRecord(pruned.state_dict()), state.outcome.prune_masks
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
             return None
         train_ex = _check_round(counting, server_round, fed.min_train_nodes)
+        model = state.model
         model.load_state_dict(arrays.to_torch_state_dict())
         recal = fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and server_round == fed.rounds)
         if recal:
-            _pool_batchnorm(counting, model, arrays, arch_json)
+            _pool_batchnorm(counting, model, arrays, arch_json, state.outcome.prune_masks)
         loss, acc = evaluate(model, data.test.x, data.test.y)
         record = state.record(server_round, acc, loss, train_ex, counting)
         state.outcome.arrays = ArrayRecord(model.state_dict())
@@ -140,7 +160,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     level = flwr_log.level
     flwr_log.setLevel(logging.ERROR)  # its INFO lines and the "evaluation skipped" warning are noise here
     try:
-        make_strategy(fed, spec.compression, seed=spec.seed).start(
+        make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=prune_fn).start(
             grid=counting,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=fed.rounds,
@@ -163,6 +183,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
 class _RunState:
     outcome: ServerOutcome
     start: float
+    model: torch.nn.Module
     seen_exchanges: int = 0
 
     def record(self, rnd: int, acc: float, loss: float, train_ex: Exchange, counting: CountingGrid) -> RoundRecord:
@@ -201,9 +222,11 @@ def _check_round(counting: CountingGrid, server_round: int, min_replies: int) ->
     return ex
 
 
-def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRecord, arch_json: str) -> None:
+def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRecord, arch_json: str,
+                    prune_masks: str = "") -> None:
     """Replace running statistics by the exact pooled statistics of all clients' data."""
-    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"arch": arch_json})})
+    config = ConfigRecord({"arch": arch_json, MASKS_KEY: prune_masks} if prune_masks else {"arch": arch_json})
+    content = RecordDict({"arrays": arrays, "config": config})
     messages = [Message(content, node, "query.bn_moments") for node in grid.get_node_ids()]
     replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
     if not replies:

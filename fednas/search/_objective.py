@@ -99,6 +99,8 @@ class TrialRunner:
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
+        if outcome.prune_masks:
+            model, static = self._pruned(trial, model, static, outcome.prune_masks)
         metrics: dict[str, Any] = {
             **static,
             "accuracy": outcome.accuracy,
@@ -120,6 +122,28 @@ class TrialRunner:
         self._set_constraints(trial, metrics)
         self._store_weights(trial, outcome.arrays.to_torch_state_dict())
         return tuple(float(metrics[name]) for name in self.config.objectives)
+
+    def _pruned(self, trial: optuna.Trial, model: torch.nn.Module, static: dict[str, int],
+                masks: str) -> tuple[torch.nn.Module, dict[str, int]]:
+        """The final, sped-up structure of a run the server pruned, and its re-measured cost.
+
+        ``macs``/``params``/``bytes`` (attributes and objective values) become those of the
+        pruned model; the costs measured before training stay as ``*_before_pruning``.
+        """
+        from fednas.compress import apply_channel_masks, decode_channel_masks
+        from fednas.fl._pruning import example_input
+
+        train = self.data.train
+        pruned = apply_channel_masks(model, decode_channel_masks(masks),
+                                     example_input(train.in_channels, train.resolution))
+        cost = measure(pruned, in_channels=train.in_channels, resolution=train.resolution)
+        after = {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes}
+        for k, v in static.items():
+            trial.set_user_attr(f"{k}_before_pruning", v)
+        for k, v in after.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("prune_masks", masks)
+        return pruned, after
 
     def _int8_metrics(self, model: torch.nn.Module) -> dict[str, Any]:
         """Post-training int8 of the final model: calibrated on training data, scored on the held-out split."""
@@ -189,7 +213,10 @@ class TrialRunner:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial-{trial.number}.safetensors"
             tensors = {k: v.contiguous() for k, v in state.items()}
-            save_file(tensors, str(path), metadata={"arch": json.dumps(trial.user_attrs["arch"])})
+            metadata = {"arch": json.dumps(trial.user_attrs["arch"])}
+            if trial.user_attrs.get("prune_masks"):
+                metadata["prune_masks"] = trial.user_attrs["prune_masks"]
+            save_file(tensors, str(path), metadata=metadata)
             artifact_id = upload_artifact(
                 artifact_store=self.store, file_path=str(path), study_or_trial=trial, mimetype="application/octet-stream"
             )

@@ -118,3 +118,107 @@ def test_settings_round_trip_through_run_config() -> None:
     old = RunSpec(DataConfig(), FederationConfig(), 1, preset("mobilenet_micro").to_dict())
     assert RunSpec.from_run_config(old.to_run_config()).compression == CompressionSettings()
     assert settings.describe() == "top5% up, lr0.5, kd0.3" and CompressionSettings().describe() == "-"
+
+
+# --------------------------------------------------------------------------- federated pruning
+
+PRUNE = ("space.labels.prune_method=l1", "space.labels.prune_sparsity=0.5", "space.labels.prune_round=1")
+
+
+@pytest.fixture(scope="module")
+def pruned_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.conftest import TINY_STUDY
+
+    path = tmp_path_factory.mktemp("prune") / "tiny.toml"
+    path.write_text(TINY_STUDY)
+    return run_search(load_config(path, [*FIXED_ARCH, "study.name=prune", *PRUNE]), progress=False).storage
+
+
+@pytest.fixture(scope="module")
+def pruned_study(pruned_storage: str) -> optuna.Study:
+    return optuna.load_study(study_name="prune", storage=pruned_storage)
+
+
+@pytest.fixture(scope="module")
+def pruned(pruned_study: optuna.Study) -> optuna.trial.FrozenTrial:
+    (trial,) = [t for t in pruned_study.trials if t.state.name == "COMPLETE"]
+    return trial
+
+
+def test_federated_pruning_shrinks_the_model(pruned: optuna.trial.FrozenTrial, baseline) -> None:
+    attrs = pruned.user_attrs
+    assert attrs["labels"]["prune_method"] == "l1" and attrs["labels"]["prune_round"] == 1
+    assert attrs["macs"] < baseline.user_attrs["macs"] and attrs["params"] < baseline.user_attrs["params"]
+    assert attrs["bytes"] < baseline.user_attrs["bytes"]
+    assert attrs["macs_before_pruning"] == baseline.user_attrs["macs"]
+    assert pruned.values[1] == attrs["macs"]  # the objective is the pruned model's (tiny study: accuracy, macs, ...)
+    rounds = attrs["rounds"]
+    assert rounds[1]["upload_bytes"] < rounds[0]["upload_bytes"]  # round 2 sends the smaller model (+ BN pooling)
+    assert rounds[1]["upload_bytes"] < baseline.user_attrs["rounds"][1]["upload_bytes"]
+    assert 0.0 <= attrs["accuracy"] <= 1.0
+
+
+def test_pruned_weights_load_into_the_rebuilt_structure(pruned_study: optuna.Study,
+                                                        pruned: optuna.trial.FrozenTrial) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from fednas.compress import apply_channel_masks, decode_channel_masks
+    from fednas.cost import measure
+    from fednas.fl._spec import build_run_model
+    from search_spaces import MobileNetArch
+
+    folder = Path(pruned_study.user_attrs["artifacts_dir"])
+    path = str(folder / pruned.user_attrs["weights_artifact"])
+    with safe_open(path, "pt") as f:
+        masks = f.metadata()["prune_masks"]
+    assert masks == pruned.user_attrs["prune_masks"]
+    arch = MobileNetArch.from_dict(pruned.user_attrs["arch"])
+    import torch
+
+    model = build_run_model(arch, CompressionSettings.from_labels(pruned.user_attrs["labels"]), num_classes=10,
+                            in_channels=1)
+    model = apply_channel_masks(model, decode_channel_masks(masks), torch.zeros(2, 1, 28, 28))
+    model.load_state_dict(load_file(path), strict=True)
+    assert measure(model, in_channels=1, resolution=28).macs == pruned.user_attrs["macs"]
+
+
+def test_pruned_trial_exports_and_loads(pruned_storage: str, pruned: optuna.trial.FrozenTrial,
+                                        tmp_path: Path) -> None:
+    from fednas.cost import measure
+    from fednas.export import load_model, source_from_trial, write_bundle
+
+    source = source_from_trial(pruned_storage, "prune", trial=pruned.number)
+    assert source.prune_masks == pruned.user_attrs["prune_masks"]
+    bundle = write_bundle(source, tmp_path / "bundle", formats=[])
+    model = load_model(bundle.out)
+    assert measure(model, in_channels=1, resolution=28).params == pruned.user_attrs["params"]
+    assert abs(bundle.metrics["pytorch_accuracy"] - pruned.user_attrs["accuracy"]) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(("space.labels.prune_method=taylor",), "taylor needs training data; the server has none in a federation"),
+     (("space.labels.prune_method=l1", "space.labels.prune_round=2"), "prune_round"),
+     (('space.labels.prune_method=["l1", "l2"]', "space.labels.prune_round={low=1, high=3}"), "prune_round"),
+     (("space.labels.prune_method=l1", "space.labels.prune_sparsity=0"), "prune_sparsity"),
+     (("space.labels.prune_method=l1", "space.labels.prune_sparsity=0.0"), "prune_sparsity"),
+     (("space.labels.prune_method=l1", "space.labels.prune_sparsity={low=0.0, high=0.5}"), "prune_sparsity"),
+     (("space.labels.prune_method=l1", "space.labels.prune_sparsity=1"), "prune_sparsity"),
+     (("space.labels.prune_method=l1", "space.labels.prune_sparsity=1.0"), "prune_sparsity"),
+     (("space.labels.prune_method=l1", "space.labels.downlink_codec=quantize"), "downlink_codec"),
+     (("space.labels.prune_method=gzip",), "prune_method")],
+)
+def test_bad_pruning_settings_name_the_label(tiny_config: Path, overrides: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(tiny_config, list(overrides))
+    assert "\n" not in str(info.value)
+
+
+def test_pruning_settings_accepted(tiny_config: Path) -> None:
+    config = load_config(tiny_config, ['space.labels.prune_method=["none", "l1", "l2", "fpgm"]',
+                                       "space.labels.prune_sparsity={low=0.1, high=0.9}", "space.labels.prune_round=1"])
+    assert config.space.labels["prune_method"] == ["none", "l1", "l2", "fpgm"]
+    settings = CompressionSettings(prune_method="fpgm", prune_sparsity=0.25, prune_round=2)
+    assert CompressionSettings.from_json(settings.to_json()) == settings
+    assert settings.describe() == "fpgm25%@r2"

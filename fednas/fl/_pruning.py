@@ -1,0 +1,106 @@
+"""Structured pruning during the federation (the ``prune_*`` compression labels).
+
+After aggregating round ``prune_round`` the server prunes the global model's output
+channels (``fednas.compress.prune_channels_with_masks``, a data-free ranking: the server
+has no training data) and NNI's ``ModelSpeedup`` shrinks it. Later rounds train and send
+the smaller model. Clients rebuild the same structure from the channel masks, which every
+later train (and batch-norm) message carries in its ConfigRecord as ``prune-masks`` (a
+short JSON string; it is counted in the message bytes like everything else):
+``build_run_model(arch, compression)`` + ``apply_channel_masks`` on the same example-input
+shape, i.e. the very path the server's pruned model came from. The pruned template is
+cached per process and mask digest (an in-process trial runs the speedup once for all its
+clients) and deep-copied per client.
+
+``pruning(strategy_cls)`` wraps any FedAvg-family strategy (also one already wrapped by
+``compressed``); server-optimizer state shaped like the unpruned model (FedAvgM momentum,
+FedAdam/FedYogi moments, their ``current_arrays``) is reset at the pruning round. A
+downlink codec is refused by the config check (its reference model would change shape).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+__all__ = ["MASKS_KEY", "PruningMixin", "example_input", "pruned_template", "pruning"]
+
+MASKS_KEY = "prune-masks"
+
+# The server's prune step: (round, aggregated arrays) -> (pruned arrays, encoded masks).
+PruneFn = Callable[[int, ArrayRecord], tuple[ArrayRecord, str]]
+
+
+def example_input(in_channels: int, resolution: int) -> torch.Tensor:
+    """The (shape-only) input both sides trace and speed up with: two zero images."""
+    return torch.zeros(2, in_channels, resolution, resolution)
+
+
+class PruningMixin:
+    """Prunes the aggregate of round ``prune_round`` through ``prune_fn``; later train configs carry the masks."""
+
+    def __init__(self, *args: Any, prune_round: int, prune_fn: PruneFn, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prune_round = prune_round
+        self.prune_fn = prune_fn
+        self.masks_text = ""
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if self.masks_text:
+            config[MASKS_KEY] = self.masks_text
+        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        if arrays is not None and server_round == self.prune_round and not self.masks_text:
+            arrays, self.masks_text = self.prune_fn(server_round, arrays)
+            # server-optimizer state has the unpruned shapes: start it afresh from the pruned model
+            for attr in ("current_arrays", "momentum_vector", "m_t", "v_t"):
+                if hasattr(self, attr):
+                    setattr(self, attr, None)
+        return arrays, metrics
+
+
+@functools.cache
+def pruning(strategy_cls: type[FedAvg]) -> type[FedAvg]:
+    """``strategy_cls`` with ``PruningMixin`` in front (keyword args ``prune_round``, ``prune_fn``)."""
+    return type(f"Pruning{strategy_cls.__name__}", (PruningMixin, strategy_cls), {"__module__": __name__})
+
+
+_lock = threading.Lock()
+
+
+def pruned_template(arch_json: str, compression_json: str, masks_text: str, num_classes: int, in_channels: int,
+                    resolution: int) -> torch.nn.Module:
+    """A fresh copy of the pruned structure the masks describe (weights arbitrary: load the global ones)."""
+    from fednas.compress import mask_digest
+
+    with _lock:
+        template = _template(arch_json, compression_json, mask_digest(masks_text), masks_text, num_classes,
+                             in_channels, resolution)
+    return copy.deepcopy(template)
+
+
+@functools.lru_cache(maxsize=8)
+def _template(arch_json: str, compression_json: str, digest: str, masks_text: str, num_classes: int,
+              in_channels: int, resolution: int) -> torch.nn.Module:
+    from fednas.compress import apply_channel_masks, decode_channel_masks
+    from fednas.fl._spec import build_run_model
+    from search_spaces import CompressionSettings, MobileNetArch
+
+    with torch.random.fork_rng(devices=[]):  # building must not move the caller's random stream
+        torch.manual_seed(0)
+        model = build_run_model(MobileNetArch.from_json(arch_json), CompressionSettings.from_json(compression_json),
+                                num_classes=num_classes, in_channels=in_channels)
+        return apply_channel_masks(model, decode_channel_masks(masks_text), example_input(in_channels, resolution))
