@@ -1,8 +1,9 @@
 """Each compression knob against the uncompressed baseline, on one architecture and seed.
 
 Runs the default federation (mnist5k, 8 clients, Dirichlet 0.5) of ``mobilenet_tiny`` once
-uncompressed and once per knob, in this process, and prints a markdown table (copy it into
-BENCHMARKS.md) and, as the last line, one JSON object:
+uncompressed and once per knob, in this process, prints a markdown table, writes it into
+BENCHMARKS.md (between the ``compression-table`` markers; ``--no-write`` to skip) and prints,
+as the last line, one JSON object:
 
     python benchmarks/compression.py --rounds 4
 
@@ -23,6 +24,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default="mobilenet_tiny")
+    p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     fed = FederationConfig(num_clients=args.clients, rounds=args.rounds)
@@ -114,14 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     data = federated_data(base_spec.data, fed.num_clients, base_spec.seed)
     rows["int8"] = _int8(baseline_model, data, rows["baseline"])
     b = rows["baseline"]
-    print(f"`{args.arch}`, mnist5k, {args.clients} clients Dirichlet 0.5, {args.rounds} rounds, seed {args.seed}; "
-          "upload = training uploads only (batch-norm pooling in its own column)\n")
-    print("| knob | accuracy | Δ acc | MACs | params | train upload B | ratio | train download B | ratio | BN pooling B | s | note |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [
+        f"`{args.arch}`, mnist5k, {args.clients} clients Dirichlet 0.5, {args.rounds} rounds, seed {args.seed}; "
+        "upload = training uploads only (batch-norm pooling in its own column)",
+        "",
+        "| knob | accuracy | Δ acc | MACs | params | train upload B | ratio | train download B | ratio | BN pooling B | s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows.values():
-        print(f"| {r.name} | {r.accuracy:.4f} | {r.accuracy - b.accuracy:+.4f} | {r.macs:,} | {r.params:,} | "
-              f"{r.train_upload:,} | {r.train_upload / b.train_upload:.3f} | {r.train_download:,} | "
-              f"{r.train_download / b.train_download:.3f} | {r.bn_bytes:,} | {r.seconds:.1f} | {r.note} |")
+        lines.append(
+            f"| {r.name} | {r.accuracy:.4f} | {r.accuracy - b.accuracy:+.4f} | {r.macs:,} | {r.params:,} | "
+            f"{r.train_upload:,} | {r.train_upload / b.train_upload:.3f} | {r.train_download:,} | "
+            f"{r.train_download / b.train_download:.3f} | {r.bn_bytes:,} | {r.seconds:.1f} | {r.note} |"
+        )
+    print("\n".join(lines))
     summary = {
         "q8_upload_ratio": rows["q8"].train_upload / b.train_upload,
         "q4_upload_ratio": rows["q4"].train_upload / b.train_upload,
@@ -131,9 +140,24 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy_delta": {k: rows[k].accuracy - b.accuracy
                            for k in ("q8", "q4", "topk1", "prune50", "kd", "lowrank50", "int8")},
     }
+    if not args.no_write:
+        _write_table(lines + ["", "Last line: `" + json.dumps(summary) + "`"])
     print()
     print(json.dumps(summary))
     return 0
+
+
+def _write_table(lines: list[str]) -> None:
+    """Replace the text between the markers in BENCHMARKS.md (append the section if absent)."""
+    path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+    begin, end = "<!-- compression-table:begin (benchmarks/compression.py) -->", "<!-- compression-table:end -->"
+    block = "\n".join([begin, *lines, end])
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":
