@@ -352,10 +352,6 @@ def _space(table: dict[str, Any]) -> SpaceConfig:
         space = with_compression(get_search_space(name, table))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"space: {exc}") from None
-    if "taylor" in _label_values(labels.get("prune_method")):
-        from search_spaces.compression import TAYLOR_IN_FEDERATION
-
-        raise ConfigError(f"space.labels.prune_method: 'taylor' is not offered: {TAYLOR_IN_FEDERATION}")
     domains = {}
     for label, value in labels.items():
         try:

@@ -18,13 +18,12 @@ from typing import Any
 
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike
 
-__all__ = ["CODEC_CHOICES", "PRUNE_METHODS", "TAYLOR_IN_FEDERATION", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
+__all__ = ["CODEC_CHOICES", "PRUNE_METHODS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
 
 CODEC_CHOICES = {"uplink": ("none", "quantize", "topk"), "downlink": ("none", "quantize")}
 BITS = (16, 8, 4, 2)
-# Data-free channel rankings the server can run on the global model; "taylor" needs training data.
-PRUNE_METHODS = ("none", "l1", "l2", "fpgm")
-TAYLOR_IN_FEDERATION = "taylor needs training data; the server has none in a federation"
+# l1/l2/fpgm rank channels on the server (data-free); taylor by Taylor scores the clients compute.
+PRUNE_METHODS = ("none", "l1", "l2", "fpgm", "taylor")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +42,8 @@ class CompressionSettings:
         kd_temperature: distillation temperature.
         kd_teacher: a ``fednas export`` bundle folder used as teacher ("" : the received global model).
         prune_method: structured pruning of the global model during the federation: "none", "l1", "l2"
-            or "fpgm" (data-free rankings; the server has no training data, so no "taylor").
+            or "fpgm" (data-free rankings on the server), or "taylor" (first-order Taylor
+            scores computed by the clients on their data and summed by the server).
         prune_sparsity: share of output channels removed per layer, in (0, 0.9].
         prune_round: the server prunes after aggregating this round (1 <= prune_round < rounds).
     """

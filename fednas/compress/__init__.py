@@ -41,6 +41,8 @@ Model compression
     prune_channels(model, sparsity, *, method="l1"|"l2"|"fpgm"|"taylor", example_input, batches=None,
                    exclude=()) -> nn.Module             smaller copy, same output shape (NNI + ModelSpeedup)
     prune_channels_with_masks(...) -> (nn.Module, masks) the same, plus {layer: bool keep vector over out channels}
+    masks_from_scores(model, scores, sparsity) -> masks   given per-channel scores (e.g.
+                                                         federated Taylor), same dependency groups
     apply_channel_masks(model, masks, example_input)     the same pruned structure from masks (federated pruning:
                                                          clients rebuild the server's pruned model this way)
     encode_channel_masks(masks) -> str / decode_channel_masks(text) / mask_digest(text)
@@ -101,7 +103,8 @@ from fednas.compress._lowrank import factorize, low_rank, low_rank_rank
 from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, DownlinkOutOfSync, DownlinkPlan,
                                    make_downlink_mod, make_uplink_mod, to_array_record, to_numpy, wire_bytes)
 from fednas.compress._prune import (PRUNING_METHODS, ChannelMasks, apply_channel_masks, decode_channel_masks,
-                                   encode_channel_masks, mask_digest, prune_channels, prune_channels_with_masks)
+                                   encode_channel_masks, mask_digest, masks_from_scores, prune_channels,
+                                   prune_channels_with_masks)
 from fednas.compress._strategy import CompressedFedAvg, CompressionMixin, compressed
 
 __all__ = [
@@ -141,6 +144,7 @@ __all__ = [
     "pack_bits",
     "payload_bytes",
     "prune_channels",
+    "masks_from_scores",
     "prune_channels_with_masks",
     "quantize_int8",
     "serialized_bytes",

@@ -158,18 +158,27 @@ def prune_channels_with_masks(
     makes the masks a short string for a ConfigRecord).
     """
     _check_args(model, sparsity, method, batches)
+    channel = _rank_channels(model, sparsity, method, batches, exclude)
+    if not channel:
+        return copy.deepcopy(model), {}
+    return apply_channel_masks(model, channel, example_input), channel
+
+
+def _rank_channels(
+    model: nn.Module, sparsity: float, method: str, batches: Batches | None, exclude: Collection[str]
+) -> ChannelMasks:
+    """NNI's masks (dependency-aware) as output-channel keep vectors; nothing is sped up here."""
     nni, pruning, speedup, DefaultReplacer, TorchEvaluator = _import_nni()
     work = copy.deepcopy(model).eval()
     gm = torch.fx.symbolic_trace(work)
     keep = _output_layers(gm) | set(exclude)
     names = [n for n, m in work.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in keep]
     if not names:
-        return copy.deepcopy(model), {}
+        return {}
     with _quiet():
         config = speedup.auto_set_denpendency_group_ids(gm, [{"op_names": names, "sparse_ratio": float(sparsity)}])
         masks = _masks(pruning, nni, TorchEvaluator, copy.deepcopy(work), config, method, batches)
-    channel = {name: _out_channels(m["weight"]) for name, m in masks.items() if m.get("weight") is not None}
-    return apply_channel_masks(model, channel, example_input), channel
+    return {name: _out_channels(m["weight"]) for name, m in masks.items() if m.get("weight") is not None}
 
 
 def _out_channels(weight_mask: torch.Tensor) -> torch.Tensor:
@@ -280,3 +289,24 @@ def _taylor_pruner(pruning: Any, nni: Any, evaluator_cls: Any, model: nn.Module,
     optimizer = nni.trace(torch.optim.SGD)(model.parameters(), lr=0.0)
     evaluator = evaluator_cls(training_func, optimizer, training_step, dummy_input=data[0][0])
     return pruning.TaylorPruner(model, config, evaluator, training_steps=len(data))
+
+
+def masks_from_scores(model: nn.Module, scores: dict[str, torch.Tensor], sparsity: float) -> ChannelMasks:
+    """Channel masks that drop the lowest-scored channels, with NNI's dependency groups.
+
+    ``scores`` maps a conv/linear layer name to one importance per output channel, e.g.
+    Taylor scores pooled from federated clients (``fednas.train.taylor_channel_scores``).
+    The ranking goes through NNI's L1-norm pruner on a proxy copy whose channel ``c`` of
+    layer ``n`` has L1 norm ``scores[n][c]``, so channels linked by residual adds, depthwise
+    convs and squeeze-excitation are still kept or removed together, exactly as for the
+    data-free methods. Apply the result with ``apply_channel_masks``.
+    """
+    proxy = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, module in proxy.named_modules():
+            if name in scores and isinstance(module, (nn.Conv2d, nn.Linear)):
+                s = scores[name].to(module.weight.dtype).clamp(min=0)
+                per_weight = s / module.weight[0].numel()
+                module.weight.copy_(per_weight.view(-1, *([1] * (module.weight.dim() - 1))).expand_as(module.weight))
+    _check_args(model, sparsity, "l1", None)
+    return _rank_channels(proxy, sparsity, "l1", None, ())

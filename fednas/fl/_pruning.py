@@ -1,8 +1,9 @@
 """Structured pruning during the federation (the ``prune_*`` compression labels).
 
 After aggregating round ``prune_round`` the server prunes the global model's output
-channels (``fednas.compress.prune_channels_with_masks``, a data-free ranking: the server
-has no training data) and NNI's ``ModelSpeedup`` shrinks it. Later rounds train and send
+channels (``fednas.compress.prune_channels_with_masks`` for the data-free l1/l2/fpgm
+rankings; for taylor, ``masks_from_scores`` over Taylor scores the clients compute on their
+own data, see ``server_app.prune_fn``) and NNI's ``ModelSpeedup`` shrinks it. Later rounds train and send
 the smaller model. Clients rebuild the same structure from the channel masks, which every
 later train (and batch-norm) message carries in its ConfigRecord as ``prune-masks`` (a
 short JSON string; it is counted in the message bytes like everything else):

@@ -19,7 +19,7 @@ from fednas.compress import make_downlink_mod, make_uplink_mod
 from fednas.fl._faults import fault_mod
 from fednas.fl._pruning import MASKS_KEY, pruned_template
 from fednas.fl._spec import FederatedData, RunSpec, build_run_model, federated_data
-from fednas.train import TrainConfig, batchnorm_moments, evaluate, train
+from fednas.train import TrainConfig, batchnorm_moments, evaluate, taylor_channel_scores, train
 from search_spaces import CompressionSettings, MobileNetArch
 
 __all__ = ["app", "derive_seed", "model_from_message"]
@@ -122,6 +122,15 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
     loss, acc = evaluate(model_from_message(msg, data, spec.compression), shard.x, shard.y)
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(shard)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("taylor_scores")
+def taylor_scores_fn(msg: Message, context: Context) -> Message:
+    """Reply with first-order Taylor channel scores of the received model on local data."""
+    spec, data, pid = _node_data(context)
+    shard = data.client(pid)
+    scores = taylor_channel_scores(model_from_message(msg, data, spec.compression), shard.x, shard.y)
+    return Message(content=RecordDict({"scores": ArrayRecord(dict(scores))}), reply_to=msg)
 
 
 @app.query("bn_moments")

@@ -127,15 +127,24 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     state = _RunState(ServerOutcome(arrays=ArrayRecord(model.state_dict())), time.perf_counter(), model)
 
     def prune_fn(server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, str]:
-        """Prune the aggregate (data-free ranking) and make the smaller model the global one."""
-        from fednas.compress import encode_channel_masks, prune_channels_with_masks
+        """Prune the aggregate and make the smaller model the global one.
+
+        l1/l2/fpgm rank channels on the server (data-free); taylor ranks them by first-order
+        Taylor scores that the clients compute on their own data and the server sums.
+        """
+        from fednas.compress import apply_channel_masks, encode_channel_masks, masks_from_scores, prune_channels_with_masks
 
         comp = spec.compression
         state.model.load_state_dict(arrays.to_torch_state_dict())
-        pruned, masks = prune_channels_with_masks(
-            state.model, comp.prune_sparsity, method=comp.prune_method,
-            example_input=example_input(data.train.in_channels, data.train.resolution),
-        )
+        example = example_input(data.train.in_channels, data.train.resolution)
+        if comp.prune_method == "taylor":
+            scores = _pool_taylor_scores(counting, arrays, arch_json)
+            masks = masks_from_scores(state.model, scores, comp.prune_sparsity)
+            pruned = apply_channel_masks(state.model, masks, example)
+        else:
+            pruned, masks = prune_channels_with_masks(
+                state.model, comp.prune_sparsity, method=comp.prune_method, example_input=example
+            )
         state.model = pruned
         state.outcome.prune_masks, state.outcome.pruned_round = encode_channel_masks(masks), server_round
         return ArrayRecord(pruned.state_dict()), state.outcome.prune_masks
@@ -220,6 +229,18 @@ def _check_round(counting: CountingGrid, server_round: int, min_replies: int) ->
             + (" (no client returned a model update)" if ok == 0 else "") + why
         )
     return ex
+
+
+def _pool_taylor_scores(grid: CountingGrid, arrays: ArrayRecord, arch_json: str) -> dict[str, torch.Tensor]:
+    """Sum of the clients' first-order Taylor channel scores of the global model."""
+    content = RecordDict({"arrays": arrays, "config": ConfigRecord({"arch": arch_json})})
+    messages = [Message(content, node, "query.taylor_scores") for node in grid.get_node_ids()]
+    replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
+    if not replies:
+        reasons = grid.last_errors[:1]
+        raise FederationError("Taylor pruning: no client replied" + (f": {reasons[0]}" if reasons else ""))
+    keys = list(replies[0].content["scores"].keys())
+    return {k: sum(torch.from_numpy(r.content["scores"][k].numpy()) for r in replies) for k in keys}
 
 
 def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRecord, arch_json: str,
