@@ -78,6 +78,9 @@ def _federated(spec: RunSpec, name: str) -> tuple[Row, Any]:
         cost = measure(model, in_channels=data.train.in_channels, resolution=data.train.resolution)
         s = spec.compression
         note = f"federated {s.prune_method.upper()} {s.prune_sparsity:.0%} after round {out.pruned_round}"
+        taylor = out.bytes_by_type.get("query.taylor_scores")
+        if taylor:
+            note += f"; Taylor scores round trip {taylor['upload_bytes'] + taylor['download_bytes']:,} B"
     model.load_state_dict(out.arrays.to_torch_state_dict())
     row = Row(name, out.accuracy, cost.macs, cost.params, train["upload_bytes"], train["download_bytes"],
               bn["upload_bytes"] + bn["download_bytes"], time.perf_counter() - start, note)
@@ -104,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     fed = FederationConfig(num_clients=args.clients, rounds=args.rounds)
     base_spec = RunSpec(DataConfig(), fed, args.seed, preset(args.arch).to_dict())
-    runs = {**RUNS, "prune50": CompressionSettings(prune_method="l1", prune_sparsity=0.5,
-                                                   prune_round=max(args.rounds // 2, 1))}
+    middle = max(args.rounds // 2, 1)
+    runs = {**RUNS,
+            "prune50": CompressionSettings(prune_method="l1", prune_sparsity=0.5, prune_round=middle),
+            "prune50_taylor": CompressionSettings(prune_method="taylor", prune_sparsity=0.5, prune_round=middle)}
     rows: dict[str, Row] = {}
     baseline_model = None
     for name, settings in runs.items():
