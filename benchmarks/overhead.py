@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -113,13 +114,8 @@ def main() -> None:
     )
     federated_data(spec.data, args.clients, spec.seed)  # load once, outside the timings
     ways = {"plain": plain_fedavg, "fednas": fednas_run}
-    try:
-        import ray  # noqa: F401
-
-        if not args.no_ray:
-            ways["ray"] = ray_run
-    except ImportError:
-        pass
+    if not args.no_ray and importlib.util.find_spec("ray") is not None:
+        ways["ray"] = ray_run
     warm = RunSpec(spec.data, FederationConfig(num_clients=args.clients, rounds=1, bn_recalibration="off"), 0, spec.arch)
     for name in ("plain", "fednas"):
         ways[name](warm)

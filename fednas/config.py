@@ -288,7 +288,7 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> StudyConfig:
 def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
     value = doc.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{name}: expected a table, got {_tname(value)}")
+        raise ConfigError(f"{name}: expected a table, got {_show(value)}")
     return value
 
 
@@ -419,6 +419,3 @@ def _show(value: Any) -> str:
         return "a list"
     return repr(value)
 
-
-def _tname(value: Any) -> str:
-    return {dict: "a table", list: "a list"}.get(type(value), repr(value))

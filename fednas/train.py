@@ -61,6 +61,13 @@ class TrainResult:
     examples: int
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cross_entropy(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -68,8 +75,13 @@ def train(
     config: TrainConfig,
     *,
     seed: int,
+    loss_fn: LossFn = _cross_entropy,
 ) -> TrainResult:
     """Train ``model`` in place on ``(x, y)`` with SGD; returns the mean loss.
+
+    Args:
+        loss_fn: ``(logits, x_batch, y_batch) -> loss``; cross-entropy by default
+            (``fednas.compress.train_with_teacher`` passes a distillation loss).
 
     Raises:
         TrainingDiverged: when a loss is NaN or infinite.
@@ -88,7 +100,7 @@ def train(
             idx = order[start : start + config.batch_size]
             if len(idx) < 2:  # a batch of one breaks batch norm in training mode
                 continue
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss = loss_fn(model(x[idx]), x[idx], y[idx])
             if anchor is not None:
                 prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
                 loss = loss + 0.5 * config.proximal_mu * prox

@@ -19,3 +19,19 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_STUDY)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_study_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Run a study made from ``tiny_study.toml`` plus overrides; returns (folder, config, result)."""
+    from fednas.config import load_config
+    from fednas.search import run_search
+
+    def make(name: str, overrides: tuple[str, ...] = ()):
+        folder = tmp_path_factory.mktemp(f"{name}-study")
+        path = folder / f"{name}.toml"
+        path.write_text(TINY_STUDY)
+        config = load_config(path, [f"study.name='{name}'", *overrides])
+        return folder, config, run_search(config, progress=False)
+
+    return make

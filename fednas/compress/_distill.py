@@ -5,13 +5,11 @@ Plain PyTorch, the same loop as ``fednas.train.train`` with the loss replaced.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fednas.train import TrainConfig, TrainingDiverged, TrainResult
+from fednas.train import TrainConfig, TrainResult, train
 
 __all__ = ["distillation_loss", "train_with_teacher"]
 
@@ -71,37 +69,15 @@ def train_with_teacher(
         ValueError: bad ``temperature`` or ``weight``.
     """
     _check(temperature, weight)
-    model.train()
+
+    def loss(logits: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = teacher(xb)
+        return distillation_loss(logits, soft, yb, temperature, weight)
+
     was_training = teacher.training
     teacher.eval()
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    anchor = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else None
-    gen = torch.Generator().manual_seed(seed)
-    n = len(y)
-    total, steps, seen = 0.0, 0, 0
     try:
-        for _ in range(config.epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, config.batch_size):
-                idx = order[start : start + config.batch_size]
-                if len(idx) < 2:  # a batch of one breaks batch norm in training mode
-                    continue
-                with torch.no_grad():
-                    soft = teacher(x[idx])
-                loss = distillation_loss(model(x[idx]), soft, y[idx], temperature, weight)
-                if anchor is not None:
-                    prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
-                    loss = loss + 0.5 * config.proximal_mu * prox
-                if not math.isfinite(loss.item()):
-                    raise TrainingDiverged(f"training loss became {loss.item()} at step {steps}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-                seen += len(idx)
-                steps += 1
-                if config.max_steps and steps >= config.max_steps:
-                    return TrainResult(total / max(seen, 1), steps, seen)
+        return train(model, x, y, config, seed=seed, loss_fn=loss)
     finally:
         teacher.train(was_training)
-    return TrainResult(total / max(seen, 1), steps, seen)

@@ -94,12 +94,12 @@ class InProcessGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def partition_of(self, node_id: int) -> int:
-        return int(self._contexts[node_id].node_config["partition-id"])
-
     def context(self, node_id: int) -> Context:
         """The node's own Context (its ``state`` persists across rounds)."""
         return self._contexts[node_id]
+
+    def partition_of(self, node_id: int) -> int:
+        return int(self._contexts[node_id].node_config["partition-id"])
 
     def create_message(
         self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
@@ -175,10 +175,6 @@ class Traffic:
     @property
     def total_bytes(self) -> int:
         return self.download_bytes + self.upload_bytes
-
-    @property
-    def errors(self) -> int:
-        return sum(e.errors for e in self.exchanges)
 
 
 class CountingGrid(Grid):

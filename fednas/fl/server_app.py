@@ -13,7 +13,7 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -257,13 +257,3 @@ def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRec
     pooled = [sum(torch.from_numpy(r.content["moments"][k].numpy()) for r in replies) for k in keys]
     apply_batchnorm_moments(model, pooled)
 
-
-def outcome_to_dict(outcome: ServerOutcome) -> dict:
-    """JSON-able summary (no weights)."""
-    return {
-        "accuracy": outcome.accuracy,
-        "download_bytes": outcome.download_bytes,
-        "upload_bytes": outcome.upload_bytes,
-        "seconds": outcome.seconds,
-        "rounds": [asdict(r) for r in outcome.rounds],
-    }

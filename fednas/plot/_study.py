@@ -132,7 +132,7 @@ def _point(trial: FrozenTrial, objective_names: list[str]) -> TrialPoint:
         params=dict(trial.params),
         labels=dict(attrs.get("labels", trial.params)),
         arch=dict(attrs.get("arch", {})),
-        feasible=all(c <= 0 for c in attrs.get("constraints", [])),
+        feasible=all(c <= 0 for c in trial.constraints.values()),
         attrs=dict(attrs),
     )
 

@@ -160,12 +160,9 @@ class TrialRunner:
         Optuna 5 samplers (NSGA-II, TPE) and ``Study.best_trials`` read these; the older
         ``constraints_func`` argument is deprecated there.
         """
-        values = []
         for name, bound in self.config.constraints.active().items():
             if name in metrics:
-                values.append(float(metrics[name] - bound))
-                trial.set_constraint(f"max_{name}", values[-1])
-        trial.set_user_attr("constraints", values)
+                trial.set_constraint(f"max_{name}", float(metrics[name] - bound))
 
     def _claim_slot(self, trial: optuna.Trial) -> None:
         """With several workers, only the lowest-numbered running trials fill the remaining slots.

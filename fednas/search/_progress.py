@@ -40,7 +40,6 @@ class Progress:
         self.trained = 0
         self.trial_number = -1
         self.round = 0
-        self.last = ""
 
     def trial_started(self, number: int) -> None:
         self.trial_number, self.round, self.trial_start = number, 0, time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -334,6 +333,3 @@ def _fmt(v: Any) -> str:
         return f"{int(v):,}"
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-
-def config_of(study: optuna.Study) -> dict[str, Any]:
-    return json.loads(json.dumps(study.user_attrs.get(CONFIG_ATTR, {})))

@@ -14,11 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from fednas.cli import main
-from fednas.config import ConfigError, load_config
+from fednas.config import ConfigError
 from fednas.export import load_model, pick_trial, resolve_formats
 from fednas.export._card import render_card
 from fednas.plot import knee_index, read_study
-from fednas.search import run_search
 from search_spaces import MobileNetArch, build_model, load_architecture
 
 onnx = pytest.importorskip("onnx")
@@ -26,56 +25,19 @@ ort = pytest.importorskip("onnxruntime")
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Wide enough that int8 weights outweigh the quantization nodes, small enough to train in seconds.
-EXPORT_STUDY = """
-[study]
-name = "exp"
-trials = 3
-seed = 1
-sampler = "random"
-
-[objectives]
-accuracy = "maximize"
-macs = "minimize"
-comm_bytes = "minimize"
-
-[space]
-base_channels = [16, 32]
-strides = [2, 2]
-
-[space.labels]
-stem_width = 1.0
-s1_depth = 1
-s2_depth = 1
-s1_width = [1.0, 1.5]
-s2_width = [1.0, 1.5]
-s1_expansion = [2, 4]
-s2_expansion = 3
-s1_kernel = 3
-s2_kernel = [3, 5]
-s1_se = false
-s2_se = false
-
-[data]
-source = "mnist5k"
-limit = 240
-
-[federation]
-num_clients = 3
-rounds = 2
-batch_size = 16
-"""
+# Wider than tests/tiny_study.toml so int8 weights outweigh the quantization nodes, still seconds.
+EXPORT_OVERRIDES = (
+    "study.seed=1", "space.base_channels=[16, 32]", "space.labels.stem_width=1.0",
+    "space.labels.s1_width=[1.0, 1.5]", "space.labels.s2_width=[1.0, 1.5]",
+    "space.labels.s1_expansion=[2, 4]", "space.labels.s2_expansion=3",
+)
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    folder = tmp_path_factory.mktemp("export-study")
-    path = folder / "exp.toml"
-    path.write_text(EXPORT_STUDY)
-    config = load_config(path)
-    result = run_search(config, progress=False)
+def study(tiny_study_factory) -> dict:
+    folder, config, result = tiny_study_factory("exp", EXPORT_OVERRIDES)
     assert result.completed == 3
-    return {"storage": result.storage, "name": "exp", "db": folder / "exp.db", "folder": folder}
+    return {"storage": result.storage, "name": "exp", "db": folder / "exp.db", "folder": folder, "config": config}
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +142,7 @@ def test_int8_onnx_runs_is_smaller_and_its_accuracy_is_recorded(study: dict, bun
     assert int8 < fp32 and rec["bytes"] == int8 and rec["fp32_bytes"] == fp32
     ops = {n.op_type for n in onnx.load(str(out / "model.int8.onnx")).graph.node}
     assert "QLinearConv" in ops
-    config = load_config(study["folder"] / "exp.toml")
+    config = study["config"]
     test = federated_data(config.data, 3, config.study.seed).test
     session = ort.InferenceSession(str(out / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": test.x.numpy()})[0]

@@ -18,62 +18,18 @@ from pathlib import Path
 import pytest
 
 from fednas.cli import main
-from fednas.config import load_config
 from fednas.plot import read_study
-from fednas.search import run_search
 
 pytest.importorskip("plotly")
 pytest.importorskip("matplotlib")
 
-# comm_bytes of these candidates spans about 170-230 kB: the bound makes some infeasible.
-PLOT_STUDY = """
-[study]
-name = "pics"
-trials = 3
-seed = 0
-sampler = "random"
-
-[objectives]
-accuracy = "maximize"
-macs = "minimize"
-comm_bytes = "minimize"
-
-[constraints]
-max_comm_bytes = 200_000
-
-[space]
-base_channels = [8, 16]
-strides = [2, 2]
-
-[space.labels]
-stem_width = 0.5
-s1_depth = 1
-s2_depth = 1
-s1_width = [0.5, 1.0]
-s2_width = [0.5, 1.0]
-s1_expansion = [1, 2]
-s2_expansion = 2
-s1_kernel = 3
-s2_kernel = [3, 5]
-s1_se = false
-s2_se = false
-
-[data]
-source = "mnist5k"
-limit = 240
-
-[federation]
-num_clients = 3
-rounds = 2
-batch_size = 16
-"""
+# tests/tiny_study.toml's candidates send about 170-230 kB: this bound makes some infeasible.
+PLOT_OVERRIDES = ("constraints.max_comm_bytes=200000",)
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    folder = tmp_path_factory.mktemp("plot-study")
-    (folder / "pics.toml").write_text(PLOT_STUDY)
-    result = run_search(load_config(folder / "pics.toml"), progress=False)
+def study(tiny_study_factory) -> dict:
+    folder, _, result = tiny_study_factory("pics", PLOT_OVERRIDES)
     assert result.completed == 3
     return {"storage": result.storage, "db": folder / "pics.db"}
 

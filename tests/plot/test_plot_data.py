@@ -41,9 +41,10 @@ def make_study(path: Path, n: int, *, bound: int = 0, seed: int = 0, name: str =
         comm = 1_000 * i + 5_000
         attrs = {"accuracy": acc, "macs": macs, "params": macs // 10, "bytes": macs // 2, "comm_bytes": comm,
                  "upload_bytes": comm // 2, "download_bytes": comm - comm // 2, "arch": ARCH,
-                 "labels": {**params, "s1_width": 1.0}, "constraints": [float(comm - bound)] if bound else []}
+                 "labels": {**params, "s1_width": 1.0}}
+        constraints = {"constraints:max_comm_bytes": float(comm - bound)} if bound else {}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=[acc, macs],
-                                                  user_attrs=attrs))
+                                                  user_attrs=attrs, system_attrs=constraints))
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={},
                                               user_attrs={"pruned_reason": "macs 9 > max_macs 8"}))
     return url
