@@ -6,6 +6,15 @@ lost or trained twice (the goal is none):
 
     python benchmarks/robustness.py --kills 5 --interrupts 2 --trials 8
 
+``--sweep N`` instead sends one SIGINT (or ``--signal TERM``) to each of N fresh searches at a
+random moment 0-2.5 s after its first trial started, and sorts the outcomes: "clean" (exit
+128+signal, the resume message, no traceback, no trial left RUNNING, the interrupted trial
+enqueued again), "killed by the signal" (the interrupt escaped), "ignored" (the search ran
+on and finished), or "traceback". To compare two versions side by side, pass
+``--compare PATH`` (another checkout); each delay then runs both, at the same time:
+
+    python benchmarks/robustness.py --sweep 40 --compare /tmp/oldtree
+
 A trial is "lost" when the study ends with fewer completed trials than requested, or a
 completed trial's weights artifact is missing; "doubled" when two completed trials have the
 same candidate labels. The last line is one JSON object with the counts.
@@ -29,10 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "tiny_study.toml"
 
 
-def _cli(config: Path, storage: str, *extra: str) -> subprocess.Popen:
+def _default_sigint() -> None:  # a shell's background job would otherwise ignore SIGINT
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _cli(config: Path, storage: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fednas", "search", str(config), "--storage", storage, "--quiet", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_default_sigint,
     )
 
 
@@ -95,15 +108,81 @@ def workers(tmp: Path, kind: str, count: int, trials: int) -> dict:
     return {"storage": kind, "workers": count, **audit}
 
 
+def _states(storage: str) -> dict[str, int]:
+    try:
+        trials = _study(storage).trials
+    except KeyError:  # not created yet
+        return {}
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def _strike(storage: str, proc: subprocess.Popen, delay: float, signum: int) -> str:
+    """Signal ``proc`` ``delay`` s after its first trial is RUNNING; classify what happened."""
+    end = time.time() + 120
+    while _states(storage).get("RUNNING", 0) == 0 and time.time() < end and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(delay)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == -signum:
+        return "killed by the signal"
+    if "Traceback" in err or "Exception ignored" in err:
+        return "traceback"
+    if proc.returncode == 0:
+        return "ignored"
+    states = _states(storage)
+    failed = [t for t in _study(storage).trials if t.state.name == "FAIL"]
+    requeued = states.get("WAITING", 0) == len(failed) and all("interrupted" in t.user_attrs.get("fail_reason", "")
+                                                               for t in failed)
+    if (proc.returncode == 128 + signum and "Resume with the same command" in err
+            and states.get("RUNNING", 0) == 0 and requeued):
+        return "clean"
+    return f"exit {proc.returncode}, states {states}"
+
+
+def sweep(tmp: Path, runs: int, signum: int, compare: str | None, rng: random.Random) -> dict:
+    """``runs`` searches interrupted once each; with ``compare``, that checkout alongside."""
+    import os
+
+    variants = {"this": None}
+    if compare:
+        variants["compare"] = {**os.environ, "PYTHONPATH": str(Path(compare).resolve())}
+    outcomes: dict[str, dict[str, int]] = {v: {} for v in variants}
+    args = ("--trials", "2", "--set", "federation.rounds=12")
+    for i in range(runs):
+        delay = rng.uniform(0.0, 2.5)
+        procs = {}
+        for v, env in variants.items():
+            storage = f"sqlite:///{tmp / f'sweep-{v}-{i}.db'}"
+            procs[v] = (storage, _cli(TINY, storage, *args, env=env))
+        for v, (storage, proc) in procs.items():
+            what = _strike(storage, proc, delay, signum)
+            outcomes[v][what] = outcomes[v].get(what, 0) + 1
+            if what != "clean":
+                print(f"  run {i} ({v}, {delay:.2f} s): {what}", flush=True)
+    return outcomes
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=5)
     p.add_argument("--interrupts", type=int, default=2)
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", type=int, default=0, metavar="N", help="N single interrupts at random moments instead")
+    p.add_argument("--signal", choices=["INT", "TERM"], default="INT", help="signal of --sweep")
+    p.add_argument("--compare", metavar="PATH", help="with --sweep: also run the fednas checkout at PATH")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(args.seed)
+    if args.sweep:
+        with tempfile.TemporaryDirectory() as d:
+            out = sweep(Path(d), args.sweep, getattr(signal, f"SIG{args.signal}"), args.compare, rng)
+        print(json.dumps(out))
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         results = [torture(tmp, args.kills, args.interrupts, args.trials, rng)]

@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -126,14 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, StorageError, ValueError) as exc:
         print(f"fednas: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("fednas: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 def _search(args: argparse.Namespace, argv: list[str]) -> int:
     from fednas.config import ConfigError, load_config
-    from fednas.search import check_study, run_search
+    from fednas.search import SearchInterrupted, check_study, run_search
 
     path = args.config or DEFAULT_CONFIG
     if args.trials is not None and args.trials < 1:
@@ -154,13 +155,19 @@ def _search(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     try:
         result = run_search(config, progress=not args.quiet, jobs=args.jobs)
-    except KeyboardInterrupt:
+    except SearchInterrupted as exc:
+        if exc.retried is None:
+            done = "running trials were marked failed and will be retried"
+        elif exc.retried:
+            done = f"trial {exc.retried[0]} was marked failed and will be retried"
+        else:
+            done = "no trial was running"
         print(
-            f"fednas: interrupted; the running trial was marked failed and will be retried. "
+            f"fednas: interrupted ({signal.Signals(exc.signum).name}); {done}. "
             f"Resume with the same command: fednas {shlex.join(argv)}",
             file=sys.stderr,
         )
-        return 130
+        return 128 + exc.signum
     print(f"study {result.study_name!r} in {result.storage}: {result.completed} completed trials")
     print(_table(result.front, list(config.objectives)))
     return 0

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fednas._interrupt import checkpoint
+
 __all__ = [
     "TrainConfig",
     "TrainResult",
@@ -97,6 +99,7 @@ def train(
     for _ in range(config.epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, config.batch_size):
+            checkpoint()  # Ctrl-C stops between batches, never inside one
             idx = order[start : start + config.batch_size]
             if len(idx) < 2:  # a batch of one breaks batch norm in training mode
                 continue
@@ -123,6 +126,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     model.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
+        checkpoint()
         out = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
         loss += F.cross_entropy(out, target, reduction="sum").item()
@@ -159,6 +163,7 @@ def batchnorm_moments(model: nn.Module, x: torch.Tensor, *, batch_size: int = 25
     model.train()
     try:
         for start in range(0, len(x), batch_size):
+            checkpoint()
             if len(x) - start >= 2 or start == 0:
                 model(x[start : start + batch_size])
     finally:
@@ -200,6 +205,7 @@ def taylor_channel_scores(
         for i, start in enumerate(range(0, len(y), batch_size)):
             if i >= max_batches:
                 break
+            checkpoint()
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             if len(yb) < 2:
                 break

@@ -50,6 +50,7 @@ def _report(result: Any, seconds: float) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from fednas._interrupt import stop_at_safe_points
     from fednas.export import train_architecture, write_bundle
     from fednas.fl import FederationError
     from fednas.plot import ensure_writable_dir
@@ -73,7 +74,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        source = train_architecture(arch, config, rounds=rounds, on_round=on_round, origin=origin)
+        with stop_at_safe_points():  # Ctrl-C stops between batches; main() reports it
+            source = train_architecture(arch, config, rounds=rounds, on_round=on_round, origin=origin)
     except (FederationError, TrainingDiverged) as exc:
         print(f"fednas: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

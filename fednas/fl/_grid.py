@@ -25,6 +25,8 @@ from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
+from fednas._interrupt import checkpoint
+
 __all__ = ["CountingGrid", "InProcessGrid", "Traffic", "record_bytes"]
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,7 @@ class InProcessGrid(Grid):
         return ids
 
     def _deliver(self, msg: Message) -> Message:
+        checkpoint()  # Ctrl-C stops between client calls
         node_id = msg.metadata.dst_node_id
         received = Message(metadata=msg.metadata, content=_wire_copy(msg.content))
         try:

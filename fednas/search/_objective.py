@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -59,13 +60,15 @@ class TrialRunner:
         self.store = store
         self.progress = progress
         self.overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
+        self.interrupted: int | None = None  # number of the trial a Ctrl-C/SIGTERM stopped
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
             return self._run(trial)
-        except KeyboardInterrupt:  # also while building or costing, not only while training
-            if "fail_reason" not in trial.user_attrs:
-                trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as exc:  # also while building or costing, not only while training
+            self.interrupted = trial.number
+            how = "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "Ctrl-C"
+            trial.set_user_attr("fail_reason", f"interrupted ({how})")
             raise
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
@@ -95,9 +98,6 @@ class TrialRunner:
             outcome = run_federation(spec, on_round=self.progress.round_done)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
         if outcome.prune_masks:
             model, static = self._pruned(trial, model, static, outcome.prune_masks)

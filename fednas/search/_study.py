@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from fednas._interrupt import checkpoint, requested_signal, stop_at_safe_points
 from fednas.config import ConfigError, StudyConfig
 from fednas.fl import federated_data
 from fednas.fl.client_app import derive_seed
 from fednas.search._objective import TrialFailed, TrialRunner, metric_names
 from fednas.search._progress import Progress
-from fednas.search._recovery import WORKER_ATTR, enqueue_retry, recover_dead_workers, this_worker
+from fednas.search._recovery import enqueue_retry, recover_dead_workers
 from fednas.search._storage import artifact_dir_for, artifact_store, open_storage
 from search_spaces import get_search_space, with_compression
 
@@ -186,41 +188,69 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
 
 
 def _worker_main(config: StudyConfig, progress: bool, index: int, threads: int) -> None:
+    import os
+
     import torch
 
+    # The parent forwards Ctrl-C once; a terminal's SIGINT to the whole process group
+    # would otherwise reach each worker twice and force it to stop mid-write.
+    os.setpgrp()
     torch.set_num_threads(threads)
     try:
         run_search(config, progress=progress, prefix=f"[w{index}] ", worker=f"w{index}")
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:
+        raise SystemExit(128 + getattr(exc, "signum", signal.SIGINT)) from None
 
 
 def _run_workers(config: StudyConfig, jobs: int, progress: bool) -> None:
-    """Start ``jobs`` processes on the same storage and wait for them."""
+    """Start ``jobs`` processes on the same storage and wait for them.
+
+    A SIGINT or SIGTERM to this process is forwarded to every live worker; each marks
+    its running trial failed, enqueues it again and exits with 128 + the signal number.
+    """
     import multiprocessing as mp
     import os
 
     ctx = mp.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     procs = [ctx.Process(target=_worker_main, args=(config, progress, i, threads)) for i in range(jobs)]
-    for p in procs:
-        p.start()
-    interrupted = False
-    while any(p.is_alive() for p in procs):
-        try:
+
+    def forward(signum: int) -> None:
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                try:
+                    os.kill(p.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    with stop_at_safe_points(forward):
+        for p in procs:
+            p.start()
+        while any(p.is_alive() for p in procs):
             for p in procs:
-                p.join()
-        except KeyboardInterrupt:  # the workers got the same SIGINT; let them requeue their trials
-            interrupted = True
-    if interrupted or any(p.exitcode == 130 for p in procs):
-        raise SearchInterrupted()
+                p.join(timeout=0.2)
+        signum = requested_signal()
+    stopped = [p.exitcode - 128 for p in procs if p.exitcode in (128 + signal.SIGINT, 128 + signal.SIGTERM)]
+    if signum is not None or stopped:
+        raise SearchInterrupted(signum or stopped[0], retried=None)
     bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode]
     if bad:
         raise RuntimeError(f"search worker(s) failed: {', '.join(f'w{i} exit {c}' for i, c in bad)}")
 
 
 class SearchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a search: the running trial was marked failed and enqueued again."""
+    """Ctrl-C or SIGTERM during a search; the trial that was running was marked failed and enqueued again.
+
+    Attributes:
+        signum: the signal that stopped the search.
+        retried: numbers of the interrupted trials enqueued again (empty when the signal came
+            between trials; None when worker processes handled it and did not say).
+    """
+
+    def __init__(self, signum: int = signal.SIGINT, retried: list[int] | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.retried = retried
 
 
 def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, reporter: Progress) -> None:
@@ -229,6 +259,8 @@ def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, rep
     Other workers may share the study: a worker does not start a trial when the running
     ones would already reach the target; it waits for them instead (and takes over their
     slots if their workers die), so together they finish the target without overshooting.
+    Ctrl-C or SIGTERM stops at the next safe point (see ``fednas._interrupt``): the running
+    trial is failed with the reason, enqueued again, and ``SearchInterrupted`` raised.
     """
     target = config.study.trials
     attempts = config.study.max_attempts or 3 * target + 10
@@ -236,24 +268,26 @@ def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, rep
     optuna_log = logging.getLogger("optuna")
     level = optuna_log.level
     optuna_log.setLevel(logging.ERROR)  # failed trials are reported by Progress, with their reason
+    runner.interrupted = None
     try:
-        recover_dead_workers(study)
-        while True:
-            complete = _count(study, TrialState.COMPLETE)
-            if complete >= target:
-                return
-            finished = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)))
-            if complete + finished >= attempts:
-                reporter.note(f"stopping: {attempts} attempts made (study.max_attempts), {complete} completed")
-                return
-            if complete + _count(study, TrialState.RUNNING) >= target:
-                _wait_for_others(study)
-                continue
-            try:
+        with stop_at_safe_points():
+            recover_dead_workers(study)
+            while True:
+                checkpoint()
+                complete = _count(study, TrialState.COMPLETE)
+                if complete >= target:
+                    return
+                finished = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)))
+                if complete + finished >= attempts:
+                    reporter.note(f"stopping: {attempts} attempts made (study.max_attempts), {complete} completed")
+                    return
+                if complete + _count(study, TrialState.RUNNING) >= target:
+                    _wait_for_others(study)
+                    continue
                 study.optimize(runner, n_trials=1, catch=TrialFailed, callbacks=callbacks)
-            except KeyboardInterrupt:
-                _requeue_interrupted(study)
-                raise SearchInterrupted() from None
+    except KeyboardInterrupt as exc:
+        retried = _requeue_interrupted(study, runner.interrupted)
+        raise SearchInterrupted(getattr(exc, "signum", signal.SIGINT), retried) from None
     finally:
         optuna_log.setLevel(level)
 
@@ -262,15 +296,25 @@ def _wait_for_others(study: optuna.Study, poll: float = 2.0) -> None:
     if isinstance(study._storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
     recover_dead_workers(study)
-    time.sleep(poll)
+    end = time.monotonic() + poll
+    while time.monotonic() < end:
+        checkpoint()
+        time.sleep(0.1)
 
 
-def _requeue_interrupted(study: optuna.Study) -> None:
-    me = this_worker()
-    for trial in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
-        if trial.user_attrs.get(WORKER_ATTR) == me:
-            enqueue_retry(study, trial)
-            return
+def _requeue_interrupted(study: optuna.Study, number: int | None) -> list[int]:
+    """Enqueue the candidate of the trial this worker was running when interrupted."""
+    if number is None:
+        return []
+    storage = study._storage
+    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    if trial.state == TrialState.RUNNING:  # stopped before Optuna recorded the failure
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        trial = storage.get_trial(trial._trial_id)
+    if trial.state != TrialState.FAIL:
+        return []
+    enqueue_retry(study, trial)
+    return [number]
 
 
 def _report(reporter: Progress, config: StudyConfig):

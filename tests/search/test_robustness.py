@@ -15,10 +15,14 @@ import pytest
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+def _default_sigint() -> None:  # under a shell's background job SIGINT would start out ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _search(config: Path, storage: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "fednas", "search", str(config), "--storage", storage, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
     )
 
 
@@ -82,24 +86,50 @@ def test_sigkill_mid_trial_then_resume(tiny_config: Path, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_ctrl_c_marks_the_trial_and_resumes(tiny_config: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_signal_marks_the_trial_and_resumes(tiny_config: Path, tmp_path: Path, signum: int) -> None:
     storage = f"sqlite:///{tmp_path / 'int.db'}"
     args = ("--trials", "2", "--set", "federation.rounds=12", "--quiet")
     proc = _search(tiny_config, storage, *args)
     _wait_for(lambda: _states(_trials(storage)).get("RUNNING", 0) == 1)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 128 + signum, err
     assert "Resume with the same command: fednas search" in err and "Traceback" not in err
+    assert "Exception ignored" not in err
     trials = _trials(storage)
     interrupted = [t for t in trials if t.state.name == "FAIL"]
-    assert len(interrupted) == 1 and "interrupted" in interrupted[0].user_attrs["fail_reason"]
+    how = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert len(interrupted) == 1 and interrupted[0].user_attrs["fail_reason"] == f"interrupted ({how})"
+    assert f"trial {interrupted[0].number} was marked failed" in err
     assert _states(trials).get("WAITING", 0) == 1  # enqueued again
     again = _search(tiny_config, storage, *args)
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err
-    assert _states(_trials(storage))["COMPLETE"] == 2
+    after = _trials(storage)
+    assert _states(after)["COMPLETE"] == 2
+    retried = [t for t in after if t.system_attrs.get("failed_trial") == interrupted[0].number]
+    assert retried and retried[0].params == interrupted[0].params
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_parent_of_jobs_stops_every_worker_cleanly(tiny_config: Path, tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'jobs.db'}"
+    args = ("--trials", "3", "--jobs", "2", "--set", "federation.rounds=12", "--quiet")
+    proc = _search(tiny_config, storage, *args)
+    _wait_for(lambda: _states(_trials(storage)).get("RUNNING", 0) == 2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # the parent only: it forwards the request to its workers
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "running trials were marked failed" in err and "Traceback" not in err
+    states = _states(_trials(storage))
+    assert states.get("RUNNING", 0) == 0 and states["FAIL"] == 2 and states["WAITING"] == 2, states
+    again = _search(tiny_config, storage, *args)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert _states(_trials(storage))["COMPLETE"] == 3
 
 
 @pytest.mark.slow
