@@ -6,12 +6,14 @@ lost or trained twice (the goal is none):
 
     python benchmarks/robustness.py --kills 5 --interrupts 2 --trials 8
 
-``--sweep N`` instead sends one SIGINT (or ``--signal TERM``) to each of N fresh searches at a
-random moment 0-2.5 s after its first trial started, and sorts the outcomes: "clean" (exit
-128+signal, the resume message, no traceback, no trial left RUNNING, the interrupted trial
-enqueued again), "killed by the signal" (the interrupt escaped), "ignored" (the search ran
-on and finished), or "traceback". To compare two versions side by side, pass
-``--compare PATH`` (another checkout); each delay then runs both, at the same time:
+``--sweep N`` instead sends one SIGINT (or ``--signal TERM``) to each of N fresh searches
+at a random moment up to ``--max-delay`` s (default 2.5) after its first trial started,
+and sorts the outcomes: "clean" (exit 128+signal, the resume message, no traceback, no
+trial left RUNNING, the interrupted trial enqueued again), "killed by the signal" (the
+interrupt escaped), "ignored" (the search ran on and finished), or "traceback" (a signal
+that would come after the search finished is not sent). To compare two versions side by
+side, pass ``--compare PATH`` (another checkout); each delay then runs both at the same
+time, each signalled on its own clock:
 
     python benchmarks/robustness.py --sweep 40 --compare /tmp/oldtree
 
@@ -29,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -125,6 +128,8 @@ def _strike(storage: str, proc: subprocess.Popen, delay: float, signum: int) -> 
     while _states(storage).get("RUNNING", 0) == 0 and time.time() < end and proc.poll() is None:
         time.sleep(0.05)
     time.sleep(delay)
+    if proc.poll() is not None:
+        return "finished before the signal"
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     if proc.returncode == -signum:
@@ -143,7 +148,7 @@ def _strike(storage: str, proc: subprocess.Popen, delay: float, signum: int) -> 
     return f"exit {proc.returncode}, states {states}"
 
 
-def sweep(tmp: Path, runs: int, signum: int, compare: str | None, rng: random.Random) -> dict:
+def sweep(tmp: Path, runs: int, signum: int, compare: str | None, rng: random.Random, max_delay: float) -> dict:
     """``runs`` searches interrupted once each; with ``compare``, that checkout alongside."""
     import os
 
@@ -153,13 +158,19 @@ def sweep(tmp: Path, runs: int, signum: int, compare: str | None, rng: random.Ra
     outcomes: dict[str, dict[str, int]] = {v: {} for v in variants}
     args = ("--trials", "2", "--set", "federation.rounds=12")
     for i in range(runs):
-        delay = rng.uniform(0.0, 2.5)
-        procs = {}
-        for v, env in variants.items():
+        delay = rng.uniform(0.0, max_delay)
+        results: dict[str, str] = {}
+
+        def run(v: str, env: dict | None) -> None:
             storage = f"sqlite:///{tmp / f'sweep-{v}-{i}.db'}"
-            procs[v] = (storage, _cli(TINY, storage, *args, env=env))
-        for v, (storage, proc) in procs.items():
-            what = _strike(storage, proc, delay, signum)
+            results[v] = _strike(storage, _cli(TINY, storage, *args, env=env), delay, signum)
+
+        threads = [threading.Thread(target=run, args=item) for item in variants.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for v, what in results.items():
             outcomes[v][what] = outcomes[v].get(what, 0) + 1
             if what != "clean":
                 print(f"  run {i} ({v}, {delay:.2f} s): {what}", flush=True)
@@ -175,12 +186,13 @@ def main() -> None:
     p.add_argument("--sweep", type=int, default=0, metavar="N", help="N single interrupts at random moments instead")
     p.add_argument("--signal", choices=["INT", "TERM"], default="INT", help="signal of --sweep")
     p.add_argument("--compare", metavar="PATH", help="with --sweep: also run the fednas checkout at PATH")
+    p.add_argument("--max-delay", type=float, default=2.5, help="with --sweep: latest moment of the signal (s)")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(args.seed)
     if args.sweep:
         with tempfile.TemporaryDirectory() as d:
-            out = sweep(Path(d), args.sweep, getattr(signal, f"SIG{args.signal}"), args.compare, rng)
+            out = sweep(Path(d), args.sweep, getattr(signal, f"SIG{args.signal}"), args.compare, rng, args.max_delay)
         print(json.dumps(out))
         return
     with tempfile.TemporaryDirectory() as d:

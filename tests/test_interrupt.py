@@ -98,3 +98,38 @@ def test_training_stops_between_batches() -> None:
     with stop_at_safe_points(), pytest.raises(Interrupted):
         train(model, x, y, TrainConfig(batch_size=8, epochs=1), seed=0, loss_fn=loss_fn)
     assert len(steps) == 3  # the batch in progress finished, the next one did not start
+
+
+def _finalizer_that_is_interrupted() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):  # the handler runs here, inside the callback
+        pass
+
+
+def test_a_signal_landing_inside_a_weakref_callback_is_not_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import sys
+    import weakref
+
+    ignored: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: ignored.append(u.exc_type))
+
+    class Thing:
+        pass
+
+    # Python's default handler raises KeyboardInterrupt inside the callback, where the
+    # interpreter reports it as "Exception ignored" and carries on: the Ctrl-C is lost.
+    thing = Thing()
+    weakref.finalize(thing, _finalizer_that_is_interrupted)
+    del thing
+    gc.collect()
+    assert ignored == [KeyboardInterrupt]
+
+    with stop_at_safe_points():
+        thing = Thing()
+        weakref.finalize(thing, _finalizer_that_is_interrupted)
+        del thing
+        gc.collect()
+        with pytest.raises(Interrupted):
+            checkpoint()
+    assert ignored == [KeyboardInterrupt]  # nothing more was swallowed
