@@ -12,8 +12,8 @@ and sorts the outcomes: "clean" (exit 128+signal, the resume message, no traceba
 trial left RUNNING, the interrupted trial enqueued again), "killed by the signal" (the
 interrupt escaped), "ignored" (the search ran on and finished), or "traceback" (a signal
 that would come after the search finished is not sent). To compare two versions side by
-side, pass ``--compare PATH`` (another checkout); each delay then runs both at the same
-time, each signalled on its own clock:
+side, pass ``--compare PATH`` (another checkout): two processes run the same sweep (same
+seed, same delays) at the same time, one with PATH first on ``PYTHONPATH``:
 
     python benchmarks/robustness.py --sweep 40 --compare /tmp/oldtree
 
@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -148,33 +147,34 @@ def _strike(storage: str, proc: subprocess.Popen, delay: float, signum: int) -> 
     return f"exit {proc.returncode}, states {states}"
 
 
-def sweep(tmp: Path, runs: int, signum: int, compare: str | None, rng: random.Random, max_delay: float) -> dict:
-    """``runs`` searches interrupted once each; with ``compare``, that checkout alongside."""
-    import os
-
-    variants = {"this": None}
-    if compare:
-        variants["compare"] = {**os.environ, "PYTHONPATH": str(Path(compare).resolve())}
-    outcomes: dict[str, dict[str, int]] = {v: {} for v in variants}
+def sweep(tmp: Path, runs: int, signum: int, rng: random.Random, max_delay: float) -> dict[str, int]:
+    """``runs`` searches of the fednas on ``sys.path``, each interrupted once; outcome counts."""
+    outcomes: dict[str, int] = {}
     args = ("--trials", "2", "--set", "federation.rounds=12")
     for i in range(runs):
         delay = rng.uniform(0.0, max_delay)
-        results: dict[str, str] = {}
-
-        def run(v: str, env: dict | None) -> None:
-            storage = f"sqlite:///{tmp / f'sweep-{v}-{i}.db'}"
-            results[v] = _strike(storage, _cli(TINY, storage, *args, env=env), delay, signum)
-
-        threads = [threading.Thread(target=run, args=item) for item in variants.items()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for v, what in results.items():
-            outcomes[v][what] = outcomes[v].get(what, 0) + 1
-            if what != "clean":
-                print(f"  run {i} ({v}, {delay:.2f} s): {what}", flush=True)
+        storage = f"sqlite:///{tmp / f'sweep-{i}.db'}"
+        what = _strike(storage, _cli(TINY, storage, *args), delay, signum)
+        outcomes[what] = outcomes.get(what, 0) + 1
+        if what != "clean":
+            print(f"  run {i} ({delay:.2f} s): {what}", flush=True)
     return outcomes
+
+
+def compare_sweeps(argv: list[str], other: str) -> dict[str, dict[str, int]]:
+    """Run the same sweep for this checkout and for ``other`` at the same time, in two processes."""
+    import os
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
+    envs = {"this": None, "compare": {**os.environ, "PYTHONPATH": str(Path(other).resolve())}}
+    procs = {v: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for v, env in envs.items()}
+    out = {}
+    for v, proc in procs.items():
+        text, _ = proc.communicate()
+        for line in text.splitlines()[:-1]:
+            print(f"{v}:{line}", flush=True)
+        out[v] = json.loads(text.splitlines()[-1])
+    return out
 
 
 def main() -> None:
@@ -190,9 +190,14 @@ def main() -> None:
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(args.seed)
+    if args.sweep and args.compare:
+        argv = ["--sweep", str(args.sweep), "--signal", args.signal, "--max-delay", str(args.max_delay),
+                "--seed", str(args.seed)]
+        print(json.dumps(compare_sweeps(argv, args.compare)))
+        return
     if args.sweep:
         with tempfile.TemporaryDirectory() as d:
-            out = sweep(Path(d), args.sweep, getattr(signal, f"SIG{args.signal}"), args.compare, rng, args.max_delay)
+            out = sweep(Path(d), args.sweep, getattr(signal, f"SIG{args.signal}"), rng, args.max_delay)
         print(json.dumps(out))
         return
     with tempfile.TemporaryDirectory() as d:
