@@ -167,7 +167,9 @@ def compare_sweeps(argv: list[str], other: str) -> dict[str, dict[str, int]]:
 
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
     envs = {"this": None, "compare": {**os.environ, "PYTHONPATH": str(Path(other).resolve())}}
-    procs = {v: subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for v, env in envs.items()}
+    # not from inside a checkout: ``python -m fednas`` would put the working folder first on sys.path
+    cwd = tempfile.gettempdir()
+    procs = {v: subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, text=True) for v, env in envs.items()}
     out = {}
     for v, proc in procs.items():
         text, _ = proc.communicate()
