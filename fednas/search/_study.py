@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from fednas._interrupt import checkpoint, requested_signal, stop_at_safe_points
+from fednas._interrupt import Interrupted, checkpoint, requested_signal, stop_at_safe_points
 from fednas.config import ConfigError, StudyConfig
 from fednas.fl import federated_data
 from fednas.fl.client_app import derive_seed
@@ -238,7 +238,7 @@ def _run_workers(config: StudyConfig, jobs: int, progress: bool) -> None:
         raise RuntimeError(f"search worker(s) failed: {', '.join(f'w{i} exit {c}' for i, c in bad)}")
 
 
-class SearchInterrupted(KeyboardInterrupt):
+class SearchInterrupted(Interrupted):
     """Ctrl-C or SIGTERM during a search; the trial that was running was marked failed and enqueued again.
 
     Attributes:
@@ -248,8 +248,7 @@ class SearchInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, signum: int = signal.SIGINT, retried: list[int] | None = None) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        super().__init__(signum)
         self.retried = retried
 
 
