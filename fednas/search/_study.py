@@ -270,9 +270,9 @@ def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, rep
     runner.interrupted = None
     try:
         with stop_at_safe_points():
-            recover_dead_workers(study)
             while True:
                 checkpoint()
+                recover_dead_workers(study)
                 complete = _count(study, TrialState.COMPLETE)
                 if complete >= target:
                     return
@@ -292,9 +292,6 @@ def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, rep
 
 
 def _wait_for_others(study: optuna.Study, poll: float = 2.0) -> None:
-    if isinstance(study._storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)
-    recover_dead_workers(study)
     end = time.monotonic() + poll
     while time.monotonic() < end:
         checkpoint()
