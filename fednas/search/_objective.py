@@ -18,7 +18,7 @@ from fednas.cost import measure
 from fednas.fl import FederatedData, FederationError, RunSpec, run_federation
 from fednas.fl._spec import build_run_model
 from fednas.search._progress import Progress
-from fednas.search._recovery import WORKER_ATTR, this_worker
+from fednas.search._recovery import WORKER_ATTR, beating, this_worker
 from fednas.train import TrainingDiverged
 from search_spaces import SearchSpace, domain_from_config, with_compression
 
@@ -64,7 +64,8 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
-            return self._run(trial)
+            with beating(trial, self.config.study.heartbeat):
+                return self._run(trial)
         except KeyboardInterrupt as exc:  # also while building or costing, not only while training
             self.interrupted = trial.number
             how = "SIGTERM" if getattr(exc, "signum", None) == signal.SIGTERM else "Ctrl-C"

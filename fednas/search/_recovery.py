@@ -2,8 +2,13 @@
 
 * Each running trial records its worker (``host:pid``). Before each trial, and while
   waiting for other workers, a RUNNING trial whose worker process on this host is gone, or
-  (RDB storages with heartbeats) whose worker anywhere stopped sending heartbeats, is marked
-  FAIL with the reason and its configuration is enqueued again.
+  whose worker anywhere stopped sending heartbeats, is marked FAIL with the reason and its
+  configuration is enqueued again.
+* Heartbeats: RDB storages use Optuna's (timestamps from the database server's clock).
+  Storages without them (journal files, possibly on NFS) get fednas's own: the worker
+  bumps a counter in the trial's system attrs every interval, and an observer fails the
+  trial when the counter has not moved for three intervals of the observer's own clock,
+  so no two machines' clocks are ever compared.
 * A trial interrupted by Ctrl-C is marked FAIL by Optuna; it is enqueued again too, so the
   same command resumes with the same candidate.
 """
@@ -12,7 +17,11 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -20,10 +29,14 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["WORKER_ATTR", "enqueue_retry", "recover_dead_workers", "this_worker"]
+__all__ = ["WORKER_ATTR", "beating", "enqueue_retry", "recover_dead_workers", "this_worker"]
 
 WORKER_ATTR = "worker"
+BEAT_ATTR = "fednas_heartbeat"  # [count, interval seconds], on storages without Optuna heartbeats
+GRACE_INTERVALS = 3
 MAX_RETRY = 2
+# (study id, trial id) -> (last beat seen, this process's monotonic time when it was first seen)
+_seen_beats: dict[tuple[int, int], tuple[object, float]] = {}
 
 
 def this_worker() -> str:
@@ -61,7 +74,7 @@ def recover_dead_workers(study: optuna.Study) -> list[int]:
         worker_host, _, pid = worker.rpartition(":")
         if worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             lost[trial._trial_id] = f"worker {worker} died during the trial"
-    for trial_id, worker, silent in _stale_heartbeats(study):
+    for trial_id, worker, silent in _stale_heartbeats(study) + _silent_beats(study):
         lost.setdefault(trial_id, f"worker {worker} sent no heartbeat for {silent} s (host lost or process killed)")
     recovered = []
     storage = study._storage
@@ -84,7 +97,7 @@ def _stale_heartbeats(study: optuna.Study) -> list[tuple[int, str, int]]:
     failed trial can say why (a finished trial's attributes can no longer be set).
     """
     storage = study._storage
-    if not isinstance(storage, BaseHeartbeat) or not is_heartbeat_enabled(storage):
+    if not _has_optuna_heartbeats(storage):
         return []
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
     grace = getattr(backend, "grace_period", None) or 2 * (storage.get_heartbeat_interval() or 0)
@@ -92,4 +105,69 @@ def _stale_heartbeats(study: optuna.Study) -> list[tuple[int, str, int]]:
     for trial_id in storage._get_stale_trial_ids(study._study_id):
         worker = storage.get_trial(trial_id).user_attrs.get(WORKER_ATTR, "(unknown)")
         out.append((trial_id, str(worker), int(grace)))
+    return out
+
+
+def _has_optuna_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage)
+
+
+@contextmanager
+def beating(trial: optuna.Trial, interval: float) -> Iterator[None]:
+    """Within the block, beat for ``trial`` every ``interval`` s (storages without Optuna heartbeats).
+
+    A daemon thread bumps the trial's ``fednas_heartbeat`` system attr; it stops when the
+    block ends. Nothing happens for ``interval <= 0`` or where Optuna beats already (RDB).
+    """
+    storage, trial_id = trial.study._storage, trial._trial_id
+    if interval <= 0 or _has_optuna_heartbeats(storage):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        count = 0
+        while True:
+            try:
+                storage.set_trial_system_attr(trial_id, BEAT_ATTR, [count, interval])
+            except UpdateFinishedTrialError:
+                return
+            except Exception:  # a busy or briefly unreachable storage: try again next interval
+                pass
+            count += 1
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"fednas-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _silent_beats(study: optuna.Study) -> list[tuple[int, str, int]]:
+    """(trial id, worker, grace) of RUNNING trials whose fednas heartbeat stopped moving.
+
+    A beat must be seen unchanged for ``GRACE_INTERVALS`` of the beating worker's interval,
+    timed by this process's clock since it first saw that value; a trial is therefore only
+    failed by a process that has watched it for the whole grace period.
+    """
+    if _has_optuna_heartbeats(study._storage):
+        return []
+    now = time.monotonic()
+    out = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = trial.system_attrs.get(BEAT_ATTR)
+        if not isinstance(beat, list) or len(beat) != 2:
+            continue
+        key = (study._study_id, trial._trial_id)
+        seen = _seen_beats.get(key)
+        if seen is None or seen[0] != beat:
+            _seen_beats[key] = (beat, now)
+            continue
+        grace = GRACE_INTERVALS * float(beat[1])
+        if now - seen[1] > grace:
+            out.append((trial._trial_id, str(trial.user_attrs.get(WORKER_ATTR, "(unknown)")), round(grace)))
     return out

@@ -1,4 +1,4 @@
-"""Workers on several machines sharing one database: PostgreSQL and heartbeats, for real.
+"""Workers on several machines sharing one storage: PostgreSQL, journal files, heartbeats, for real.
 
 Each worker runs in its own UTS namespace with its own host name, so the others cannot
 check its process and see it as on another computer; a PostgreSQL server is started for
@@ -54,10 +54,12 @@ def _machines() -> None:
         _unavailable("unshare --uts is not allowed here (needs root or user namespaces)")
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(params=["postgresql", "sqlite", "journal"])
 def storage(request, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'machines.db'}"
+    if request.param == "journal":  # a journal file on a shared file system: fednas's own heartbeats
+        return f"journal:{tmp_path / 'machines.log'}"
     return request.getfixturevalue("postgres_url")
 
 
@@ -68,8 +70,12 @@ def _worker(host: str, config: Path, storage: str, study: str, *extra: str) -> s
 
 
 def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    from fednas.search import open_storage
+
+    if storage.startswith("journal:") and not Path(storage[len("journal:"):]).exists():
+        return []
     try:
-        return optuna.load_study(study_name=study, storage=storage).trials
+        return optuna.load_study(study_name=study, storage=open_storage(storage)).trials
     except KeyError:
         return []
 
