@@ -4,7 +4,8 @@ Runs the real CLI in subprocesses on real storage files and reports, at the end,
 kills and interrupts were survived, how many workers ran together, and how many trials were
 lost or trained twice (the goal is none). The last scenario runs three workers as three
 machines (own host names, ``fednas.testing.as_other_machine``) on a throwaway PostgreSQL
-server and makes one vanish mid-trial (``--no-machines`` skips it):
+server, then on a journal file, and makes one vanish mid-trial (``--machines-on`` picks
+the storages, e.g. a ``mysql+pymysql://`` URL; ``--scenarios`` the scenarios):
 
     python benchmarks/robustness.py --kills 5 --interrupts 2 --trials 8
 
@@ -112,41 +113,53 @@ def workers(tmp: Path, kind: str, count: int, trials: int) -> dict:
     return {"storage": kind, "workers": count, **audit}
 
 
-def machines(tmp: Path, trials: int, rng: random.Random) -> dict:
-    """Three "machines" (own host names) on one PostgreSQL database; one vanishes mid-trial.
+def machines(tmp: Path, where: str, trials: int, rng: random.Random) -> dict:
+    """Three "machines" (own host names) on one storage; one vanishes mid-trial.
 
-    The survivors cannot see the lost machine's processes: only its silent heartbeats
-    (``study.heartbeat=1``, grace 3 s) tell them to fail and retry its trial.
+    ``where`` is ``postgresql`` (a throwaway server), ``journal`` (a journal file, as on
+    NFS) or any storage URL. The survivors cannot see the lost machine's processes: only
+    its silent heartbeats (``study.heartbeat=1``, grace 3 s) tell them to fail and retry
+    its trial.
     """
-    from fednas.testing import as_other_machine, temporary_postgres
+    from contextlib import nullcontext
+
+    from fednas.testing import temporary_postgres
+
+    if where == "postgresql":
+        server = temporary_postgres()
+    else:
+        server = nullcontext(f"journal:{tmp / 'machines.log'}" if where == "journal" else where)
+    with server as storage:
+        return {"storage": where.split(":")[0], "workers": 3, **_lose_a_machine(tmp, storage, trials, rng)}
+
+
+def _lose_a_machine(tmp: Path, storage: str, trials: int, rng: random.Random) -> dict:
+    from fednas.testing import as_other_machine
 
     args = ("--trials", str(trials), "--set", "federation.rounds=30", "--set", "study.heartbeat=1",
             "--set", f"study.artifacts='{tmp / 'machines.artifacts'}'")  # a shared folder, as on NFS
-    with temporary_postgres() as storage:
-        procs = {}
-        for host in ("machine-a", "machine-b", "machine-c"):
-            cmd = [sys.executable, "-m", "fednas", "search", str(TINY), "--storage", storage, "--quiet", *args]
-            procs[host] = subprocess.Popen(as_other_machine(host, cmd), stdout=subprocess.PIPE,
-                                           stderr=subprocess.PIPE, text=True)
-        lost = procs.pop("machine-a")
-        end = time.time() + 300
-        while time.time() < end and lost.poll() is None and not _running_on(storage, "machine-a"):
-            time.sleep(0.2)
-        time.sleep(rng.uniform(1.0, 4.0))  # into its trial
-        struck = _running_on(storage, "machine-a")
-        lost.kill()
-        lost.wait(timeout=60)
-        for host, p in procs.items():
-            _, err = p.communicate(timeout=1800)
-            if p.returncode != 0:
-                raise SystemExit(f"{host} failed: {err}")
-        audit = _audit(storage, trials)
-        study = _study(storage)
-        reasons = [t.system_attrs.get("fail_reason", "") for t in study.trials if t.state.name == "FAIL"]
-        hosts = {t.user_attrs.get("worker", "").rpartition(":")[0] for t in study.trials if t.state.name == "COMPLETE"}
-    return {"storage": "postgresql", "workers": 3, "machine_lost_mid_run": struck,
-            "recovered_by_heartbeat": sum("heartbeat" in r for r in reasons), "hosts_with_trials": sorted(hosts),
-            **audit}
+    procs = {}
+    for host in ("machine-a", "machine-b", "machine-c"):
+        cmd = [sys.executable, "-m", "fednas", "search", str(TINY), "--storage", storage, "--quiet", *args]
+        procs[host] = subprocess.Popen(as_other_machine(host, cmd), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+    lost = procs.pop("machine-a")
+    end = time.time() + 300
+    while time.time() < end and lost.poll() is None and not _running_on(storage, "machine-a"):
+        time.sleep(0.2)
+    time.sleep(rng.uniform(1.0, 4.0))  # into its trial
+    struck = _running_on(storage, "machine-a")
+    lost.kill()
+    lost.wait(timeout=60)
+    for host, p in procs.items():
+        _, err = p.communicate(timeout=1800)
+        if p.returncode != 0:
+            raise SystemExit(f"{host} failed: {err}")
+    study = _study(storage)
+    reasons = [t.system_attrs.get("fail_reason", "") for t in study.trials if t.state.name == "FAIL"]
+    hosts = {t.user_attrs.get("worker", "").rpartition(":")[0] for t in study.trials if t.state.name == "COMPLETE"}
+    return {"machine_lost_mid_trial": struck, "recovered_by_heartbeat": sum("heartbeat" in r for r in reasons),
+            "hosts_with_trials": sorted(hosts), **_audit(storage, trials)}
 
 
 def _running_on(storage: str, host: str) -> bool:
@@ -235,8 +248,11 @@ def main() -> None:
     p.add_argument("--sweep", type=int, default=0, metavar="N", help="N single interrupts at random moments instead")
     p.add_argument("--signal", choices=["INT", "TERM"], default="INT", help="signal of --sweep")
     p.add_argument("--compare", metavar="PATH", help="with --sweep: also run the fednas checkout at PATH")
-    p.add_argument("--no-machines", action="store_true",
-                   help="skip the PostgreSQL run with workers as three machines (needs PostgreSQL and unshare)")
+    p.add_argument("--scenarios", type=lambda t: t.split(","), default=["torture", "workers", "machines"],
+                   help="comma-separated subset of torture,workers,machines (default: all)")
+    p.add_argument("--machines-on", type=lambda t: [x for x in t.split(",") if x], default=["postgresql", "journal"],
+                   metavar="STORAGE,...", help="storages of the machines scenario: postgresql (a throwaway server), "
+                                               "journal, or storage URLs (default: postgresql,journal)")
     p.add_argument("--max-delay", type=float, default=2.5, help="with --sweep: latest moment of the signal (s)")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -253,19 +269,21 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        results = [torture(tmp, args.kills, args.interrupts, args.trials, rng)]
-        print("torture:", results[0], flush=True)
-        for kind, count in (("sqlite", 3), ("journal", 2)):
+        results = []
+        if "torture" in args.scenarios:
+            results.append(torture(tmp, args.kills, args.interrupts, args.trials, rng))
+            print("torture:", results[-1], flush=True)
+        for kind, count in (("sqlite", 3), ("journal", 2)) if "workers" in args.scenarios else ():
             results.append(workers(tmp, kind, count, args.trials))
             print("workers:", results[-1], flush=True)
-        if not args.no_machines:
-            results.append(machines(tmp, args.trials, rng))
+        for where in args.machines_on if "machines" in args.scenarios else ():
+            results.append(machines(tmp, where, args.trials, rng))
             print("machines:", results[-1], flush=True)
     total = {
-        "kills_survived": results[0]["kills_survived"],
-        "interrupts_survived": results[0]["interrupts_survived"],
+        "kills_survived": sum(r.get("kills_survived", 0) for r in results),
+        "interrupts_survived": sum(r.get("interrupts_survived", 0) for r in results),
         "max_workers_together": max(r.get("workers", 1) for r in results),
-        "machines_lost": sum(r.get("machine_lost_mid_run", False) for r in results),
+        "machines_lost_mid_trial": sum(r.get("machine_lost_mid_trial", False) for r in results),
         "recovered_by_heartbeat": sum(r.get("recovered_by_heartbeat", 0) for r in results),
         "trials_lost": sum(r["lost"] for r in results),
         "trials_doubled": sum(r["doubled"] for r in results),

@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from fednas.testing import PostgresUnavailable, as_other_machine, can_fake_machines, temporary_postgres
+from fednas.testing import PostgresUnavailable, as_other_machine, can_fake_machines, temporary_postgres, wait_for
 
 pytestmark = pytest.mark.slow
 REQUIRED = os.environ.get("FEDNAS_REQUIRE_POSTGRES") == "1"
@@ -80,15 +80,6 @@ def _trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def _wait_for(predicate, timeout: float = 180.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
-
-
 def _check_whole(trials, target: int) -> None:
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == target
@@ -114,7 +105,7 @@ def test_a_lost_machine_s_trial_is_failed_by_heartbeat_and_retried(tiny_config: 
     study = "lost-machine"
     args = ("--trials", "3", "--set", "federation.rounds=12", "--set", "study.heartbeat=1")
     lost = _worker("machine-a", tiny_config, storage, study, *args)
-    _wait_for(lambda: any(t.state.name == "RUNNING" for t in _trials(storage, study)))
+    wait_for(lambda: any(t.state.name == "RUNNING" for t in _trials(storage, study)))
     time.sleep(1.5)  # past the first heartbeats
     lost.send_signal(signal.SIGKILL)  # the machine vanishes: no cleanup, no message
     lost.wait(timeout=30)

@@ -12,6 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from fednas.testing import wait_for
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -33,15 +35,6 @@ def _trials(storage: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def _wait_for(predicate, timeout: float = 180.0) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
-
-
 def _states(trials) -> dict[str, int]:
     out: dict[str, int] = {}
     for t in trials:
@@ -59,7 +52,7 @@ def test_sigkill_mid_trial_then_resume(tiny_config: Path, tmp_path: Path) -> Non
     args = ("--trials", "3", "--set", "federation.rounds=12", "--quiet")
     proc = _search(tiny_config, storage, *args)
     # wait until one trial is complete and the next one is running, then kill -9
-    _wait_for(lambda: _states(_trials(storage)).get("COMPLETE", 0) >= 1 and _states(_trials(storage)).get("RUNNING", 0) == 1)
+    wait_for(lambda: _states(_trials(storage)).get("COMPLETE", 0) >= 1 and _states(_trials(storage)).get("RUNNING", 0) == 1)
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
@@ -91,7 +84,7 @@ def test_signal_marks_the_trial_and_resumes(tiny_config: Path, tmp_path: Path, s
     storage = f"sqlite:///{tmp_path / 'int.db'}"
     args = ("--trials", "2", "--set", "federation.rounds=12", "--quiet")
     proc = _search(tiny_config, storage, *args)
-    _wait_for(lambda: _states(_trials(storage)).get("RUNNING", 0) == 1)
+    wait_for(lambda: _states(_trials(storage)).get("RUNNING", 0) == 1)
     time.sleep(0.5)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
@@ -118,7 +111,7 @@ def test_ctrl_c_to_the_parent_of_jobs_stops_every_worker_cleanly(tiny_config: Pa
     storage = f"sqlite:///{tmp_path / 'jobs.db'}"
     args = ("--trials", "3", "--jobs", "2", "--set", "federation.rounds=12", "--quiet")
     proc = _search(tiny_config, storage, *args)
-    _wait_for(lambda: _states(_trials(storage)).get("RUNNING", 0) == 2)
+    wait_for(lambda: _states(_trials(storage)).get("RUNNING", 0) == 2)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)  # the parent only: it forwards the request to its workers
     _, err = proc.communicate(timeout=60)

@@ -1,0 +1,90 @@
+"""Judging lost workers from a storage's records, without processes (fast, deterministic)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from fednas.search import _recovery
+from fednas.search._recovery import BEAT_ATTR, WORKER_ATTR, beating, recover_dead_workers
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def journal_study(tmp_path: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "j.log")))
+    return optuna.create_study(storage=storage, directions=["maximize"])
+
+
+def _running(study: optuna.Study, worker: str, beat: list | None = None) -> optuna.Trial:
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr(WORKER_ATTR, worker)
+    if beat is not None:
+        study._storage.set_trial_system_attr(trial._trial_id, BEAT_ATTR, beat)
+    return trial
+
+
+def test_a_beat_that_stops_moving_fails_the_trial_after_the_grace_period(journal_study, monkeypatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(_recovery.time, "monotonic", lambda: clock[0])
+    stuck = _running(journal_study, "elsewhere:1", [7, 2.0])
+    moving = _running(journal_study, "elsewhere:2", [0, 2.0])
+    assert recover_dead_workers(journal_study) == []  # first sight: nothing judged yet
+    for step in range(1, 4):
+        clock[0] += 2.5  # 7.5 s in all, past 3 x 2 s for the stuck one only at the last step
+        journal_study._storage.set_trial_system_attr(moving._trial_id, BEAT_ATTR, [step, 2.0])
+        recovered = recover_dead_workers(journal_study)
+        assert recovered == ([stuck.number] if step == 3 else []), step
+    frozen = journal_study._storage.get_trial(stuck._trial_id)
+    assert frozen.state == TrialState.FAIL
+    assert frozen.system_attrs["fail_reason"] == "worker elsewhere:1 sent no heartbeat for 6 s (host lost or process killed)"
+    assert journal_study._storage.get_trial(moving._trial_id).state == TrialState.RUNNING
+    waiting = journal_study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].system_attrs["failed_trial"] == stuck.number  # retried
+
+
+def test_trials_without_beats_on_other_hosts_are_left_alone(journal_study, monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(_recovery.time, "monotonic", lambda: clock[0])
+    trial = _running(journal_study, "elsewhere:1")  # heartbeat 0 on that worker: nothing to judge by
+    for _ in range(3):
+        clock[0] += 100.0
+        assert recover_dead_workers(journal_study) == []
+    assert journal_study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+
+
+def test_a_dead_process_on_this_host_is_recovered_at_once(journal_study) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = _running(journal_study, f"{socket.gethostname()}:{gone.stdout.strip()}")
+    assert recover_dead_workers(journal_study) == [trial.number]
+    reason = journal_study._storage.get_trial(trial._trial_id).system_attrs["fail_reason"]
+    assert reason == f"worker {socket.gethostname()}:{gone.stdout.strip()} died during the trial"
+
+
+def test_beating_bumps_the_counter_and_stops_with_the_block(journal_study) -> None:
+    trial = _running(journal_study, "here:1")
+    with beating(trial, 0.05):
+        time.sleep(0.3)
+    beat = journal_study._storage.get_trial(trial._trial_id).system_attrs[BEAT_ATTR]
+    assert beat[1] == 0.05 and beat[0] >= 2
+    time.sleep(0.2)
+    assert journal_study._storage.get_trial(trial._trial_id).system_attrs[BEAT_ATTR] == beat  # stopped
+
+
+def test_beating_leaves_rdb_storages_to_optuna(tmp_path: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=3)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    with beating(trial, 0.05):
+        time.sleep(0.2)
+    assert BEAT_ATTR not in study._storage.get_trial(trial._trial_id).system_attrs
