@@ -81,14 +81,20 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
         optuna_log.setLevel(level)
 
 
+# What a worker sees when another one created the same new database a moment earlier:
+# the tables ("table ... already exists") or the schema version row (a unique-key error
+# on alembic_version: SQLite, PostgreSQL and MySQL word it differently).
+_CREATION_RACE = ("already exists", "unique constraint", "duplicate key", "duplicate entry")
+
+
 def _rdb_with_retry(url: str, engine_kwargs: dict, beat: dict, attempts: int = 8) -> optuna.storages.RDBStorage:
     """Open an RDB storage; workers creating a new database at once race to create its
-    tables ("table ... already exists"), and the losers simply open it again."""
+    schema, and the losers simply open it again."""
     for i in range(attempts):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **beat)
         except Exception as exc:
-            if "already exists" not in str(exc) or i == attempts - 1:
+            if not any(m in str(exc).lower() for m in _CREATION_RACE) or i == attempts - 1:
                 raise
             time.sleep(0.2 * (i + 1))
     raise AssertionError("unreachable")  # pragma: no cover
