@@ -114,6 +114,7 @@ def test_cli_bad_data_file_exits_2_before_storage(tiny_config: Path, tmp_path: P
     "url, needle",
     [
         ("postgresql://nobody@127.0.0.1:1/nodb", "postgresql://"),
+        ("mysql://nobody@127.0.0.1:1/nodb", "mysql+pymysql://"),  # no MySQLdb driver: says which to install
         ("not-a-url", "not-a-url"),
         ("sqlite:///{tmp}/afile/sub/x.db", "afile"),
     ],

@@ -75,6 +75,8 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
                     "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
                 }
             return _rdb_with_retry(url, kwargs, beat)
+    except ImportError:
+        raise StorageError(f"{url}: no database driver for this URL is installed; {_driver_hint(url)}") from None
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         raise StorageError(f"{url}: cannot open storage ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     finally:
@@ -98,6 +100,15 @@ def _rdb_with_retry(url: str, engine_kwargs: dict, beat: dict, attempts: int = 8
                 raise
             time.sleep(0.2 * (i + 1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _driver_hint(url: str) -> str:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.startswith("postgres"):
+        return "expected pip install 'fednas[postgresql]' (psycopg) for postgresql:// URLs"
+    if scheme.startswith(("mysql", "mariadb")):
+        return "expected pip install 'fednas[mysql]' and a mysql+pymysql://user:pw@host/db URL"
+    return f"expected the SQLAlchemy driver for {scheme}:// to be installed"
 
 
 def _journal_path(url: str) -> Path | None:
