@@ -19,13 +19,11 @@ import os
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
@@ -53,11 +51,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue ``trial``'s sampled parameters again (at most ``MAX_RETRY`` times per lineage)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Enqueue ``trial``'s sampled parameters again (at most ``MAX_RETRY`` times per lineage).
+
+    Also the storage's heartbeat stale-trial callback. Like Optuna's
+    ``RetryHeartbeatStaleTrialCallback`` the new WAITING trial records its lineage in the
+    system attrs ``failed_trial`` (the first of the line) and ``retry_history``; unlike it,
+    it copies nothing else of the failed trial: not its reason, worker, heartbeat or
+    metrics, which would otherwise show on the retry once it completes.
+
+    Returns:
+        False when the lineage has used up its retries.
+    """
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    if len(history) > MAX_RETRY:
+        return False
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history},
+    ))
+    return True
 
 
 def recover_dead_workers(study: optuna.Study) -> list[int]:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from fednas.search._recovery import enqueue_retry
 
 __all__ = ["StorageError", "artifact_dir_for", "open_storage", "sqlite_path"]
 
@@ -72,7 +73,7 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
                 beat = {
                     "heartbeat_interval": heartbeat,
                     "grace_period": 3 * heartbeat,
-                    "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=2),
+                    "heartbeat_stale_trial_callback": enqueue_retry,
                 }
             return _rdb_with_retry(url, kwargs, beat)
     except ImportError:

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from fednas.config import load_config
-from fednas.search import SearchInterrupted, run_search
+from fednas.search import SearchInterrupted, run_search, summarize
 from fednas.search._progress import Progress
 
 
@@ -52,6 +52,8 @@ def test_signal_during_a_round_fails_and_requeues_that_trial(tiny_config, tmp_pa
     study = optuna.load_study(study_name="tiny", storage=config.storage)
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert retried and retried[0].state.name == "COMPLETE" and retried[0].params == first.params
+    # the completed retry shows no reason of the interrupted attempt (pareto --all, JSON)
+    assert "fail_reason" not in retried[0].user_attrs and summarize(retried[0], config.objectives).reason == ""
 
 
 def test_signal_between_trials_stops_without_failing_anything(tiny_config, tmp_path, monkeypatch) -> None:

@@ -126,3 +126,4 @@ def test_a_lost_machine_s_trial_is_failed_by_heartbeat_and_retried(tiny_config: 
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE" and retried[0].params == dead.params
     assert retried[0].user_attrs["worker"].startswith("machine-b:")
+    assert "fail_reason" not in retried[0].system_attrs  # the lost attempt's reason stays with it

@@ -47,7 +47,29 @@ def test_a_beat_that_stops_moving_fails_the_trial_after_the_grace_period(journal
     assert frozen.system_attrs["fail_reason"] == "worker elsewhere:1 sent no heartbeat for 6 s (host lost or process killed)"
     assert journal_study._storage.get_trial(moving._trial_id).state == TrialState.RUNNING
     waiting = journal_study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == 1 and waiting[0].system_attrs["failed_trial"] == stuck.number  # retried
+    assert len(waiting) == 1 and waiting[0].params == frozen.params  # retried
+    # the retry carries its lineage only: not the reason, worker or heartbeat of the lost trial
+    assert waiting[0].system_attrs == {"failed_trial": stuck.number, "retry_history": [stuck.number]}
+    assert waiting[0].user_attrs == {}
+
+
+def test_a_lineage_is_retried_at_most_twice(journal_study) -> None:
+    from fednas.search._recovery import MAX_RETRY, enqueue_retry
+
+    trial = _running(journal_study, "elsewhere:1")
+    journal_study.tell(trial, state=TrialState.FAIL)
+    first = journal_study._storage.get_trial(trial._trial_id)
+    for generation in range(1, MAX_RETRY + 2):
+        queued = enqueue_retry(journal_study, first)
+        assert queued == (generation <= MAX_RETRY)
+        if not queued:
+            break
+        retry = journal_study.ask()  # takes the WAITING trial
+        assert retry.params == first.params
+        journal_study.tell(retry, state=TrialState.FAIL)
+        first = journal_study._storage.get_trial(retry._trial_id)
+        assert first.system_attrs["failed_trial"] == trial.number  # the root of the line
+        assert len(first.system_attrs["retry_history"]) == generation
 
 
 def test_trials_without_beats_on_other_hosts_are_left_alone(journal_study, monkeypatch) -> None:
