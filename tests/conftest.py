@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 TINY_STUDY = (Path(__file__).resolve().parent / "tiny_study.toml").read_text()
 

@@ -13,6 +13,7 @@ import optuna
 import torch
 from optuna.artifacts import upload_artifact
 
+from fednas._cores import LocalWorkers
 from fednas.config import StudyConfig
 from fednas.cost import measure
 from fednas.fl import FederatedData, FederationError, RunSpec, run_federation
@@ -53,6 +54,7 @@ class TrialRunner:
         data: FederatedData,
         store: optuna.artifacts.FileSystemArtifactStore,
         progress: Progress,
+        cores: LocalWorkers | None = None,
     ) -> None:
         self.config = config
         self.space = with_compression(space)
@@ -61,6 +63,7 @@ class TrialRunner:
         self.progress = progress
         self.overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
         self.interrupted: int | None = None  # number of the trial a Ctrl-C/SIGTERM stopped
+        self.cores = cores  # this machine's cores, shared with the other workers on it
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
@@ -72,7 +75,14 @@ class TrialRunner:
             trial.set_user_attr("fail_reason", f"interrupted ({how})")
             raise
 
+    def _on_round(self, record: Any) -> None:
+        if self.cores is not None:  # workers may have started or stopped since the last round
+            self.cores.share()
+        self.progress.round_done(record)
+
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
+        if self.cores is not None:
+            self.cores.share()
         trial.set_user_attr(WORKER_ATTR, this_worker())
         self._claim_slot(trial)
         self.progress.trial_started(trial.number)
@@ -96,7 +106,7 @@ class TrialRunner:
         self._check_static(trial, static)
         spec = RunSpec(self.config.data, self.config.federation, self.config.study.seed, arch.to_dict(), compression)
         try:
-            outcome = run_federation(spec, on_round=self.progress.round_done)
+            outcome = run_federation(spec, on_round=self._on_round)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise

@@ -12,6 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from fednas._cores import LocalWorkers
 from fednas._interrupt import Interrupted, checkpoint, requested_signal, stop_at_safe_points
 from fednas.config import ConfigError, StudyConfig
 from fednas.fl import federated_data
@@ -126,8 +127,9 @@ def run_search(
         reporter = Progress(
             target=config.study.trials, done=done, rounds=config.federation.rounds, enabled=progress, prefix=prefix
         )
-        runner = TrialRunner(config, space, data, artifact_store(folder), reporter)
-        _optimize(study, runner, config, reporter)
+        with LocalWorkers() as cores:
+            runner = TrialRunner(config, space, data, artifact_store(folder), reporter, cores)
+            _optimize(study, runner, config, reporter)
     front = [summarize(t, config.objectives) for t in _front(study)]
     return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
 
@@ -187,15 +189,12 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
             )
 
 
-def _worker_main(config: StudyConfig, progress: bool, index: int, threads: int) -> None:
+def _worker_main(config: StudyConfig, progress: bool, index: int) -> None:
     import os
-
-    import torch
 
     # The parent forwards Ctrl-C once; a terminal's SIGINT to the whole process group
     # would otherwise reach each worker twice and force it to stop mid-write.
     os.setpgrp()
-    torch.set_num_threads(threads)
     try:
         run_search(config, progress=progress, prefix=f"[w{index}] ", worker=f"w{index}")
     except KeyboardInterrupt as exc:
@@ -211,9 +210,8 @@ def _run_workers(config: StudyConfig, jobs: int, progress: bool) -> None:
     import multiprocessing as mp
     import os
 
-    ctx = mp.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    procs = [ctx.Process(target=_worker_main, args=(config, progress, i, threads)) for i in range(jobs)]
+    ctx = mp.get_context("spawn")  # each worker sizes its torch threads to its share of the cores
+    procs = [ctx.Process(target=_worker_main, args=(config, progress, i)) for i in range(jobs)]
 
     def forward(signum: int) -> None:
         for p in procs:
