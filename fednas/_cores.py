@@ -2,7 +2,7 @@
 
 PyTorch sizes its intra-op thread pool to all cores. Two searches on one machine then run
 twice as many busy OpenMP threads as there are cores, and OpenMP's spin-waiting makes
-that far worse than sharing: on 2 cores, two hand-started workers ran a tiny study 6-11x
+that far worse than sharing: on 2 cores, two hand-started workers ran a tiny study 19x
 slower than with one thread each (BENCHMARKS.md, "Workers on one machine"). So each
 worker registers itself in a per-user folder of the machine's temporary directory and,
 at the start of every trial and round, sizes its pool to ``cores // live workers``.
