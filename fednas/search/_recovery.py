@@ -76,8 +76,9 @@ def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
 def recover_dead_workers(study: optuna.Study) -> list[int]:
     """Fail and re-enqueue RUNNING trials whose worker is gone; returns their numbers.
 
-    A worker on this host is gone when its process is; a worker on another host when it
-    stopped sending heartbeats for the grace period (RDB storages with heartbeats on).
+    A worker on this host is gone when its process is; a worker anywhere when its
+    heartbeats stopped for the grace period (Optuna's on RDB storages, fednas's counter on
+    others; ``study.heartbeat`` > 0).
     Each such trial gets a ``fail_reason`` saying which worker was lost and how.
     """
     host = socket.gethostname()
