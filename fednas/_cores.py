@@ -16,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from fednas._process import pid_alive
+
 __all__ = ["LocalWorkers", "usable_cores"]
 
 
@@ -25,16 +27,6 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LocalWorkers:
@@ -82,7 +74,7 @@ class LocalWorkers:
         for entry in entries:
             if not entry.name.isdigit():
                 continue
-            if _alive(int(entry.name)):
+            if pid_alive(int(entry.name)):
                 live += 1
             else:
                 entry.unlink(missing_ok=True)

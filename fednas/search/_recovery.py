@@ -27,6 +27,8 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
+from fednas._process import pid_alive
+
 __all__ = ["WORKER_ATTR", "beating", "enqueue_retry", "recover_dead_workers", "this_worker"]
 
 WORKER_ATTR = "worker"
@@ -39,16 +41,6 @@ _seen_beats: dict[tuple[int, int], tuple[object, float]] = {}
 
 def this_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
@@ -86,7 +78,7 @@ def recover_dead_workers(study: optuna.Study) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
         worker_host, _, pid = worker.rpartition(":")
-        if worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             lost[trial._trial_id] = f"worker {worker} died during the trial"
     for trial_id, worker, silent in _stale_heartbeats(study) + _silent_beats(study):
         lost.setdefault(trial_id, f"worker {worker} sent no heartbeat for {silent} s (host lost or process killed)")
