@@ -64,6 +64,7 @@ class TrialRunner:
         self.overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
         self.interrupted: int | None = None  # number of the trial a Ctrl-C/SIGTERM stopped
         self.cores = cores  # this machine's cores, shared with the other workers on it
+        self.threads_used: set[int] = set()  # torch thread counts of the current trial
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         try:
@@ -77,12 +78,11 @@ class TrialRunner:
 
     def _on_round(self, record: Any) -> None:
         if self.cores is not None:  # workers may have started or stopped since the last round
-            self.cores.share()
+            self.threads_used.add(self.cores.share())
         self.progress.round_done(record)
 
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
-        if self.cores is not None:
-            self.cores.share()
+        self.threads_used = {self.cores.share()} if self.cores is not None else {torch.get_num_threads()}
         trial.set_user_attr(WORKER_ATTR, this_worker())
         self._claim_slot(trial)
         self.progress.trial_started(trial.number)
@@ -125,6 +125,8 @@ class TrialRunner:
         trial.set_user_attr("client_failures", sum(r.failures for r in outcome.rounds))
         trial.set_user_attr("client_dropouts", sum(r.dropped for r in outcome.rounds))
         trial.set_user_attr("train_seconds", outcome.seconds)
+        # CPU kernels round differently with other thread counts: what reproduces this trial
+        trial.set_user_attr("torch_threads", sorted(self.threads_used))
         if any(name in self.config.objectives for name in INT8_OBJECTIVES):
             model.load_state_dict(outcome.arrays.to_torch_state_dict())
             metrics.update(self._int8_metrics(model))

@@ -130,13 +130,20 @@ def test_failed_trials_keep_their_reason_and_the_search_goes_on(tiny_config: Pat
     assert out.returncode == 0 and out.stdout.count("FAIL") == 2 and "min_train_nodes=3" in out.stdout
 
 
-def test_same_config_and_seed_give_identical_trials(tiny_config: Path, tmp_path: Path) -> None:
+def test_same_config_and_seed_give_identical_trials(tiny_config: Path, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    # CPU kernels round differently with another thread count; fednas would change it if
+    # another fednas worker ran on this machine meanwhile, so the test pins it.
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
     runs = []
     for name in ("a", "b"):
         config = load_config(tiny_config, [f"study.storage='sqlite:///{tmp_path / name}.db'", "study.trials=2"])
         run_search(config, progress=False)
         study = optuna.load_study(study_name="tiny", storage=config.storage)
         runs.append([(t.params, t.values, t.user_attrs["rounds"]) for t in study.trials])
+        assert all(t.user_attrs["torch_threads"] == [threads] for t in study.trials)
     for a, b in zip(*runs):
         assert a[0] == b[0] and a[1] == b[1]
         assert [r["accuracy"] for r in a[2]] == [r["accuracy"] for r in b[2]]
