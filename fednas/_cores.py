@@ -86,7 +86,7 @@ class LocalWorkers:
 
         if not self.auto:
             return torch.get_num_threads()
-        most = min(usable_cores(), self._initial or usable_cores())  # never more than torch chose alone
+        most = min(usable_cores(), self._initial or 1)  # never more than torch chose alone
         threads = max(1, most // self.count())
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)

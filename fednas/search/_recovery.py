@@ -74,14 +74,16 @@ def recover_dead_workers(study: optuna.Study) -> list[int]:
     Each such trial gets a ``fail_reason`` saying which worker was lost and how.
     """
     host = socket.gethostname()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     lost: dict[int, str] = {}
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in running:
         worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
         worker_host, _, pid = worker.rpartition(":")
         if worker_host == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             lost[trial._trial_id] = f"worker {worker} died during the trial"
-    for trial_id, worker, silent in _stale_heartbeats(study) + _silent_beats(study):
-        lost.setdefault(trial_id, f"worker {worker} sent no heartbeat for {silent} s (host lost or process killed)")
+    for trial, silent in _stale_heartbeats(study, running) + _silent_beats(study, running):
+        worker = trial.user_attrs.get(WORKER_ATTR, "(unknown)")
+        lost.setdefault(trial._trial_id, f"worker {worker} sent no heartbeat for {silent} s (host lost or process killed)")
     recovered = []
     storage = study._storage
     for trial_id, reason in lost.items():
@@ -96,8 +98,8 @@ def recover_dead_workers(study: optuna.Study) -> list[int]:
     return recovered
 
 
-def _stale_heartbeats(study: optuna.Study) -> list[tuple[int, str, int]]:
-    """(trial id, worker, grace period) of RUNNING trials whose heartbeats stopped.
+def _stale_heartbeats(study: optuna.Study, running: list[FrozenTrial]) -> list[tuple[FrozenTrial, int]]:
+    """(trial, grace period in s) of the ``running`` trials whose Optuna heartbeats stopped.
 
     The same test ``optuna.storages.fail_stale_trials`` makes; done here first so the
     failed trial can say why (a finished trial's attributes can no longer be set).
@@ -107,11 +109,8 @@ def _stale_heartbeats(study: optuna.Study) -> list[tuple[int, str, int]]:
         return []
     backend = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
     grace = getattr(backend, "grace_period", None) or 2 * (storage.get_heartbeat_interval() or 0)
-    out = []
-    for trial_id in storage._get_stale_trial_ids(study._study_id):
-        worker = storage.get_trial(trial_id).user_attrs.get(WORKER_ATTR, "(unknown)")
-        out.append((trial_id, str(worker), int(grace)))
-    return out
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    return [(t, int(grace)) for t in running if t._trial_id in stale]
 
 
 def _has_optuna_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
@@ -153,8 +152,8 @@ def beating(trial: optuna.Trial, interval: float) -> Iterator[None]:
         thread.join()
 
 
-def _silent_beats(study: optuna.Study) -> list[tuple[int, str, int]]:
-    """(trial id, worker, grace) of RUNNING trials whose fednas heartbeat stopped moving.
+def _silent_beats(study: optuna.Study, running: list[FrozenTrial]) -> list[tuple[FrozenTrial, int]]:
+    """(trial, grace in s) of the ``running`` trials whose fednas heartbeat stopped moving.
 
     A beat must be seen unchanged for ``GRACE_INTERVALS`` of the beating worker's interval,
     timed by this process's clock since it first saw that value; a trial is therefore only
@@ -163,17 +162,19 @@ def _silent_beats(study: optuna.Study) -> list[tuple[int, str, int]]:
     if _has_optuna_heartbeats(study._storage):
         return []
     now = time.monotonic()
+    keys = {(study._study_id, t._trial_id): t for t in running}
+    for key in [k for k in _seen_beats if k[0] == study._study_id and k not in keys]:
+        del _seen_beats[key]  # no longer running
     out = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for key, trial in keys.items():
         beat = trial.system_attrs.get(BEAT_ATTR)
         if not isinstance(beat, list) or len(beat) != 2:
             continue
-        key = (study._study_id, trial._trial_id)
         seen = _seen_beats.get(key)
         if seen is None or seen[0] != beat:
             _seen_beats[key] = (beat, now)
             continue
         grace = GRACE_INTERVALS * float(beat[1])
         if now - seen[1] > grace:
-            out.append((trial._trial_id, str(trial.user_attrs.get(WORKER_ATTR, "(unknown)")), round(grace)))
+            out.append((trial, round(grace)))
     return out

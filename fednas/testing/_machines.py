@@ -2,7 +2,8 @@
 
 fednas tells workers apart by ``host:pid``; a worker whose host differs from ours is one
 we cannot check with ``kill(pid, 0)``, exactly as for a worker on another computer. Only
-its heartbeats (RDB storages) tell whether it is alive.
+its heartbeats (Optuna's on RDB storages, fednas's counter on journal files) tell whether
+it is alive.
 """
 
 from __future__ import annotations
