@@ -27,9 +27,11 @@ run: install
 	$(VENV)/bin/fednas search studies/quickstart.toml
 
 test: install-test
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 test-fast: install-test
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q -m "not slow"
 
 bench: install

@@ -16,9 +16,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main"]
+from fednas.config import DEFAULT_CONFIG
 
-DEFAULT_CONFIG = "studies/quickstart.toml"
+__all__ = ["describe_arch", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     asub = a.add_subparsers(dest="arch_command", required=True, metavar="ARCH_COMMAND")
     info = asub.add_parser("info", help="parameters, MACs and bytes of an architecture")
     info.add_argument("arch", metavar="NAME|FILE.json")
-    info.add_argument("--num-classes", type=int, default=None, help="default: 1000 for ImageNet presets, else 10")
-    info.add_argument("--resolution", type=int, default=None, help="default: 224 for ImageNet presets, else 28")
-    info.add_argument("--in-channels", type=int, default=None, help="default: 3 for ImageNet presets, else 1")
+    info.add_argument("--num-classes", type=int, default=None, help="default: the preset's (1000 for ImageNet ones), else 10")
+    info.add_argument("--resolution", type=int, default=None, help="default: the preset's (224 for ImageNet ones), else 28")
+    info.add_argument("--in-channels", type=int, default=None, help="default: the preset's (3 for RGB ones), else 1")
     info.add_argument("--json", action="store_true")
     _add_export_parsers(sub)
     _add_plot_parsers(sub)
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from fednas.config import ConfigError
     from fednas.data import DataError
-    from fednas.search import StorageError
+    from fednas.study import StorageError
 
     try:
         if args.command == "search":
@@ -175,12 +175,13 @@ def _search(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _pareto(args: argparse.Namespace) -> int:
     from fednas.config import default_storage
-    from fednas.search import load_front
+    from fednas.study import read_study
 
     _quiet_libraries()
     storage = args.storage or default_storage(args.study)
-    trials = load_front(storage, args.study, include_all=args.all)
-    objectives = list(trials[0].values) if trials and trials[0].values else []
+    view = read_study(storage, args.study)
+    trials = list(view.records) if args.all else view.front()
+    objectives = list(view.objectives)  # the study's, whatever state its first trial is in
     if args.format == "json":
         print(json.dumps([t.to_dict() for t in trials], indent=2))
     elif args.format == "csv":
@@ -192,13 +193,13 @@ def _pareto(args: argparse.Namespace) -> int:
 
 def _arch_info(args: argparse.Namespace) -> int:
     from fednas.cost import measure
-    from search_spaces import build_model, load_architecture
+    from search_spaces import PRESETS, Preset, build_model, load_architecture
 
     arch = load_architecture(args.arch)
-    imagenet = str(args.arch).startswith("mobilenet_v")
-    classes = args.num_classes if args.num_classes is not None else (1000 if imagenet else 10)
-    res = args.resolution if args.resolution is not None else (224 if imagenet else 28)
-    chans = args.in_channels if args.in_channels is not None else (3 if imagenet else 1)
+    ref = PRESETS.get(str(args.arch)) or Preset("", lambda: arch)  # a file: 10 classes, 1x28x28
+    classes = args.num_classes if args.num_classes is not None else ref.num_classes
+    res = args.resolution if args.resolution is not None else ref.resolution
+    chans = args.in_channels if args.in_channels is not None else ref.in_channels
     for flag, v in (("--num-classes", classes), ("--resolution", res), ("--in-channels", chans)):
         if v < 1:
             raise ValueError(f"{flag}: expected an integer >= 1, got {v}")
@@ -212,29 +213,21 @@ def _arch_info(args: argparse.Namespace) -> int:
         print(f"  MACs    {cost.macs:>14,}")
         print(f"  bytes   {cost.bytes:>14,}")
         print(f"  blocks  {arch.num_blocks:>14}")
-        print("  stages  " + describe_arch(arch.to_dict()))
+        print("  stages  " + arch.describe())
     return 0
 
 
 def describe_arch(arch: dict[str, Any]) -> str:
-    """Compact architecture string: ``c16/s2 | 16x1 k3 e2 relu6 | 24x2 k5 e4 se hardswish``."""
-    parts = [f"stem {arch.get('stem_channels')}/s{arch.get('stem_stride')}"]
-    for st in arch.get("stages", []):
-        se = " se" if st.get("se") else ""
-        exp = st.get("expansion")
-        exp_s = f"{exp:g}" if isinstance(exp, (int, float)) else str(exp)
-        parts.append(f"{st.get('channels')}x{st.get('depth')} k{st.get('kernel')} e{exp_s}{se} {st.get('activation')}")
-    return " | ".join(parts)
+    """The stored architecture's own one-line description (any family)."""
+    from search_spaces import describe_arch as describe
+
+    return describe(arch)
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        if v.is_integer() and abs(v) >= 1000:
-            return f"{int(v):,}"
-        return f"{v:.4f}"
-    if isinstance(v, int) and not isinstance(v, bool):
-        return f"{v:,}"
-    return str(v)
+    from fednas._format import number
+
+    return number(v, fixed=True)
 
 
 def _table(trials: list, objectives: list[str], show_state: bool = False) -> str:
@@ -247,8 +240,8 @@ def _table(trials: list, objectives: list[str], show_state: bool = False) -> str
     rows = []
     for t in trials:
         row = [str(t.number)] + ([t.state] if show_state else [])
-        row += [_cell(t.values.get(o, "")) for o in objectives] + [_cell(t.metrics.get(m, "")) for m in extra]
-        row.append(CompressionSettings.from_labels(t.params).describe())
+        row += [_cell(t.objectives.get(o, "")) for o in objectives] + [_cell(t.metrics.get(m, "")) for m in extra]
+        row.append(CompressionSettings.from_labels(t.labels).describe())
         row.append(describe_arch(t.arch) if t.arch else t.reason)
         if show_state and t.reason and t.arch:
             row[-1] += f"  ({t.reason})"
@@ -263,15 +256,15 @@ def _table(trials: list, objectives: list[str], show_state: bool = False) -> str
 def _csv(trials: list, objectives: list[str]) -> str:
     labels: list[str] = []
     for t in trials:
-        labels += [k for k in t.params if k not in labels]
+        labels += [k for k in t.labels if k not in labels]
     metrics = ["params", "macs", "bytes", "comm_bytes", "upload_bytes", "download_bytes"]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["number", "state", *objectives, *[m for m in metrics if m not in objectives], *labels, "reason"])
     for t in trials:
-        w.writerow([t.number, t.state, *[t.values.get(o, "") for o in objectives],
+        w.writerow([t.number, t.state, *[t.objectives.get(o, "") for o in objectives],
                     *[t.metrics.get(m, "") for m in metrics if m not in objectives],
-                    *[t.params.get(k, "") for k in labels], t.reason])
+                    *[t.labels.get(k, "") for k in labels], t.reason])
     return buf.getvalue()
 
 

@@ -14,12 +14,17 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fednas._errors import ConfigError
+from fednas.objectives import DIRECTIONS, OBJECTIVES
+from fednas.strategies import LEGACY_KEYS, STRATEGIES
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "DIRECTIONS",
     "OBJECTIVES",
     "ConfigError",
@@ -35,26 +40,9 @@ __all__ = [
     "parse_config",
 ]
 
-# Objective name -> what it measures; directions come from the config.
-OBJECTIVES: dict[str, str] = {
-    "accuracy": "held-out accuracy of the final global model (server-side)",
-    "macs": "multiply-accumulates of conv and linear layers for one input",
-    "params": "number of parameters",
-    "bytes": "model size in bytes (all state-dict tensors)",
-    "comm_bytes": "bytes of all message records, both directions, all rounds",
-    "upload_bytes": "bytes of client -> server message records",
-    "download_bytes": "bytes of server -> client message records",
-    "model_bytes": "bytes of the final model after post-training int8 quantization (serialized state dict)",
-    "accuracy_int8": "held-out accuracy of the final model after post-training int8 quantization",
-}
-DIRECTIONS = ("maximize", "minimize")
+DEFAULT_CONFIG = "studies/quickstart.toml"  # the study `fednas search`/`train` use when given none
 SAMPLERS = ("nsga2", "tpe", "random")
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam")
 BN_MODES = ("final", "every_round", "off")
-
-
-class ConfigError(ValueError):
-    """A one-line, user-facing configuration error."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,15 +126,11 @@ class FederationConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0
-    proximal_mu: float = 0.01
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    eta: float = 0.01
-    eta_l: float = 0.1
-    tau: float = 0.001
     bn_recalibration: str = "final"
     client_failure_rate: float = 0.0
     client_dropout_rate: float = 0.0
+    # constructor keywords of the strategy (``[federation.<strategy>]``), defaults filled in
+    strategy_options: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
         for key in ("client_failure_rate", "client_dropout_rate"):
@@ -154,6 +138,15 @@ class FederationConfig:
         _require(self.num_clients >= 1, "federation.num_clients", "an integer >= 1", self.num_clients)
         _require(self.rounds >= 1, "federation.rounds", "an integer >= 1", self.rounds)
         _require(self.strategy in STRATEGIES, "federation.strategy", f"one of {list(STRATEGIES)}", self.strategy)
+        spec = STRATEGIES[self.strategy]
+        for key, value in self.strategy_options.items():
+            if key not in spec.options:
+                valid = ", ".join(spec.options) or "none"
+                raise ConfigError(f"federation.{self.strategy}.{key}: unknown option of strategy "
+                                  f"{self.strategy!r}; valid: {valid}")
+            why = spec.options[key].check(value)
+            if why:
+                raise ConfigError(f"federation.{self.strategy}.{key}: {why}")
         _require(0.0 < self.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", self.fraction_train)
         _require(
             1 <= self.min_train_nodes <= self.num_clients,
@@ -164,12 +157,9 @@ class FederationConfig:
         _require(self.local_epochs >= 1, "federation.local_epochs", "an integer >= 1", self.local_epochs)
         _require(self.local_steps >= 0, "federation.local_steps", "an integer >= 0 (0: no limit)", self.local_steps)
         _require(self.batch_size >= 2, "federation.batch_size", "an integer >= 2", self.batch_size)
-        for key in ("lr", "server_lr", "eta", "eta_l", "tau"):
-            _require(getattr(self, key) > 0 and math.isfinite(getattr(self, key)), f"federation.{key}", "a number > 0", getattr(self, key))
-        for key in ("momentum", "server_momentum"):
-            _require(0.0 <= getattr(self, key) < 1.0, f"federation.{key}", "a number in [0, 1)", getattr(self, key))
+        _require(self.lr > 0 and math.isfinite(self.lr), "federation.lr", "a number > 0", self.lr)
+        _require(0.0 <= self.momentum < 1.0, "federation.momentum", "a number in [0, 1)", self.momentum)
         _require(self.weight_decay >= 0, "federation.weight_decay", "a number >= 0", self.weight_decay)
-        _require(self.proximal_mu >= 0, "federation.proximal_mu", "a number >= 0", self.proximal_mu)
         _require(self.bn_recalibration in BN_MODES, "federation.bn_recalibration", f"one of {list(BN_MODES)}", self.bn_recalibration)
 
 
@@ -224,6 +214,9 @@ _TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """Read, override and validate a study TOML file.
 
+    Deprecated keys (the flat strategy options of earlier versions) are read and a line
+    naming the new key is printed to stderr.
+
     Raises:
         ConfigError: one line naming the file and key.
     """
@@ -238,11 +231,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    notes: list[str] = []
     try:
         apply_overrides(doc, overrides)
-        return parse_config(doc, source=str(path))
+        config = parse_config(doc, source=str(path), deprecations=notes)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    for note in notes:
+        print(f"fednas: warning: {path}: {note}", file=sys.stderr)
+    return config
 
 
 def apply_overrides(doc: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
@@ -265,8 +262,14 @@ def apply_overrides(doc: dict[str, Any], overrides: list[str] | tuple[str, ...])
         node[parts[-1]] = value
 
 
-def parse_config(doc: dict[str, Any], *, source: str = "") -> StudyConfig:
+def parse_config(doc: dict[str, Any], *, source: str = "", deprecations: list[str] | None = None) -> StudyConfig:
     """Validate a parsed TOML document into a ``StudyConfig``.
+
+    Args:
+        doc: the TOML document (or a stored ``StudyConfig.to_dict()``).
+        source: the file it came from, for default paths.
+        deprecations: receives one line per deprecated key that was read (else they are
+            read silently, as for configs stored by earlier versions).
 
     Raises:
         ConfigError: naming the dotted key and what was expected.
@@ -276,7 +279,10 @@ def parse_config(doc: dict[str, Any], *, source: str = "") -> StudyConfig:
         raise ConfigError(f"unknown section {unknown[0]!r}; valid: {', '.join(_TOP_LEVEL)}")
     parts: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
-        parts[name] = _build(cls, _table(doc, name), name)
+        table = _table(doc, name)
+        if name == "federation":
+            table = _strategy_options(table, deprecations if deprecations is not None else [])
+        parts[name] = _build(cls, table, name)
         parts[name].check()
     parts["objectives"] = _objectives(_table(doc, "objectives") or {"accuracy": "maximize", "macs": "minimize"})
     parts["space"] = _space(_table(doc, "space"))
@@ -297,9 +303,59 @@ def _build(cls: type, table: dict[str, Any], section: str) -> Any:
     kwargs = {}
     for key, value in table.items():
         if key not in known:
-            raise ConfigError(f"{section}.{key}: unknown key; valid: {', '.join(known)}")
-        kwargs[key] = _coerce(value, known[key].type, f"{section}.{key}")
+            raise ConfigError(f"{section}.{key}: unknown key; valid: {', '.join(_public(known))}")
+        kwargs[key] = value if key == "strategy_options" else _coerce(value, known[key].type, f"{section}.{key}")
     return cls(**kwargs)
+
+
+def _public(known: dict[str, Any]) -> list[str]:
+    return [k for k in known if k != "strategy_options"] + (["<strategy> (a sub-table)"] if "strategy_options" in known
+                                                             else [])
+
+
+def _strategy_options(table: dict[str, Any], deprecations: list[str]) -> dict[str, Any]:
+    """Fold ``[federation.<strategy>]`` sub-tables (and the old flat keys) into ``strategy_options``.
+
+    Only the chosen strategy's options are kept, with defaults filled in; sub-tables of the
+    other registered strategies are checked for unknown keys and otherwise ignored.
+    """
+    table = dict(table)
+    strategy = table.get("strategy", "fedavg")
+    if not isinstance(strategy, str) or strategy not in STRATEGIES:
+        raise ConfigError(f"federation.strategy: expected one of {list(STRATEGIES)}, got {_show(strategy)}")
+    chosen: dict[str, Any] = {}
+    stored = table.pop("strategy_options", None)  # a config stored by this version
+    if stored is not None:
+        if not isinstance(stored, dict):
+            raise ConfigError(f"federation.strategy_options: expected a table, got {_show(stored)}")
+        chosen.update(stored)
+    for key, (owner, option) in LEGACY_KEYS.items():
+        if key not in table:
+            continue
+        value = table.pop(key)
+        applies = owner == strategy or (owner == "fedadam" and option in STRATEGIES[strategy].options)
+        deprecations.append(
+            f"federation.{key} is deprecated; use [federation.{strategy if applies else owner}] {option} = ..."
+            + ("" if applies else f" (ignored: strategy is {strategy!r})"))
+        if applies:
+            chosen.setdefault(option, value)
+    for name, spec in STRATEGIES.items():
+        sub = table.pop(name, None)
+        if sub is None:
+            continue
+        if not isinstance(sub, dict):
+            raise ConfigError(f"federation.{name}: expected a table of {name} options, got {_show(sub)}")
+        for key in sub:
+            if key not in spec.options:
+                raise ConfigError(f"federation.{name}.{key}: unknown option of strategy {name!r}; valid: "
+                                  f"{', '.join(spec.options) or 'none'}")
+        if name == strategy:
+            chosen.update(sub)
+    for key, value in list(chosen.items()):
+        if key in STRATEGIES[strategy].options and (isinstance(value, int) and not isinstance(value, bool)):
+            chosen[key] = float(value)
+    table["strategy_options"] = {**STRATEGIES[strategy].defaults(), **chosen}
+    return table
 
 
 def _coerce(value: Any, type_name: Any, key: str) -> Any:

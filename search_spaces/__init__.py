@@ -1,56 +1,85 @@
-"""Search spaces for fednas: registries of spaces and named architectures."""
+"""Search spaces for fednas: architecture families, their presets and label domains.
+
+A family is registered once, below, with its record class (an ``Architecture``), its
+search space and its presets; ``arch_from_dict``, ``build_model``, ``preset``,
+``load_architecture`` and ``get_search_space`` serve every family. Importing this package
+does not import PyTorch (a family's modules load when a network is built).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import mobilenet, resnet
+from ._arch import (FAMILIES, PRESETS, Architecture, Family, Preset, arch_from_dict, arch_from_json, build_model,
+                    describe_arch, get_family, preset, register_family)
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, domain_from_config
 from .compression import CompressionSettings, CompressionSpace, JointSpace, with_compression
-from .mobilenet import PRESETS, MobileNetArch, MobileNetSpace, Stage, build_model, preset
+from .mobilenet import MobileNetArch, MobileNetSpace, Stage
+from .resnet import ResNetArch, ResNetSpace, ResStage
+
+# One line per family: adding a family is its own module(s) plus a line here.
+register_family(mobilenet.FAMILY)
+register_family(resnet.FAMILY)
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
-    "SEARCH_SPACES",
+    "Architecture",
     "Choice",
     "CompressionSettings",
     "CompressionSpace",
     "Domain",
+    "Family",
     "Fixed",
     "JointSpace",
     "MobileNetArch",
     "MobileNetSpace",
+    "Preset",
     "Range",
+    "ResNetArch",
+    "ResNetSpace",
+    "ResStage",
     "SearchSpace",
     "Stage",
+    "arch_from_dict",
+    "arch_from_json",
     "build_model",
+    "describe_arch",
     "domain_from_config",
+    "get_family",
     "get_search_space",
     "load_architecture",
     "preset",
+    "register_family",
+    "search_space_names",
     "with_compression",
 ]
 
-SEARCH_SPACES: dict[str, Callable[[dict[str, Any]], SearchSpace]] = {
-    "mobilenet": MobileNetSpace.from_options,
-}
+
+def search_space_names() -> list[str]:
+    """Names valid for ``[space] name``: one search space per family."""
+    return list(FAMILIES)
 
 
 def get_search_space(name: str, options: dict[str, Any] | None = None) -> SearchSpace:
-    """Look up a search space by name and configure it with ``options``.
+    """Look up a family's search space by name and configure it with ``options``.
 
     Raises:
         ValueError: unknown name (listing the valid ones) or bad options.
     """
-    if name not in SEARCH_SPACES:
-        raise ValueError(f"unknown search space {name!r}; valid: {', '.join(SEARCH_SPACES)}")
-    return SEARCH_SPACES[name](dict(options or {}))
+    if name not in FAMILIES:
+        raise ValueError(f"unknown search space {name!r}; valid: {', '.join(FAMILIES)}")
+    return FAMILIES[name].space(dict(options or {}))
 
 
-def load_architecture(ref: str | Path) -> MobileNetArch:
-    """Return a preset by name, or the architecture stored in a JSON file.
+MAX_ARCH_FILE_BYTES = 1_000_000  # an architecture JSON is a few kB; refuse anything this big before reading
+
+
+def load_architecture(ref: str | Path) -> Architecture:
+    """Return a preset by name, or the architecture stored in a JSON file (any family).
 
     Raises:
         ValueError: neither a preset name nor a readable architecture file.
@@ -62,12 +91,15 @@ def load_architecture(ref: str | Path) -> MobileNetArch:
     if not path.suffix == ".json" and not path.exists():
         raise ValueError(f"unknown architecture {text!r}; expected a JSON file or one of: {', '.join(PRESETS)}")
     try:
+        if path.stat().st_size > MAX_ARCH_FILE_BYTES:
+            raise ValueError(f"{path}: {path.stat().st_size:,} bytes; an architecture JSON file is expected to be "
+                             f"under {MAX_ARCH_FILE_BYTES:,}")
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ValueError(f"{path}: file not found; expected an architecture JSON file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a JSON architecture ({exc})") from None
     try:
-        return MobileNetArch.from_dict(data)
+        return arch_from_dict(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None

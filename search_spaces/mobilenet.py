@@ -1,9 +1,10 @@
 """MobileNet-style networks of inverted-residual blocks.
 
-Read top to bottom: the architecture records (``Stage``, ``MobileNetArch``), the layers
-(``InvertedResidual``), the model (``MobileNet``), the pure builder (``build_model``),
-the named presets (MobileNetV2, V3-Large, V3-Small and small ones for tests), and the
-search space that maps flat labels (``s1_kernel`` ...) to an architecture.
+Read top to bottom: the architecture records (``Stage``, ``MobileNetArch``), the named
+presets (MobileNetV2, V3-Large, V3-Small and small ones for tests), the search space that
+maps flat labels (``s1_kernel`` ...) to an architecture, and the family's registration.
+The PyTorch modules (``InvertedResidual``, ``MobileNet``) are in ``_mobilenet_nn``,
+imported only when a network is built.
 
 The canonical networks are presets of the same representation: one stage is a run of
 identical blocks, so MobileNetV3's blocks that differ only in expansion sit in
@@ -12,33 +13,19 @@ consecutive stages with the same width.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
-
+from ._arch import MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, check_int, check_keys
 from ._base import Choice, Domain, Range, SearchSpace
 
-__all__ = [
-    "ACTIVATIONS",
-    "PRESETS",
-    "MobileNet",
-    "MobileNetArch",
-    "MobileNetSpace",
-    "Stage",
-    "build_model",
-    "make_divisible",
-    "preset",
-]
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": lambda: nn.ReLU(inplace=True),
-    "relu6": lambda: nn.ReLU6(inplace=True),
-    "hardswish": lambda: nn.Hardswish(inplace=True),
-}
+__all__ = ["ACTIVATION_NAMES", "FAMILY", "GATE_NAMES", "MobileNetArch", "MobileNetSpace", "Stage", "make_divisible"]
+
+ACTIVATION_NAMES = ("relu", "relu6", "hardswish")  # modules: ``_mobilenet_nn.ACTIVATIONS``
+GATE_NAMES = ("hardsigmoid", "sigmoid")
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -61,7 +48,7 @@ class Stage:
         expansion: expanded width of each block as a ratio of its input channels.
         kernel: depthwise kernel size (odd).
         se: squeeze-and-excitation after the depthwise conv.
-        activation: a key of ``ACTIVATIONS``.
+        activation: one of ``ACTIVATION_NAMES``.
     """
 
     channels: int
@@ -73,21 +60,23 @@ class Stage:
     activation: str
 
     def __post_init__(self) -> None:
-        _check_int("channels", self.channels, 1)
-        _check_int("depth", self.depth, 1)
+        check_int("channels", self.channels, 1, MAX_CHANNELS)
+        check_int("depth", self.depth, 1, MAX_BLOCKS)
         if self.stride not in (1, 2):
             raise ValueError(f"stride: expected 1 or 2, got {self.stride!r}")
-        if isinstance(self.expansion, bool) or not isinstance(self.expansion, (int, float)) or self.expansion < 1:
-            raise ValueError(f"expansion: expected a number >= 1, got {self.expansion!r}")
-        if not isinstance(self.kernel, int) or self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"kernel: expected an odd positive integer, got {self.kernel!r}")
+        if (isinstance(self.expansion, bool) or not isinstance(self.expansion, (int, float))
+                or not 1 <= self.expansion <= MAX_EXPANSION):
+            raise ValueError(f"expansion: expected a number in [1, {MAX_EXPANSION}], got {self.expansion!r}")
+        if (isinstance(self.kernel, bool) or not isinstance(self.kernel, int) or not 1 <= self.kernel <= MAX_KERNEL
+                or self.kernel % 2 == 0):
+            raise ValueError(f"kernel: expected an odd integer in [1, {MAX_KERNEL}], got {self.kernel!r}")
         if not isinstance(self.se, bool):
             raise ValueError(f"se: expected true or false, got {self.se!r}")
         _check_activation("activation", self.activation)
 
 
 @dataclass(frozen=True, kw_only=True)
-class MobileNetArch:
+class MobileNetArch(Architecture):
     """A whole network: stem, stages, head. Round-trips exactly through JSON.
 
     Attributes:
@@ -103,6 +92,8 @@ class MobileNetArch:
         se_gate: "hardsigmoid" (MobileNetV3) or "sigmoid".
     """
 
+    family: ClassVar[str] = "mobilenet"
+
     stem_channels: int
     stem_stride: int = 2
     stem_activation: str = "relu6"
@@ -115,21 +106,23 @@ class MobileNetArch:
     se_gate: str = "hardsigmoid"
 
     def __post_init__(self) -> None:
-        _check_int("stem_channels", self.stem_channels, 1)
+        check_int("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
         if self.stem_stride not in (1, 2):
             raise ValueError(f"stem_stride: expected 1 or 2, got {self.stem_stride!r}")
         _check_activation("stem_activation", self.stem_activation)
         _check_activation("head_activation", self.head_activation)
         if not self.stages or not all(isinstance(s, Stage) for s in self.stages):
             raise ValueError("stages: expected a non-empty list of stages")
-        _check_int("head_channels", self.head_channels, 0)
-        _check_int("classifier_hidden", self.classifier_hidden, 0)
-        if not 0.0 <= self.dropout < 1.0:
+        check_int("head_channels", self.head_channels, 0, MAX_CHANNELS)
+        check_int("classifier_hidden", self.classifier_hidden, 0, MAX_CHANNELS)
+        if self.num_blocks > MAX_BLOCKS:
+            raise ValueError(f"stages: expected at most {MAX_BLOCKS} blocks in all, got {self.num_blocks}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
-        if not 0.0 < self.se_ratio <= 1.0:
+        if isinstance(self.se_ratio, bool) or not isinstance(self.se_ratio, (int, float)) or not 0.0 < self.se_ratio <= 1.0:
             raise ValueError(f"se_ratio: expected a number in (0, 1], got {self.se_ratio!r}")
-        if self.se_gate not in _GATES:
-            raise ValueError(f"se_gate: expected one of {sorted(_GATES)}, got {self.se_gate!r}")
+        if self.se_gate not in GATE_NAMES:
+            raise ValueError(f"se_gate: expected one of {sorted(GATE_NAMES)}, got {self.se_gate!r}")
 
     @property
     def num_blocks(self) -> int:
@@ -141,9 +134,6 @@ class MobileNetArch:
         d["stages"] = [asdict(s) for s in self.stages]
         return {"family": "mobilenet", **d}
 
-    def to_json(self, **kwargs: Any) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MobileNetArch:
         """Inverse of ``to_dict``. Unknown or missing keys raise ``ValueError``."""
@@ -153,7 +143,7 @@ class MobileNetArch:
         family = data.pop("family", "mobilenet")
         if family != "mobilenet":
             raise ValueError(f"family: expected 'mobilenet', got {family!r}")
-        _check_keys("architecture", data, cls)
+        check_keys("architecture", data, cls)
         stages = data.get("stages")
         if not isinstance(stages, list):
             raise ValueError("stages: expected a list of stage objects")
@@ -161,147 +151,45 @@ class MobileNetArch:
         for i, s in enumerate(stages):
             if not isinstance(s, dict):
                 raise ValueError(f"stages[{i}]: expected an object")
-            _check_keys(f"stages[{i}]", s, Stage)
+            check_keys(f"stages[{i}]", s, Stage)
             parsed.append(Stage(**s))
         return cls(**{**data, "stages": tuple(parsed)})
 
-    @classmethod
-    def from_json(cls, text: str) -> MobileNetArch:
-        return cls.from_dict(json.loads(text))
+    def build(self, *, num_classes: int, in_channels: int) -> nn.Module:
+        from ._mobilenet_nn import MobileNet
 
+        return MobileNet(self, num_classes=num_classes, in_channels=in_channels)
 
-_GATES: dict[str, Callable[[], nn.Module]] = {"hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid}
+    def describe(self) -> str:
+        """Compact form: ``stem 16/s2 | 16x1 k3 e2 relu6 | 24x2 k5 e4 se hardswish``."""
+        parts = [f"stem {self.stem_channels}/s{self.stem_stride}"]
+        for st in self.stages:
+            se = " se" if st.se else ""
+            parts.append(f"{st.channels}x{st.depth} k{st.kernel} e{st.expansion:g}{se} {st.activation}")
+        return " | ".join(parts)
 
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    def table(self, num_classes: int) -> tuple[list[str], list[list[Any]], str]:
+        head = ["part", "channels", "blocks", "stride", "expansion", "kernel", "SE", "activation"]
+        rows: list[list[Any]] = [["stem (3x3 conv)", self.stem_channels, 1, self.stem_stride, "-", 3, "-",
+                                  self.stem_activation]]
+        for k, s in enumerate(self.stages, start=1):
+            rows.append([f"stage {k}", s.channels, s.depth, s.stride, f"{s.expansion:.4g}", s.kernel,
+                         "yes" if s.se else "no", s.activation])
+        if self.head_channels:
+            rows.append(["head (1x1 conv)", self.head_channels, 1, 1, "-", 1, "-", self.head_activation])
+        if self.classifier_hidden:
+            rows.append(["hidden linear", self.classifier_hidden, 1, "-", "-", "-", "-", self.head_activation])
+        rows.append(["classifier (linear)", num_classes, 1, "-", "-", "-", "-", "-"])
+        note = (f"Blocks are inverted residuals (expand 1x1, depthwise kxk, optional squeeze-excitation with a "
+                f"{self.se_gate} gate at ratio {self.se_ratio}, project 1x1); dropout {self.dropout} before the "
+                "classifier.")
+        return head, rows, note
 
 
 def _check_activation(name: str, value: Any) -> None:
-    if value not in ACTIVATIONS:
-        raise ValueError(f"{name}: expected one of {sorted(ACTIVATIONS)}, got {value!r}")
+    if value not in ACTIVATION_NAMES:
+        raise ValueError(f"{name}: expected one of {sorted(ACTIVATION_NAMES)}, got {value!r}")
 
-
-def _check_keys(where: str, data: dict[str, Any], cls: type) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {sorted(known)}")
-    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-    missing = sorted(required - set(data))
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}")
-
-
-
-# --------------------------------------------------------------------------- layers
-
-
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int, act: str | None) -> nn.Sequential:
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
-    if act is not None:
-        layers.append(ACTIVATIONS[act]())
-    return nn.Sequential(*layers)
-
-
-class SqueezeExcite(nn.Module):
-    """Channel attention: global pool, 1x1 reduce + ReLU, 1x1 expand + gate, rescale."""
-
-    def __init__(self, channels: int, squeeze: int, gate: str) -> None:
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, squeeze, 1)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(squeeze, channels, 1)
-        self.gate = _GATES[gate]()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
-
-
-class InvertedResidual(nn.Module):
-    """Expand 1x1 -> depthwise kxk -> [SE] -> project 1x1, residual when shapes match."""
-
-    def __init__(self, cin: int, stage: Stage, stride: int, se_ratio: float, se_gate: str) -> None:
-        super().__init__()
-        hidden = make_divisible(cin * stage.expansion)
-        layers: list[nn.Module] = []
-        if hidden != cin:
-            layers.append(_conv_bn(cin, hidden, 1, 1, 1, stage.activation))
-        layers.append(_conv_bn(hidden, hidden, stage.kernel, stride, hidden, stage.activation))
-        if stage.se:
-            layers.append(SqueezeExcite(hidden, make_divisible(hidden * se_ratio), se_gate))
-        layers.append(_conv_bn(hidden, stage.channels, 1, 1, 1, None))
-        self.block = nn.Sequential(*layers)
-        self.use_residual = stride == 1 and cin == stage.channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        return x + out if self.use_residual else out
-
-
-class MobileNet(nn.Module):
-    """Stem, inverted-residual stages, optional 1x1 head, pooled classifier."""
-
-    def __init__(self, arch: MobileNetArch, *, num_classes: int, in_channels: int) -> None:
-        super().__init__()
-        self.stem = _conv_bn(in_channels, arch.stem_channels, 3, arch.stem_stride, 1, arch.stem_activation)
-        blocks: list[nn.Module] = []
-        cin = arch.stem_channels
-        for stage in arch.stages:
-            for i in range(stage.depth):
-                blocks.append(InvertedResidual(cin, stage, stage.stride if i == 0 else 1, arch.se_ratio, arch.se_gate))
-                cin = stage.channels
-        self.blocks = nn.Sequential(*blocks)
-        if arch.head_channels:
-            self.head = _conv_bn(cin, arch.head_channels, 1, 1, 1, arch.head_activation)
-            cin = arch.head_channels
-        else:
-            self.head = nn.Identity()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        classifier: list[nn.Module] = []
-        if arch.classifier_hidden:
-            classifier += [nn.Linear(cin, arch.classifier_hidden), ACTIVATIONS[arch.head_activation]()]
-            cin = arch.classifier_hidden
-        classifier += [nn.Dropout(arch.dropout), nn.Linear(cin, num_classes)]
-        self.classifier = nn.Sequential(*classifier)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.blocks(self.stem(x)))
-        return self.classifier(torch.flatten(self.pool(x), 1))
-
-
-def build_model(arch: MobileNetArch, *, num_classes: int = 1000, in_channels: int = 3) -> MobileNet:
-    """Build the network for ``arch``. Pure: ``arch`` is not modified.
-
-    Args:
-        arch: the architecture record.
-        num_classes: width of the classifier output.
-        in_channels: channels of the input images (1 for gray, 3 for RGB, ...).
-    """
-    if not isinstance(arch, MobileNetArch):
-        raise TypeError(f"arch: expected MobileNetArch, got {type(arch).__name__}")
-    _check_int("num_classes", num_classes, 1)
-    _check_int("in_channels", in_channels, 1)
-    return MobileNet(arch, num_classes=num_classes, in_channels=in_channels)
 
 
 # --------------------------------------------------------------------------- presets
@@ -376,21 +264,14 @@ def _mobilenet_micro() -> MobileNetArch:
     return MobileNetArch(stem_channels=8, stem_stride=2, stages=(_s(8, 1, 2, 2, 3, False, "relu6"),))
 
 
-PRESETS: dict[str, Callable[[], MobileNetArch]] = {
-    "mobilenet_v2": _mobilenet_v2,
-    "mobilenet_v3_large": _mobilenet_v3_large,
-    "mobilenet_v3_small": _mobilenet_v3_small,
-    "mobilenet_tiny": _mobilenet_tiny,
-    "mobilenet_micro": _mobilenet_micro,
-}
-
-
-def preset(name: str) -> MobileNetArch:
-    """Return the named architecture; unknown names raise ``ValueError`` listing valid ones."""
-    try:
-        return PRESETS[name]()
-    except KeyError:
-        raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(PRESETS)}") from None
+_IMAGENET = {"num_classes": 1000, "in_channels": 3, "resolution": 224}
+PRESETS: tuple[Preset, ...] = (
+    Preset("mobilenet_v2", _mobilenet_v2, **_IMAGENET, note="torchvision mobilenet_v2: 3,504,872 parameters"),
+    Preset("mobilenet_v3_large", _mobilenet_v3_large, **_IMAGENET, note="torchvision: 5,483,032 parameters"),
+    Preset("mobilenet_v3_small", _mobilenet_v3_small, **_IMAGENET, note="torchvision: 2,542,856 parameters"),
+    Preset("mobilenet_tiny", _mobilenet_tiny, note="~1.5 M MACs at 1x28x28: tests, examples, `flwr run`"),
+    Preset("mobilenet_micro", _mobilenet_micro, note="the smallest useful member: unit tests"),
+)
 
 
 # --------------------------------------------------------------------------- search space
@@ -424,11 +305,11 @@ class MobileNetSpace(SearchSpace):
             if s not in (1, 2):
                 raise ValueError(f"strides: expected values 1 or 2, got {s!r}")
         for c in (*self.base_channels, self.stem_base):
-            _check_int("base_channels", c, 1)
+            check_int("base_channels", c, 1, MAX_CHANNELS)
         if self.stem_stride not in (1, 2):
             raise ValueError(f"stem_stride: expected 1 or 2, got {self.stem_stride!r}")
-        _check_int("head_channels", self.head_channels, 0)
-        _check_int("max_depth", self.max_depth, 1)
+        check_int("head_channels", self.head_channels, 0, MAX_CHANNELS)
+        check_int("max_depth", self.max_depth, 1, MAX_BLOCKS)
 
     def domains(self) -> dict[str, Domain]:
         widths = Choice(tuple(self.widths))
@@ -478,3 +359,5 @@ class MobileNetSpace(SearchSpace):
         conv = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
         return cls(**conv)
 
+
+FAMILY = Family("mobilenet", MobileNetArch, MobileNetSpace.from_options, PRESETS)

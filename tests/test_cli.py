@@ -30,7 +30,7 @@ def test_arch_info_from_a_file_with_options(tmp_path, capsys: pytest.CaptureFixt
 
 
 def test_arch_info_errors_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["arch", "info", "resnet50"]) == 2
+    assert main(["arch", "info", "vgg16"]) == 2
     assert "mobilenet_v2" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

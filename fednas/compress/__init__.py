@@ -9,6 +9,7 @@ quantization and knowledge distillation. Plain PyTorch/NumPy except the Flower p
 Codecs (``_codecs``; NumPy only)
     CODECS: dict name -> class: "identity", "quantize", "topk".
     make_codec(name, **options) -> Codec                 unknown name/option -> ValueError listing valid ones
+    codecs_for(settings) -> {"uplink"|"downlink": Codec} the codecs a trial's compression labels turn on
     Quantize(bits=8, per_channel=False)                  stochastic rounding, unbiased, min/max scales;
                                                          bits 1/2/4/8/16, codes bit-packed (uint8) or uint16
     TopK(fraction=0.01, values="float32")                global top-k by magnitude, uint16 delta-coded positions
@@ -95,10 +96,10 @@ Integration (federation)
 from __future__ import annotations
 
 from fednas.compress._codecs import (CODECS, Codec, Identity, Layout, Quantize, TensorSpec, TopK, apply_update,
-                                     codec_from_config, encode_with_feedback, make_codec, pack_bits, payload_bytes,
+                                     codec_from_config, codecs_for, encode_with_feedback, make_codec, pack_bits, payload_bytes,
                                      unpack_bits, update_between)
 from fednas.compress._distill import distillation_loss, train_with_teacher
-from fednas.compress._int8 import INT8_BACKENDS, Int8Model, evaluate_int8, quantize_int8, serialized_bytes
+from fednas.compress._int8 import CALIBRATION_SAMPLES, INT8_BACKENDS, Int8Model, evaluate_int8, quantize_int8, serialized_bytes
 from fednas.compress._lowrank import factorize, low_rank, low_rank_rank
 from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, DownlinkOutOfSync, DownlinkPlan,
                                    make_downlink_mod, make_uplink_mod, to_array_record, to_numpy, wire_bytes)
@@ -108,6 +109,7 @@ from fednas.compress._prune import (PRUNING_METHODS, ChannelMasks, apply_channel
 from fednas.compress._strategy import CompressedFedAvg, CompressionMixin, compressed
 
 __all__ = [
+    "CALIBRATION_SAMPLES",
     "CODECS",
     "ChannelMasks",
     "apply_channel_masks",
@@ -131,6 +133,7 @@ __all__ = [
     "TopK",
     "apply_update",
     "codec_from_config",
+    "codecs_for",
     "compressed",
     "distillation_loss",
     "encode_with_feedback",

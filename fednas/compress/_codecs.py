@@ -44,6 +44,7 @@ import numpy as np
 
 __all__ = [
     "CODECS",
+    "codecs_for",
     "Codec",
     "Identity",
     "Layout",
@@ -269,6 +270,11 @@ class Codec(ABC):
     def _decode_flat(self, encoded: dict[str, np.ndarray], layout: Layout) -> np.ndarray:
         """The float64 vector carried by ``encoded``."""
 
+    @classmethod
+    def label_options(cls, settings: Any, side: str) -> dict[str, Any]:
+        """This codec's options from a trial's compression labels (``uplink_bits``, ...) for ``side``."""
+        return {}
+
     def to_config(self, prefix: str) -> dict[str, ConfigScalar]:
         """Flower ConfigRecord entries naming this codec: ``{prefix}-codec`` plus its options."""
         out: dict[str, ConfigScalar] = {f"{prefix}-codec": self.name}
@@ -300,6 +306,10 @@ class Quantize(Codec):
     """
 
     name: ClassVar[str] = "quantize"
+
+    @classmethod
+    def label_options(cls, settings: Any, side: str) -> dict[str, Any]:
+        return {"bits": getattr(settings, f"{side}_bits"), "per_channel": getattr(settings, f"{side}_per_channel")}
     bits: int = 8
     per_channel: bool = False
 
@@ -361,6 +371,10 @@ class TopK(Codec):
     fraction: float = 0.01
     values: str = "float32"
 
+    @classmethod
+    def label_options(cls, settings: Any, side: str) -> dict[str, Any]:
+        return {"fraction": getattr(settings, f"{side}_topk")}
+
     def __post_init__(self) -> None:
         if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
             raise ValueError(f"fraction: expected a number in (0, 1], got {self.fraction!r}")
@@ -392,6 +406,27 @@ CODECS: dict[str, type[Codec]] = {"identity": Identity, "quantize": Quantize, "t
 
 # dataclass field -> config key suffix (``{prefix}-{suffix}``)
 _OPTION_KEYS = {"bits": "bits", "per_channel": "per-channel", "fraction": "topk", "values": "topk-values"}
+
+
+def codecs_for(settings: Any) -> dict[str, Codec]:
+    """The ``uplink``/``downlink`` codecs a trial's compression labels turn on (``*_codec`` != "none").
+
+    ``settings`` is a ``search_spaces.CompressionSettings``; each codec class reads its own
+    labels (``Codec.label_options``), so a new codec is added here and in the label's choices.
+
+    Raises:
+        ValueError: a codec name that is not registered.
+    """
+    out: dict[str, Codec] = {}
+    for side in ("uplink", "downlink"):
+        name = getattr(settings, f"{side}_codec")
+        if name == "none":
+            continue
+        if name not in CODECS:
+            raise ValueError(f"{side}_codec: unknown codec {name!r}; valid: none, {', '.join(CODECS)}")
+        cls = CODECS[name]
+        out[side] = cls(**cls.label_options(settings, side))
+    return out
 
 
 def make_codec(name: str, **options: Any) -> Codec:

@@ -33,9 +33,10 @@ from torch import nn
 
 from fednas.train import evaluate
 
-__all__ = ["INT8_BACKENDS", "Int8Model", "evaluate_int8", "quantize_int8", "serialized_bytes"]
+__all__ = ["CALIBRATION_SAMPLES", "INT8_BACKENDS", "Int8Model", "evaluate_int8", "quantize_int8", "serialized_bytes"]
 
 INT8_BACKENDS = ("x86", "fbgemm", "qnnpack", "onednn")
+CALIBRATION_SAMPLES = 256  # training images that calibrate the int8 observers (search and export)
 
 
 def serialized_bytes(model: nn.Module) -> int:

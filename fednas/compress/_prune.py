@@ -39,14 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from search_spaces.compression import PRUNE_METHODS
+
 __all__ = ["PRUNING_METHODS", "ChannelMasks", "apply_channel_masks", "decode_channel_masks", "encode_channel_masks",
            "mask_digest", "prune_channels", "prune_channels_with_masks"]
 
 ChannelMasks = dict[str, torch.Tensor]
 """Qualified conv/linear name -> bool vector over its output channels (True: kept)."""
 
-PRUNING_METHODS = ("l1", "l2", "fpgm", "taylor")
-"""Ranking of channels: L1 / L2 norm of filters, FPGM (geometric median), Taylor (|w * grad|^2)."""
+PRUNING_METHODS = tuple(m for m in PRUNE_METHODS if m != "none")
+"""Ranking of channels: L1 / L2 norm of filters, FPGM (geometric median), Taylor (|w * grad|^2).
+The names are the ``prune_method`` label's choices (``search_spaces.compression.PRUNE_METHODS``)."""
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from fednas.data._errors import DataError
 
@@ -122,6 +121,8 @@ def standardize(x_train: np.ndarray, x_test: np.ndarray) -> None:
     for c in range(x_train.shape[1]):
         mean, std = 0.0, 1.0
         if x_train.size:  # torch reduces a strided view without the full-size temporaries numpy makes
+            import torch
+
             std_t, mean_t = torch.std_mean(torch.from_numpy(x_train[:, c]), correction=0)
             mean, std = float(mean_t), float(std_t)
         std = std if std > 1e-8 else 1.0  # a constant channel carries no signal; just centre it

@@ -20,18 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from fednas.config import ConfigError
+from fednas._errors import ConfigError
+from fednas._paths import ensure_writable_dir
+from fednas.compress import CALIBRATION_SAMPLES
 from fednas.export._formats import DEFAULT_FORMATS, EXPORTERS, ExportContext
 from fednas.export._source import ModelSource
-from search_spaces import MobileNetArch, get_search_space
+from fednas.models import ARCH_FILE, METRICS_FILE, WEIGHTS_FILE, load_model, trained_structure
+from search_spaces import CompressionSettings, CompressionSpace, get_search_space
 
 __all__ = ["BundleResult", "load_model", "resolve_formats", "write_bundle"]
 
-ARCH_FILE = "arch.json"
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.json"
 CARD_FILE = "README.md"
-CALIBRATION_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,6 @@ def write_bundle(
     from safetensors.torch import save_file
 
     from fednas.fl import federated_data
-    from fednas.plot._api import ensure_writable_dir
     from fednas.train import evaluate
 
     chosen, skipped = resolve_formats(formats)
@@ -131,7 +129,8 @@ def write_bundle(
 
 
 def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: int = 0) -> nn.Module:
-    model = _structure(source.arch, source.labels, num_classes, in_channels, source.prune_masks, resolution)
+    model = trained_structure(source.arch, CompressionSettings.from_labels(source.labels), num_classes=num_classes,
+                              in_channels=in_channels, resolution=resolution, prune_masks=source.prune_masks)
     try:
         model.load_state_dict(source.state, strict=True)
     except RuntimeError as exc:
@@ -149,8 +148,6 @@ def _input_info(channels: int, resolution: int, classes: int) -> dict[str, Any]:
 
 def _compression(source: ModelSource) -> dict[str, Any]:
     """Labels beyond the architecture's own (compression settings), those not at their "off" default."""
-    from search_spaces import CompressionSpace
-
     try:
         arch_labels = set(get_search_space(source.config.space.name, source.config.space.options).domains())
     except ValueError:
@@ -187,57 +184,3 @@ def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_
         "export_seconds": round(seconds, 3),
         "file_bytes": {},
     }
-
-
-def _structure(arch: MobileNetArch, labels: dict[str, Any], num_classes: int, in_channels: int,
-               prune_masks: str = "", resolution: int = 0) -> nn.Module:
-    """The trained structure: the architecture, low-rank factorized when the trial's labels say so,
-    and pruned as the federation's server pruned it when ``prune_masks`` are given."""
-    from fednas.fl._spec import build_run_model
-    from search_spaces import CompressionSettings
-
-    model = build_run_model(arch, CompressionSettings.from_labels(labels), num_classes=num_classes,
-                            in_channels=in_channels)
-    if prune_masks:
-        from fednas.compress import apply_channel_masks, decode_channel_masks
-        from fednas.fl._pruning import example_input
-
-        model = apply_channel_masks(model, decode_channel_masks(prune_masks), example_input(in_channels, resolution))
-    return model
-
-
-def load_model(path: str | Path) -> nn.Module:
-    """The PyTorch model of a bundle folder written by ``fednas export``/``fednas train``, in eval mode.
-
-    Reads ``arch.json``, ``metrics.json`` (input channels and classes) and
-    ``model.safetensors``; nothing is unpickled.
-
-    Raises:
-        ValueError: a missing or malformed bundle file (one line naming it).
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(path)
-    arch_path, metrics_path, weights_path = folder / ARCH_FILE, folder / METRICS_FILE, folder / WEIGHTS_FILE
-    for p in (arch_path, metrics_path, weights_path):
-        if not p.is_file():
-            raise ValueError(f"{p}: not found; expected a bundle folder written by `fednas export`")
-    try:
-        arch = MobileNetArch.from_json(arch_path.read_text(encoding="utf-8"))
-        doc = json.loads(metrics_path.read_text(encoding="utf-8"))
-        info, labels = doc["input"], dict(doc.get("labels") or {})
-        classes, channels = int(info["num_classes"]), int(info["in_channels"])
-        prune_masks, resolution = str(doc.get("prune_masks") or ""), int(info.get("resolution", 0))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{folder}: malformed bundle ({type(exc).__name__}: {exc})") from None
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
-        raise ValueError(f"{weights_path}: not a safetensors file ({exc})") from None
-    model = _structure(arch, labels, classes, channels, prune_masks, resolution)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{weights_path}: weights do not fit {arch_path} ({str(exc).splitlines()[0]})") from None
-    return model.eval()

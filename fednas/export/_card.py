@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from fednas._format import number
+from search_spaces import arch_from_dict
+
 __all__ = ["render_card"]
+
+_FAMILY_NAMES = {"mobilenet": "A MobileNet-style network", "resnet": "A ResNet"}
 
 _FORMAT_NAMES = {"onnx": "ONNX (float32)", "int8": "ONNX (int8, static quantization)",
                  "torchscript": "TorchScript", "executorch": "ExecuTorch (XNNPACK)"}
@@ -18,13 +23,7 @@ def render_card(doc: dict[str, Any]) -> str:
 
 
 def _n(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{int(v):,}" if v.is_integer() and abs(v) >= 1000 else f"{v:.4g}"
-    return str(v)
+    return number(v)
 
 
 def _pct(v: Any) -> str:
@@ -51,7 +50,9 @@ def _title(doc: dict[str, Any]) -> str:
         title = f"# fednas model: `{o.get('architecture', 'architecture')}`, retrained for {fed['rounds']} rounds"
         where = f"Trained by `fednas train` ({o.get('from', '')})."
     shape = "x".join(str(s) for s in i["shape"])
-    lead = (f"A MobileNet-style network for {shape} inputs and {i['num_classes']} classes, trained by federated "
+    family = doc["architecture"].get("family", "mobilenet")
+    kind = _FAMILY_NAMES.get(family, f"A {family} network")
+    lead = (f"{kind} for {shape} inputs and {i['num_classes']} classes, trained by federated "
             f"learning ({fed['strategy']}, {fed['num_clients']} clients, {fed['rounds']} rounds) on "
             f"`{doc['data']['source']}`. Held-out accuracy {_pct(m.get('accuracy'))}, "
             f"{_n(m.get('macs', '-'))} MACs, {_n(m.get('params', '-'))} parameters.")
@@ -59,20 +60,9 @@ def _title(doc: dict[str, Any]) -> str:
 
 
 def _architecture(doc: dict[str, Any]) -> str:
-    a = doc["architecture"]
-    rows = [["stem (3x3 conv)", a["stem_channels"], 1, a["stem_stride"], "-", 3, "-", a["stem_activation"]]]
-    for k, s in enumerate(a["stages"], start=1):
-        rows.append([f"stage {k}", s["channels"], s["depth"], s["stride"], _n(s["expansion"]), s["kernel"],
-                     "yes" if s["se"] else "no", s["activation"]])
-    if a.get("head_channels"):
-        rows.append(["head (1x1 conv)", a["head_channels"], 1, 1, "-", 1, "-", a["head_activation"]])
-    if a.get("classifier_hidden"):
-        rows.append(["hidden linear", a["classifier_hidden"], 1, "-", "-", "-", "-", a["head_activation"]])
-    rows.append(["classifier (linear)", doc["input"]["num_classes"], 1, "-", "-", "-", "-", "-"])
-    table = _table(["part", "channels", "blocks", "stride", "expansion", "kernel", "SE", "activation"], rows)
-    return (f"## Architecture\n\n{table}\n\nBlocks are inverted residuals (expand 1x1, depthwise kxk, optional "
-            f"squeeze-excitation with a {a['se_gate']} gate at ratio {a['se_ratio']}, project 1x1); dropout "
-            f"{a['dropout']} before the classifier. `arch.json` rebuilds it with `fednas.build_model`.")
+    head, rows, note = arch_from_dict(doc["architecture"]).table(doc["input"]["num_classes"])
+    return (f"## Architecture\n\n{_table(head, rows)}\n\n{note} `arch.json` rebuilds it with "
+            "`fednas.build_model`.")
 
 
 def _objectives(doc: dict[str, Any]) -> str:
@@ -100,8 +90,8 @@ def _training(doc: dict[str, Any]) -> str:
     data = ", ".join(f"{k}={_n(v)}" for k, v in d.items() if v not in ("", 0) or k == "limit")
     keys = ["num_clients", "rounds", "strategy", "fraction_train", "local_epochs", "local_steps", "batch_size",
             "lr", "momentum", "weight_decay", "bn_recalibration"]
-    extra = {"fedprox": ["proximal_mu"], "fedavgm": ["server_lr", "server_momentum"], "fedadam": ["eta", "eta_l", "tau"]}
-    fed = ", ".join(f"{k}={_n(f[k])}" for k in keys + extra.get(f["strategy"], []) if k in f)
+    fed = ", ".join([f"{k}={_n(f[k])}" for k in keys if k in f]
+                    + [f"{k}={_n(v)}" for k, v in (f.get("strategy_options") or {}).items()])
     return (f"## Data and federation\n\n- data: {data}\n- federation: {fed}\n- seed: {doc['seed']}\n"
             f"- input: {doc['input']['layout']} {doc['input']['dtype']}, {doc['input']['preprocessing']}")
 
@@ -157,7 +147,7 @@ def _loading(doc: dict[str, Any]) -> str:
         out += ["", "TorchScript: `torch.jit.load(\"model.torchscript.pt\")` (no fednas needed)."]
     if "executorch" in doc["exports"]:
         out += ["", "ExecuTorch: load `model.pte` with the ExecuTorch runtime (XNNPACK delegate, batch of 1)."]
-    out += ["", "By hand: `search_spaces.build_model(MobileNetArch.from_json(open('arch.json').read()), "
+    out += ["", "By hand: `search_spaces.build_model(search_spaces.arch_from_json(open('arch.json').read()), "
                 f"num_classes={doc['input']['num_classes']}, in_channels={doc['input']['in_channels']})`, then "
                 "`load_state_dict(safetensors.torch.load_file('model.safetensors'))`."]
     return "\n".join(out)

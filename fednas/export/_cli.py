@@ -8,11 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fednas.config import ConfigError, StudyConfig
+from fednas._errors import ConfigError
+from fednas.config import DEFAULT_CONFIG, StudyConfig
 
 __all__ = ["run_export", "run_train"]
-
-DEFAULT_CONFIG = "studies/quickstart.toml"
 
 
 def _dynamo(args: argparse.Namespace) -> bool | None:
@@ -20,9 +19,9 @@ def _dynamo(args: argparse.Namespace) -> bool | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from fednas._paths import ensure_writable_dir
     from fednas.config import default_storage
     from fednas.export import resolve_formats, source_from_trial, write_bundle
-    from fednas.plot import ensure_writable_dir
 
     storage = args.storage or default_storage(args.study)
     resolve_formats(args.formats)  # bad or unavailable formats fail before anything is read
@@ -51,12 +50,12 @@ def _report(result: Any, seconds: float) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from fednas._interrupt import stop_at_safe_points
+    from fednas._paths import ensure_writable_dir
     from fednas.export import train_architecture, write_bundle
     from fednas.fl import FederationError
-    from fednas.plot import ensure_writable_dir
     from fednas.train import TrainingDiverged
 
-    arch, config, origin = _train_inputs(args)
+    candidate, config, origin = _train_inputs(args)
     rounds = args.rounds if args.rounds is not None else 3 * config.federation.rounds
     if rounds < 1:
         raise ConfigError(f"--rounds: expected an integer >= 1, got {rounds}")
@@ -65,8 +64,10 @@ def run_train(args: argparse.Namespace) -> int:
         from fednas.export import resolve_formats
 
         resolve_formats(args.formats)
+    comp = candidate.compression.describe()
     print(f"training {origin['architecture']} for {rounds} rounds on {config.data.source} "
-          f"({config.federation.num_clients} clients, {config.federation.strategy})", flush=True)
+          f"({config.federation.num_clients} clients, {config.federation.strategy}"
+          + (f"; compression {comp}" if comp != "-" else "") + ")", flush=True)
 
     def on_round(r: Any) -> None:
         print(f"  round {r.round:>3}/{rounds}  accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  "
@@ -75,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         with stop_at_safe_points():  # Ctrl-C stops between batches; main() reports it
-            source = train_architecture(arch, config, rounds=rounds, on_round=on_round, origin=origin)
+            source = train_architecture(candidate, config, rounds=rounds, on_round=on_round, origin=origin)
     except (FederationError, TrainingDiverged) as exc:
         print(f"fednas: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -87,8 +88,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train_inputs(args: argparse.Namespace) -> tuple[Any, StudyConfig, dict[str, Any]]:
-    """The architecture, the config and a description of where both came from."""
+    """The candidate (architecture and compression labels), the config and where both came from.
+
+    A bundle folder brings its architecture and its labels; a preset or an ``arch.json``
+    takes the compression labels CONFIG fixes (``[space.labels]`` scalars), as ``flwr run`` does.
+    """
     from fednas.config import load_config
+    from fednas.fl._spec import flwr_run_compression
+    from fednas.models import read_bundle
+    from fednas.pipeline import Candidate
     from search_spaces import load_architecture
 
     targets = list(args.targets)
@@ -101,26 +109,33 @@ def _train_inputs(args: argparse.Namespace) -> tuple[Any, StudyConfig, dict[str,
     if len(targets) > 2:
         raise ConfigError(f"expected ARCH [CONFIG], got {len(targets)} arguments")
     ref = targets[0]
-    if Path(ref).is_dir():
-        ref = str(Path(ref) / "arch.json")
-    arch = load_architecture(ref)
     config_path = targets[1] if len(targets) > 1 else DEFAULT_CONFIG
     config = load_config(config_path, args.overrides)
-    return arch, config, {"architecture": targets[0], "config": config_path,
-                          "from": f"architecture {targets[0]}, config {config_path}"}
+    if Path(ref).is_dir():
+        arch, doc = read_bundle(ref)
+        bundle_labels = dict(doc.get("labels") or {})
+    else:
+        arch, bundle_labels = load_architecture(ref), {}
+    settings = flwr_run_compression(config, bundle_labels)
+    off = settings == type(settings)()
+    candidate = Candidate(arch, settings, bundle_labels if off else {**bundle_labels, **settings.to_dict()})
+    return candidate, config, {"architecture": targets[0], "config": config_path,
+                               "from": f"architecture {targets[0]}, config {config_path}"}
 
 
 def _from_trial(args: argparse.Namespace, config_path: str | None) -> tuple[Any, StudyConfig, dict[str, Any]]:
     from fednas.config import apply_overrides, default_storage, load_config, parse_config
-    from fednas.export import pick_trial
-    from fednas.plot import read_study
-    from search_spaces import MobileNetArch
+    from fednas.pipeline import Candidate
+    from fednas.study import pick_trial, read_study
 
     study = args.study or "quickstart"
     storage = args.storage or default_storage(study)
     view = read_study(storage, study)
     chosen = pick_trial(view, trial=args.trial)
-    arch = MobileNetArch.from_dict(chosen.arch)
+    try:
+        candidate = Candidate.of(chosen.arch, chosen.labels)  # the trial's compression labels too
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"trial {chosen.number}: stored architecture is invalid ({exc})") from None
     if config_path is not None:
         config = load_config(config_path, args.overrides)
     elif view.config is None:
@@ -131,5 +146,5 @@ def _from_trial(args: argparse.Namespace, config_path: str | None) -> tuple[Any,
         apply_overrides(doc, args.overrides)
         config = parse_config(doc)
     name = f"trial {chosen.number} of study {study!r}"
-    return arch, config, {"architecture": name, "storage": storage, "study": study, "from_trial": chosen.number,
+    return candidate, config, {"architecture": name, "storage": storage, "study": study, "from_trial": chosen.number,
                           "from": f"{name} in {storage}" + (f", config {config_path}" if config_path else "")}

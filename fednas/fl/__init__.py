@@ -8,7 +8,7 @@ from __future__ import annotations
 from fednas.fl._grid import CountingGrid, Exchange, InProcessGrid, Traffic, record_bytes
 from fednas.fl._run import run_federation, serverapp_identity
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
-from fednas.fl._strategies import STRATEGIES, make_strategy
+from fednas.fl._strategies import STRATEGIES, make_strategy, strategy_kwargs
 from fednas.fl.server_app import FederationError, RoundRecord, ServerOutcome
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "record_bytes",
     "run_federation",
     "serverapp_identity",
+    "strategy_kwargs",
 ]

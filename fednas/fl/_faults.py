@@ -24,7 +24,7 @@ class ClientFault(RuntimeError):
 
 def fault_draw(seed: int, kind: str, message: Message, partition: int | str) -> float:
     """A uniform draw in [0, 1) fixed by the run seed, the round and the node."""
-    from fednas.fl.client_app import derive_seed
+    from fednas._seeds import derive_seed
 
     rnd = message.content["config"].get("server-round", 0) if "config" in message.content else 0
     return derive_seed(seed, kind, message.metadata.message_type, rnd, partition) / 2**31

@@ -8,9 +8,8 @@ the smaller model. Clients rebuild the same structure from the channel masks, wh
 later train (and batch-norm) message carries in its ConfigRecord as ``prune-masks`` (a
 short JSON string; it is counted in the message bytes like everything else):
 ``build_run_model(arch, compression)`` + ``apply_channel_masks`` on the same example-input
-shape, i.e. the very path the server's pruned model came from. The pruned template is
-cached per process and mask digest (an in-process trial runs the speedup once for all its
-clients) and deep-copied per client.
+shape, i.e. the very path the server's pruned model came from (``fednas.models.pruned_template``,
+cached per process and mask digest).
 
 ``pruning(strategy_cls)`` wraps any FedAvg-family strategy (also one already wrapped by
 ``compressed``); server-optimizer state shaped like the unpruned model (FedAvgM momentum,
@@ -20,16 +19,15 @@ downlink codec is refused by the config check (its reference model would change 
 
 from __future__ import annotations
 
-import copy
 import functools
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
+from fednas.models import example_input, pruned_template
 
 __all__ = ["MASKS_KEY", "PruningMixin", "example_input", "pruned_template", "pruning"]
 
@@ -37,11 +35,6 @@ MASKS_KEY = "prune-masks"
 
 # The server's prune step: (round, aggregated arrays) -> (pruned arrays, encoded masks).
 PruneFn = Callable[[int, ArrayRecord], tuple[ArrayRecord, str]]
-
-
-def example_input(in_channels: int, resolution: int) -> torch.Tensor:
-    """The (shape-only) input both sides trace and speed up with: two zero images."""
-    return torch.zeros(2, in_channels, resolution, resolution)
 
 
 class PruningMixin:
@@ -77,31 +70,3 @@ class PruningMixin:
 def pruning(strategy_cls: type[FedAvg]) -> type[FedAvg]:
     """``strategy_cls`` with ``PruningMixin`` in front (keyword args ``prune_round``, ``prune_fn``)."""
     return type(f"Pruning{strategy_cls.__name__}", (PruningMixin, strategy_cls), {"__module__": __name__})
-
-
-_lock = threading.Lock()
-
-
-def pruned_template(arch_json: str, compression_json: str, masks_text: str, num_classes: int, in_channels: int,
-                    resolution: int) -> torch.nn.Module:
-    """A fresh copy of the pruned structure the masks describe (weights arbitrary: load the global ones)."""
-    from fednas.compress import mask_digest
-
-    with _lock:
-        template = _template(arch_json, compression_json, mask_digest(masks_text), masks_text, num_classes,
-                             in_channels, resolution)
-    return copy.deepcopy(template)
-
-
-@functools.lru_cache(maxsize=8)
-def _template(arch_json: str, compression_json: str, digest: str, masks_text: str, num_classes: int,
-              in_channels: int, resolution: int) -> torch.nn.Module:
-    from fednas.compress import apply_channel_masks, decode_channel_masks
-    from fednas.fl._spec import build_run_model
-    from search_spaces import CompressionSettings, MobileNetArch
-
-    with torch.random.fork_rng(devices=[]):  # building must not move the caller's random stream
-        torch.manual_seed(0)
-        model = build_run_model(MobileNetArch.from_json(arch_json), CompressionSettings.from_json(compression_json),
-                                num_classes=num_classes, in_channels=in_channels)
-        return apply_channel_masks(model, decode_channel_masks(masks_text), example_input(in_channels, resolution))

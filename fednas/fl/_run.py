@@ -13,7 +13,7 @@ from fednas.fl import client_app, server_app
 from fednas.fl._faults import dropout_fn
 from fednas.fl._grid import SUPERLINK_NODE_ID, InProcessGrid
 from fednas.fl._spec import RunSpec
-from fednas.fl.client_app import derive_seed
+from fednas._seeds import derive_seed
 from fednas.fl.server_app import RoundRecord, RunHooks, ServerOutcome, run_hooks
 
 __all__ = ["run_federation", "serverapp_identity"]

@@ -1,9 +1,11 @@
 """What a federated run needs, carried in Flower's run config, and the nodes' data.
 
-A run is described by a ``RunSpec`` (data, federation settings, seed, architecture). It
-travels as one JSON string in the run config (key ``fednas-run``), so the same ServerApp
-and ClientApp work on fednas's in-process grid and under ``flwr run``; in the latter case
-the run config names a study TOML file and an architecture instead.
+A run is described by a ``RunSpec`` (data, federation settings, seed, architecture,
+compression). It travels as one JSON string in the run config (key ``fednas-run``), so the
+same ServerApp and ClientApp work on fednas's in-process grid and under ``flwr run``; in the
+latter case the run config names a study TOML file and an architecture (a preset, an
+``arch.json`` or a bundle folder) instead, and the compression labels come from the bundle,
+the study's fixed ``[space.labels]`` and the run config's ``compression`` (a JSON object).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from fednas.config import DataConfig, FederationConfig, load_config
+from fednas.config import DataConfig, FederationConfig, StudyConfig, load_config
 from fednas.data import ArrayDataset, load_dataset, partition
-from search_spaces import CompressionSettings, MobileNetArch, build_model
+from fednas.models import build_run_model
+from search_spaces import CompressionSettings, CompressionSpace
 
-__all__ = ["FederatedData", "RunSpec", "build_run_model", "federated_data"]
+__all__ = ["FederatedData", "RunSpec", "build_run_model", "federated_data", "flwr_run_compression"]
 
 RUN_KEY = "fednas-run"
 # For runtimes that cannot carry a run config (Flower's legacy ``run_simulation`` API):
@@ -31,7 +33,7 @@ RUN_ENV = "FEDNAS_RUN_SPEC"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One federated run: data, federation settings, seed, architecture (as a dict), compression."""
+    """One federated run: data, federation settings, seed, architecture (as a dict, any family), compression."""
 
     data: DataConfig
     federation: FederationConfig
@@ -71,6 +73,8 @@ class RunSpec:
 
         from search_spaces import PRESETS, load_architecture
 
+        from fednas.models import read_bundle
+
         def resolve(ref: str) -> str:
             path = Path(ref)
             if path.is_absolute() or path.exists():
@@ -85,7 +89,13 @@ class RunSpec:
         if "num-partitions" in run_config:
             federation = replace(federation, num_clients=int(run_config["num-partitions"]))
         arch_ref = str(run_config.get("architecture", "mobilenet_tiny"))
-        arch = load_architecture(arch_ref if arch_ref in PRESETS else resolve(arch_ref))
+        bundle_labels: dict[str, Any] = {}
+        if arch_ref not in PRESETS and Path(resolve(arch_ref)).is_dir():  # a bundle: its architecture and labels
+            arch, doc = read_bundle(resolve(arch_ref))
+            bundle_labels = dict(doc.get("labels") or {})
+        else:
+            arch = load_architecture(arch_ref if arch_ref in PRESETS else resolve(arch_ref))
+        compression = flwr_run_compression(config, bundle_labels, str(run_config.get("compression", "") or ""))
         # Flower's runtime configures only its own "flwr" logger: without a handler the
         # ServerApp's INFO lines ("final accuracy ...") would never reach `flwr log`.
         log = logging.getLogger("fednas")
@@ -94,25 +104,27 @@ class RunSpec:
 
             log.addHandler(console_handler)
             log.setLevel(logging.INFO)
-        return cls(config.data, federation, config.study.seed, arch.to_dict())
+        return cls(config.data, federation, config.study.seed, arch.to_dict(), compression)
 
 
-def build_run_model(
-    arch: MobileNetArch | dict[str, Any], compression: CompressionSettings | None = None, *, num_classes: int,
-    in_channels: int,
-) -> torch.nn.Module:
-    """The model a run trains: the architecture, low-rank factorized when ``lowrank_ratio < 1``.
+def flwr_run_compression(config: StudyConfig, bundle_labels: dict[str, Any], override_json: str = "") -> CompressionSettings:
+    """The compression of a ``flwr run``: the study's fixed compression labels, then a bundle's, then overrides.
 
-    The server's initial model, every client's model and the trial's cost measurement are
-    built here, so they share one structure (weights are then loaded or kept).
+    Raises:
+        ValueError: ``override_json`` is not a JSON object of compression labels, or a value is invalid.
     """
-    arch = arch if isinstance(arch, MobileNetArch) else MobileNetArch.from_dict(arch)
-    model = build_model(arch, num_classes=num_classes, in_channels=in_channels)
-    if compression is not None and compression.lowrank_on:
-        from fednas.compress import low_rank
-
-        model = low_rank(model, compression.lowrank_ratio)
-    return model
+    labels = {k: v for k, v in config.space.labels.items() if not isinstance(v, (list, dict))}
+    labels.update(bundle_labels)
+    if override_json:
+        extra = json.loads(override_json)
+        if not isinstance(extra, dict):
+            raise ValueError(f"run config 'compression': expected a JSON object of labels, got {override_json!r}")
+        labels.update(extra)
+    known = CompressionSpace().allowed_domains()
+    for k, v in labels.items():
+        if k in known and not known[k].contains(v):
+            raise ValueError(f"compression label {k!r}: {v!r} not in {known[k].describe()}")
+    return CompressionSettings.from_labels(labels)
 
 
 @dataclass(frozen=True)

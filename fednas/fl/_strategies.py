@@ -1,21 +1,25 @@
-"""Strategy registry: names in the study config -> ``flwr.serverapp.strategy`` objects.
+"""Building the Flower strategy of a run from the strategy registry (``fednas.strategies``).
 
-With an update codec configured (``CompressionSettings.uplink_codec`` / ``downlink_codec``),
-the strategy class is wrapped by ``fednas.compress.compressed``: it sends the codec keys in
-the train ConfigRecord (and encoded global-model deltas downlink) and decodes the replies.
+The class comes from the registry entry of ``federation.strategy``; its keyword arguments
+are fednas's sampling settings plus the strategy's options (``federation.strategy_options``),
+bound against the class's own constructor. With an update codec configured
+(``CompressionSettings.uplink_codec`` / ``downlink_codec``) the class is wrapped by
+``fednas.compress.compressed``; with federated pruning, by ``fednas.fl._pruning.pruning``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx, Strategy
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fednas.config import FederationConfig
+from fednas.strategies import STRATEGIES, get_strategy
 from search_spaces import CompressionSettings
 
-__all__ = ["STRATEGIES", "make_codecs", "make_strategy"]
+__all__ = ["STRATEGIES", "make_codecs", "make_strategy", "strategy_kwargs"]
 
 
 def _sampling(fed: FederationConfig) -> dict[str, Any]:
@@ -29,31 +33,27 @@ def _sampling(fed: FederationConfig) -> dict[str, Any]:
     }
 
 
-# name -> (strategy class, its keyword arguments beyond sampling)
-STRATEGIES: dict[str, tuple[type[FedAvg], Callable[[FederationConfig], dict[str, Any]]]] = {
-    "fedavg": (FedAvg, lambda fed: {}),
-    "fedprox": (FedProx, lambda fed: {"proximal_mu": fed.proximal_mu}),
-    "fedavgm": (FedAvgM, lambda fed: {"server_learning_rate": fed.server_lr, "server_momentum": fed.server_momentum}),
-    "fedadam": (FedAdam, lambda fed: {"eta": fed.eta, "eta_l": fed.eta_l, "tau": fed.tau}),
-}
+def strategy_kwargs(fed: FederationConfig) -> tuple[type[FedAvg], dict[str, Any]]:
+    """The strategy class of ``fed.strategy`` and its keyword arguments, checked against its constructor.
+
+    Raises:
+        ValueError: unknown strategy, or an option the class's constructor does not take.
+    """
+    spec = get_strategy(fed.strategy)
+    cls = spec.load()
+    kwargs = {**_sampling(fed), **spec.defaults(), **fed.strategy_options}
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in kwargs if k not in params)
+    if unknown:
+        raise ValueError(f"federation.{fed.strategy}: {cls.__name__} takes no option(s) {unknown}")
+    return cls, kwargs
 
 
 def make_codecs(compression: CompressionSettings) -> dict[str, Any]:
     """``uplink``/``downlink`` codec objects of ``compression`` (only those that are on)."""
-    from fednas.compress import make_codec
+    from fednas.compress import codecs_for
 
-    codecs: dict[str, Any] = {}
-    for side in ("uplink", "downlink"):
-        name = getattr(compression, f"{side}_codec")
-        if name == "quantize":
-            codecs[side] = make_codec(
-                "quantize", bits=getattr(compression, f"{side}_bits"), per_channel=getattr(compression, f"{side}_per_channel")
-            )
-        elif name == "topk":
-            codecs[side] = make_codec("topk", fraction=compression.uplink_topk)
-        elif name != "none":
-            raise ValueError(f"{side}_codec: unknown codec {name!r}")
-    return codecs
+    return codecs_for(compression)
 
 
 def make_strategy(fed: FederationConfig, compression: CompressionSettings | None = None, *, seed: int = 0,
@@ -65,13 +65,9 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
     ``prune_round`` is pruned and later train configs carry the channel masks.
 
     Raises:
-        ValueError: unknown strategy name (listing the valid ones) or codec.
+        ValueError: unknown strategy name (listing the valid ones), option or codec.
     """
-    try:
-        cls, extra = STRATEGIES[fed.strategy]
-    except KeyError:
-        raise ValueError(f"unknown strategy {fed.strategy!r}; valid: {', '.join(STRATEGIES)}") from None
-    kwargs = {**_sampling(fed), **extra(fed)}
+    cls, kwargs = strategy_kwargs(fed)
     if compression is not None and compression.codecs_on:
         from fednas.compress import compressed
 

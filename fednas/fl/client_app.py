@@ -9,30 +9,25 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fednas._seeds import derive_seed
 from fednas.compress import make_downlink_mod, make_uplink_mod
 from fednas.fl._faults import fault_mod
-from fednas.fl._pruning import MASKS_KEY, pruned_template
-from fednas.fl._spec import FederatedData, RunSpec, build_run_model, federated_data
+from fednas.fl._pruning import MASKS_KEY
+from fednas.fl._spec import FederatedData, RunSpec, federated_data
+from fednas.models import build_run_model, load_model, pruned_template
 from fednas.train import TrainConfig, batchnorm_moments, evaluate, taylor_channel_scores, train
-from search_spaces import CompressionSettings, MobileNetArch
+from search_spaces import CompressionSettings, arch_from_json
 
 __all__ = ["app", "derive_seed", "model_from_message"]
 
 # fault_mod outermost (an injected fault hits before anything runs); downlink before uplink,
 # so the uplink mod sees the decoded global arrays. Both pass messages without codec keys through.
 app = ClientApp(mods=[fault_mod, make_downlink_mod(), make_uplink_mod()])
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A stable 31-bit seed from parts (run seed, round, node...)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _node_data(context: Context) -> tuple[RunSpec, FederatedData, int]:
@@ -62,7 +57,7 @@ def model_from_message(
                                 str(config[MASKS_KEY]), data.train.num_classes, data.train.in_channels,
                                 data.train.resolution)
     else:
-        arch = MobileNetArch.from_json(str(config["arch"]))
+        arch = arch_from_json(str(config["arch"]))
         model = build_run_model(arch, compression, num_classes=data.train.num_classes,
                                 in_channels=data.train.in_channels)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -71,8 +66,6 @@ def model_from_message(
 
 @functools.lru_cache(maxsize=2)
 def _bundle_teacher(path: str) -> torch.nn.Module:
-    from fednas.export import load_model
-
     return load_model(path).eval()
 
 

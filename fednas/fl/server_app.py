@@ -1,31 +1,38 @@
-"""The fednas ServerApp: a Flower strategy run with server-side evaluation.
+"""The fednas ServerApp: a Flower strategy's rounds with server-side evaluation.
 
-``run_server`` is the whole server side of one federated run: it builds the initial
-model, runs the configured strategy through a ``CountingGrid`` (so the bytes of every
-message are measured, whatever runtime carries them), evaluates the global model on the
-held-out split after each round, and pools batch-norm statistics from the clients at the
-end. The ServerApp's ``main`` calls it and leaves the outcome in ``context.state``.
+``run_server`` is the whole server side of one federated run and reads top to bottom:
+build the initial model and the strategy, then per round let the strategy configure the
+train messages, send them through a ``CountingGrid`` (so the bytes of every message are
+measured, whatever runtime carries them), check the replies, let the strategy aggregate
+(and, with federated pruning, prune), pool batch-norm statistics from the clients when
+due, evaluate the global model on the held-out split and record the round. The loop is
+``Strategy.start``'s own (``configure_train`` -> ``send_and_receive`` -> ``aggregate_train``;
+the client-side evaluation round is off), written out so that each step is visible and
+its outcome kept. The ServerApp's ``main`` calls it and leaves the outcome in
+``context.state``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fednas._seeds import derive_seed
 from fednas.fl._grid import CountingGrid, Exchange
-from fednas.fl._pruning import MASKS_KEY, example_input
-from fednas.fl._spec import FederatedData, RunSpec, build_run_model, federated_data
+from fednas.fl._pruning import MASKS_KEY
+from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.fl._strategies import make_strategy
-from fednas.fl.client_app import derive_seed
+from fednas.models import build_run_model, example_input
 from fednas.train import apply_batchnorm_moments, evaluate
-from search_spaces import MobileNetArch
+from search_spaces import arch_from_dict
 
 __all__ = ["FederationError", "RoundRecord", "RunHooks", "ServerOutcome", "app", "run_hooks", "run_server"]
 
@@ -117,101 +124,102 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     """Run the federated training of ``spec`` over ``grid`` and return its outcome.
 
     Raises:
-        FederationError: when a training round gets no successful reply.
+        FederationError: when a training round gets too few successful replies.
     """
     fed = spec.federation
     data = federated_data(spec.data, fed.num_clients, spec.seed)
-    model = initial_model(spec, data)
-    arch_json = MobileNetArch.from_dict(spec.arch).to_json()
+    arch_json = arch_from_dict(spec.arch).to_json()
     counting = CountingGrid(grid)
-    state = _RunState(ServerOutcome(arrays=ArrayRecord(model.state_dict())), time.perf_counter(), model)
-
-    def prune_fn(server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, str]:
-        """Prune the aggregate and make the smaller model the global one.
-
-        l1/l2/fpgm rank channels on the server (data-free); taylor ranks them by first-order
-        Taylor scores that the clients compute on their own data and the server sums.
-        """
-        from fednas.compress import apply_channel_masks, encode_channel_masks, masks_from_scores, prune_channels_with_masks
-
-        comp = spec.compression
-        state.model.load_state_dict(arrays.to_torch_state_dict())
-        example = example_input(data.train.in_channels, data.train.resolution)
-        if comp.prune_method == "taylor":
-            scores = _pool_taylor_scores(counting, arrays, arch_json)
-            masks = masks_from_scores(state.model, scores, comp.prune_sparsity)
-            pruned = apply_channel_masks(state.model, masks, example)
-        else:
-            pruned, masks = prune_channels_with_masks(
-                state.model, comp.prune_sparsity, method=comp.prune_method, example_input=example
-            )
-        state.model = pruned
-        state.outcome.prune_masks, state.outcome.pruned_round = encode_channel_masks(masks), server_round
-        return ArrayRecord(pruned.state_dict()), state.outcome.prune_masks
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0:
-            return None
-        train_ex = _check_round(counting, server_round, fed.min_train_nodes)
-        model = state.model
-        model.load_state_dict(arrays.to_torch_state_dict())
-        recal = fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and server_round == fed.rounds)
-        if recal:
-            _pool_batchnorm(counting, model, arrays, arch_json, state.outcome.prune_masks)
-        loss, acc = evaluate(model, data.test.x, data.test.y)
-        record = state.record(server_round, acc, loss, train_ex, counting)
-        state.outcome.arrays = ArrayRecord(model.state_dict())
-        if on_round:
-            on_round(record)
-        return MetricRecord({"accuracy": acc, "loss": loss})
-
-    flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
-    flwr_log.setLevel(logging.ERROR)  # its INFO lines and the "evaluation skipped" warning are noise here
-    try:
-        make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=prune_fn).start(
-            grid=counting,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=fed.rounds,
-            train_config=ConfigRecord({"arch": arch_json, "lr": fed.lr}),
-            evaluate_fn=evaluate_fn,
-        )
-    finally:
-        flwr_log.setLevel(level)
-    out = state.outcome
-    out.download_bytes, out.upload_bytes = counting.traffic.download_bytes, counting.traffic.upload_bytes
+    pruner = _ServerPruning(spec, data, counting, arch_json, initial_model(spec, data))
+    strategy = make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=pruner)
+    arrays = ArrayRecord(pruner.model.state_dict())
+    outcome = ServerOutcome(arrays=arrays)
+    train_config = ConfigRecord({"arch": arch_json, "lr": fed.lr})  # strategies add their keys each round
+    start, seen = time.perf_counter(), 0
+    with _flower_quiet():
+        for rnd in range(1, fed.rounds + 1):
+            replies = counting.send_and_receive(strategy.configure_train(rnd, arrays, train_config, counting))
+            train_ex = _check_round(counting, rnd, fed.min_train_nodes)
+            aggregated, _ = strategy.aggregate_train(rnd, replies)  # prunes at prune_round (see _ServerPruning)
+            if aggregated is not None:
+                arrays = aggregated
+            model = pruner.model
+            model.load_state_dict(arrays.to_torch_state_dict())
+            if fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and rnd == fed.rounds):
+                _pool_batchnorm(counting, model, arrays, arch_json, pruner.masks)  # evaluation only: not fed back
+            loss, acc = evaluate(model, data.test.x, data.test.y)
+            record = _round_record(rnd, acc, loss, train_ex, counting.traffic.exchanges[seen:])
+            seen = len(counting.traffic.exchanges)
+            outcome.rounds.append(record)
+            outcome.arrays = ArrayRecord(model.state_dict())
+            if on_round:
+                on_round(record)
+    outcome.prune_masks, outcome.pruned_round = pruner.masks, pruner.pruned_round
+    outcome.download_bytes, outcome.upload_bytes = counting.traffic.download_bytes, counting.traffic.upload_bytes
     for ex in counting.traffic.exchanges:
-        kind = out.bytes_by_type.setdefault(ex.message_type, {"download_bytes": 0, "upload_bytes": 0})
+        kind = outcome.bytes_by_type.setdefault(ex.message_type, {"download_bytes": 0, "upload_bytes": 0})
         kind["download_bytes"] += ex.download_bytes
         kind["upload_bytes"] += ex.upload_bytes
-    out.seconds = time.perf_counter() - state.start
-    return out
+    outcome.seconds = time.perf_counter() - start
+    return outcome
 
 
-@dataclass
-class _RunState:
-    outcome: ServerOutcome
-    start: float
-    model: torch.nn.Module
-    seen_exchanges: int = 0
+@contextlib.contextmanager
+def _flower_quiet() -> Iterator[None]:
+    """Flower's INFO lines (sampling, aggregation) are noise inside a trial."""
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        flwr_log.setLevel(level)
 
-    def record(self, rnd: int, acc: float, loss: float, train_ex: Exchange, counting: CountingGrid) -> RoundRecord:
-        new = counting.traffic.exchanges[self.seen_exchanges :]
-        self.seen_exchanges = len(counting.traffic.exchanges)
-        rec = RoundRecord(
-            round=rnd,
-            accuracy=acc,
-            loss=loss,
-            train_loss=train_ex.metrics.get("train_loss", float("nan")),
-            download_bytes=sum(e.download_bytes for e in new),
-            upload_bytes=sum(e.upload_bytes for e in new),
-            replies=train_ex.replies - train_ex.errors,
-            failures=train_ex.errors,
-            dropped=train_ex.sent - train_ex.replies,
-            seconds=sum(e.seconds for e in new),
-        )
-        self.outcome.rounds.append(rec)
-        return rec
+
+class _ServerPruning:
+    """The server's prune step (``PruningMixin``'s ``prune_fn``) and the model structure it leaves.
+
+    l1/l2/fpgm rank channels on the server (data-free); taylor ranks them by first-order
+    Taylor scores that the clients compute on their own data and the server sums.
+    """
+
+    def __init__(self, spec: RunSpec, data: FederatedData, grid: CountingGrid, arch_json: str,
+                 model: torch.nn.Module) -> None:
+        self.spec, self.data, self.grid, self.arch_json = spec, data, grid, arch_json
+        self.model = model  # the global model's structure: replaced by the pruned one
+        self.masks, self.pruned_round = "", 0
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, str]:
+        from fednas.compress import apply_channel_masks, encode_channel_masks, masks_from_scores, prune_channels_with_masks
+
+        comp, train = self.spec.compression, self.data.train
+        self.model.load_state_dict(arrays.to_torch_state_dict())
+        example = example_input(train.in_channels, train.resolution)
+        if comp.prune_method == "taylor":
+            scores = _pool_taylor_scores(self.grid, arrays, self.arch_json)
+            masks = masks_from_scores(self.model, scores, comp.prune_sparsity)
+            pruned = apply_channel_masks(self.model, masks, example)
+        else:
+            pruned, masks = prune_channels_with_masks(self.model, comp.prune_sparsity, method=comp.prune_method,
+                                                      example_input=example)
+        self.model, self.masks, self.pruned_round = pruned, encode_channel_masks(masks), server_round
+        return ArrayRecord(pruned.state_dict()), self.masks
+
+
+def _round_record(rnd: int, acc: float, loss: float, train_ex: Exchange, new: list[Exchange]) -> RoundRecord:
+    """What round ``rnd`` did: its training exchange's replies, and the bytes of every exchange it made."""
+    return RoundRecord(
+        round=rnd,
+        accuracy=acc,
+        loss=loss,
+        train_loss=train_ex.metrics.get("train_loss", float("nan")),
+        download_bytes=sum(e.download_bytes for e in new),
+        upload_bytes=sum(e.upload_bytes for e in new),
+        replies=train_ex.replies - train_ex.errors,
+        failures=train_ex.errors,
+        dropped=train_ex.sent - train_ex.replies,
+        seconds=sum(e.seconds for e in new),
+    )
 
 
 def _check_round(counting: CountingGrid, server_round: int, min_replies: int) -> Exchange:

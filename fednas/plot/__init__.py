@@ -29,8 +29,10 @@ from fednas.plot._data import (
     projections,
     statuses,
 )
-from fednas.plot._pareto import hypervolume, knee_index, normalized_losses, pareto_mask, to_losses
-from fednas.plot._study import StudyView, TrialPoint, config_from_stored, metric_direction, read_study
+from fednas.study import (StudyView, TrialRecord, config_from_stored, hypervolume, knee_index, metric_direction,
+                          normalized_losses, pareto_mask, read_study, to_losses)
+
+TrialPoint = TrialRecord  # the name of earlier versions
 
 __all__ = [
     "Axis",
@@ -44,6 +46,7 @@ __all__ = [
     "Report",
     "StudyView",
     "TrialPoint",
+    "TrialRecord",
     "axis_for",
     "build_report",
     "choose_objectives",

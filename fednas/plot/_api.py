@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fednas.config import ConfigError
+from fednas._errors import ConfigError
+from fednas._paths import ensure_writable_dir
 from fednas.plot._data import Report, build_report
-from fednas.plot._study import read_study
+from fednas.study import open_storage, read_study
 
 __all__ = ["PlotResult", "ensure_writable_dir", "plot_study", "run_dashboard"]
 
@@ -17,23 +18,6 @@ class PlotResult:
     report: Report
     html: Path
     pngs: tuple[Path, ...]
-
-
-def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create ``path`` if needed and check a file can be written there.
-
-    Raises:
-        ConfigError: one line naming the folder and the reason.
-    """
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".fednas-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{flag} {out}: cannot write there ({type(exc).__name__}: {exc.strerror or exc})") from None
-    return out
 
 
 def plot_study(storage: str, study: str, out: str | Path, *, objectives: list[str] | None = None,
@@ -69,8 +53,6 @@ def run_dashboard(storage: str, *, study: str | None = None, host: str = "127.0.
         raise ConfigError("fednas dashboard needs optuna-dashboard: pip install 'fednas[dashboard]'") from None
     import optuna
     from optuna.artifacts import FileSystemArtifactStore
-
-    from fednas.search import open_storage
 
     st = open_storage(storage, create=False)
     summaries = optuna.get_all_study_summaries(st, include_best_trial=False)

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from fednas.config import OBJECTIVES, ConfigError
-from fednas.plot._pareto import hypervolume, normalized_losses, pareto_mask, to_losses
-from fednas.plot._study import StudyView, TrialPoint
+from fednas._errors import ConfigError
+from fednas._format import number
+from fednas.objectives import OBJECTIVES
+from fednas.study import StudyView, TrialRecord, hypervolume, normalized_losses, statuses, to_losses
+from search_spaces import describe_arch as describe
 
 __all__ = [
     "Axis",
@@ -36,6 +38,7 @@ __all__ = [
     "importance_data",
     "parallel_data",
     "projections",
+    "statuses",
 ]
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -72,21 +75,11 @@ class Axis:
         return f"{self.title}, {self.hint}"
 
 
-_BASE_UNITS = {
-    "accuracy": ("held-out accuracy", None),
-    "macs": ("MACs per image", "MACs"),
-    "params": ("parameters", ""),
-    "bytes": ("model size", "B"),
-    "comm_bytes": ("communication, both ways", "B"),
-    "upload_bytes": ("upload, client to server", "B"),
-    "download_bytes": ("download, server to client", "B"),
-}
-
-
 def axis_for(name: str, direction: str, values: list[float]) -> Axis:
-    """A display scale (k, M, G; accuracy in %) and labels with units for one objective."""
-    what, unit = _BASE_UNITS.get(name, (name, ""))
-    if unit is None:
+    """A display scale (k, M, G; fractions in %) and labels with units for one objective."""
+    obj = OBJECTIVES.get(name)
+    what, unit = (obj.title, obj.unit) if obj else (name, "")
+    if unit == "fraction":
         return Axis(name, direction, 100.0, f"{what} (%)", f"{name} (%)")
     top = max((abs(v) for v in values), default=0.0)
     prefix, scale = next(((p, s) for p, s in (("G", 1e-9), ("M", 1e-6), ("k", 1e-3)) if top >= 1 / s), ("", 1.0))
@@ -144,26 +137,10 @@ class FrontData:
         return [p for p in self.points if p.status == status]
 
 
-def hover_text(t: TrialPoint) -> str:
-    from fednas.cli import describe_arch
-
-    vals = ", ".join(f"{k}={_fmt(v)}" for k, v in t.values.items())
+def hover_text(t: TrialRecord) -> str:
+    vals = ", ".join(f"{k}={number(float(v))}" for k, v in t.values.items())
     feas = "" if t.feasible else " (violates a constraint)"
-    return f"trial {t.number}{feas}<br>{vals}<br>{describe_arch(t.arch) if t.arch else ''}"
-
-
-def _fmt(v: float) -> str:
-    if float(v).is_integer() and abs(v) >= 1000:
-        return f"{int(v):,}"
-    return f"{v:.4g}"
-
-
-def statuses(trials: list[TrialPoint] | tuple[TrialPoint, ...], names: list[str], directions: list[str]) -> list[str]:
-    """front / dominated / infeasible for each trial, the front taken over feasible trials only."""
-    feasible = [t for t in trials if t.feasible]
-    mask = pareto_mask([[t.values[n] for n in names] for t in feasible], directions) if feasible else []
-    on_front = {t.number for t, m in zip(feasible, mask) if m}
-    return ["infeasible" if not t.feasible else ("front" if t.number in on_front else "dominated") for t in trials]
+    return f"trial {t.number}{feas}<br>{vals}<br>{describe(t.arch)}"
 
 
 def front_data(view: StudyView, names: list[str]) -> FrontData:
@@ -208,9 +185,9 @@ def parallel_data(view: StudyView) -> ParallelData:
     trials = view.trials
     names = [n for n in view.objectives if all(n in t.values for t in trials)]
     dims = [Dimension(n, tuple(t.values[n] for t in trials)) for n in names]
-    labels = list(dict.fromkeys(k for t in trials for k in t.params))
+    labels = list(dict.fromkeys(k for t in trials for k in t.searched))
     for label in labels:
-        raw = [t.params.get(label) for t in trials]
+        raw = [t.searched.get(label) for t in trials]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
             dims.append(Dimension(label, tuple(float(v) for v in raw)))
         else:
@@ -289,8 +266,8 @@ def importance_data(view: StudyView) -> Importances:
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     n = len(view.frozen)
-    searched = {k for t in view.trials for k in t.params}
-    varied = [k for k in sorted(searched) if len({repr(t.params.get(k)) for t in view.trials}) > 1]
+    searched = {k for t in view.trials for k in t.searched}
+    varied = [k for k in sorted(searched) if len({repr(t.searched.get(k)) for t in view.trials}) > 1]
     if n < MIN_TRIALS_FOR_IMPORTANCE:
         return Importances(message=f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} completed "
                                    f"trials; this study has {n}.")
@@ -354,10 +331,8 @@ def build_report(view: StudyView, objectives: list[str] | None = None) -> Report
     main = front_data(view, chosen)
     study_names = list(view.objectives)
     status = statuses(view.trials, study_names, [view.direction(n) for n in study_names])
-    from fednas.cli import describe_arch
-
     table = tuple(
-        {"number": t.number, **{n: t.values[n] for n in study_names}, "arch": describe_arch(t.arch) if t.arch else ""}
+        {"number": t.number, **{n: t.values[n] for n in study_names}, "arch": describe(t.arch)}
         for t, s in zip(view.trials, status) if s == "front"
     )
     return Report(

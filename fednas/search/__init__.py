@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from fednas.search._progress import Progress
-from fednas.search._storage import StorageError, open_storage
 from fednas.search._study import (
     SearchInterrupted,
     SearchResult,
     TrialSummary,
     check_study,
     load_front,
+    open_storage,
     run_search,
     summarize,
 )
+from fednas.study import StorageError
 
 __all__ = [
     "Progress",

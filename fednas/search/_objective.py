@@ -1,4 +1,10 @@
-"""One trial: sample a candidate, cost it, train it federatedly, store everything."""
+"""One trial: sample a candidate, run it through the candidate pipeline, store everything.
+
+The pipeline (``fednas.pipeline``) builds, costs, federates and scores the candidate; this
+module adds what only a search does between those steps: claiming a slot among several
+workers, skipping duplicates and candidates over a static bound, and storing the trial's
+attributes, constraint values and weights in Optuna.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +19,12 @@ import optuna
 import torch
 from optuna.artifacts import upload_artifact
 
+from fednas import pipeline
 from fednas._cores import LocalWorkers
 from fednas.config import StudyConfig
-from fednas.cost import measure
-from fednas.fl import FederatedData, FederationError, RunSpec, run_federation
-from fednas.fl._spec import build_run_model
+from fednas.fl import FederatedData, FederationError
+from fednas.objectives import objective_names
+from fednas.pipeline import Candidate, CandidateError
 from fednas.search._progress import Progress
 from fednas.search._recovery import WORKER_ATTR, beating, this_worker
 from fednas.train import TrainingDiverged
@@ -25,23 +32,13 @@ from search_spaces import SearchSpace, domain_from_config, with_compression
 
 __all__ = ["CandidateError", "TrialFailed", "TrialRunner", "metric_names"]
 
-
-
-class CandidateError(RuntimeError):
-    """The sampled architecture cannot be built or costed for this data."""
-
-
 # Failures that end one trial (stored as FAIL with the reason) but not the search.
 TrialFailed = (TrainingDiverged, FederationError, CandidateError)
 
 
 def metric_names() -> tuple[str, ...]:
-    return ("accuracy", "macs", "params", "bytes", "comm_bytes", "upload_bytes", "download_bytes", "model_bytes",
-            "accuracy_int8")
-
-
-INT8_OBJECTIVES = ("model_bytes", "accuracy_int8")
-CALIBRATION_SAMPLES = 256
+    """The metrics a trial stores as user attributes: every registered objective."""
+    return objective_names()
 
 
 class TrialRunner:
@@ -87,38 +84,43 @@ class TrialRunner:
         self._claim_slot(trial)
         self.progress.trial_started(trial.number)
         labels = self.space.suggest(trial, self.overrides)
-        arch = self.space.decode(labels)
-        compression = self.space.settings(labels)
+        candidate = Candidate(self.space.decode(labels), self.space.settings(labels), labels)
         trial.set_user_attr("labels", labels)
-        trial.set_user_attr("arch", arch.to_dict())
+        trial.set_user_attr("arch", candidate.arch.to_dict())
         self._check_duplicate(trial, labels)
-        train = self.data.train
         try:
-            model = build_run_model(arch, compression, num_classes=train.num_classes, in_channels=train.in_channels)
-            cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
-        except (RuntimeError, ValueError) as exc:
-            reason = f"cannot build the model for {train.in_channels}x{train.resolution}x{train.resolution} inputs: {exc}"
-            trial.set_user_attr("fail_reason", reason.splitlines()[0])
-            raise CandidateError(reason) from exc
-        static = {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes}
-        for k, v in static.items():
+            built = pipeline.build(candidate, self.data)
+        except CandidateError as exc:
+            trial.set_user_attr("fail_reason", str(exc).splitlines()[0])
+            raise
+        for k, v in built.static.items():
             trial.set_user_attr(k, v)
-        self._check_static(trial, static)
-        spec = RunSpec(self.config.data, self.config.federation, self.config.study.seed, arch.to_dict(), compression)
+        self._check_static(trial, built.static)
         try:
-            outcome = run_federation(spec, on_round=self._on_round)
+            outcome = pipeline.federate(candidate, self.config, on_round=self._on_round)
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
+        int8 = pipeline.needs_int8(self.config.objectives)
+        result = pipeline.finish(candidate, built, outcome, self.data, int8=int8)
+        self._store_result(trial, result, int8)
+        self._set_constraints(trial, result.metrics)
+        self._store_weights(trial, result.state)
+        return tuple(float(result.metrics[name]) for name in self.config.objectives)
+
+    def _store_result(self, trial: optuna.Trial, result: pipeline.CandidateResult, int8: bool) -> None:
+        """The trial's user attributes: metrics, per-round records, pruning, what reproduces it.
+
+        For a run the server pruned, ``macs``/``params``/``bytes`` are those of the pruned
+        model and the costs measured before training stay as ``*_before_pruning``.
+        """
+        outcome, metrics = result.outcome, result.metrics
         if outcome.prune_masks:
-            model, static = self._pruned(trial, model, static, outcome.prune_masks)
-        metrics: dict[str, Any] = {
-            **static,
-            "accuracy": outcome.accuracy,
-            "comm_bytes": outcome.comm_bytes,
-            "upload_bytes": outcome.upload_bytes,
-            "download_bytes": outcome.download_bytes,
-        }
+            for k, v in result.before_pruning.items():
+                trial.set_user_attr(f"{k}_before_pruning", v)
+            for k in ("macs", "params", "bytes"):
+                trial.set_user_attr(k, metrics[k])
+            trial.set_user_attr("prune_masks", outcome.prune_masks)
         for k in ("accuracy", "comm_bytes", "upload_bytes", "download_bytes"):
             trial.set_user_attr(k, metrics[k])
         trial.set_user_attr("rounds", [asdict(r) for r in outcome.rounds])
@@ -127,45 +129,9 @@ class TrialRunner:
         trial.set_user_attr("train_seconds", outcome.seconds)
         # CPU kernels round differently with other thread counts: what reproduces this trial
         trial.set_user_attr("torch_threads", sorted(self.threads_used))
-        if any(name in self.config.objectives for name in INT8_OBJECTIVES):
-            model.load_state_dict(outcome.arrays.to_torch_state_dict())
-            metrics.update(self._int8_metrics(model))
-            for k in INT8_OBJECTIVES:
+        if int8:
+            for k in ("model_bytes", "accuracy_int8"):
                 trial.set_user_attr(k, metrics[k])
-        self._set_constraints(trial, metrics)
-        self._store_weights(trial, outcome.arrays.to_torch_state_dict())
-        return tuple(float(metrics[name]) for name in self.config.objectives)
-
-    def _pruned(self, trial: optuna.Trial, model: torch.nn.Module, static: dict[str, int],
-                masks: str) -> tuple[torch.nn.Module, dict[str, int]]:
-        """The final, sped-up structure of a run the server pruned, and its re-measured cost.
-
-        ``macs``/``params``/``bytes`` (attributes and objective values) become those of the
-        pruned model; the costs measured before training stay as ``*_before_pruning``.
-        """
-        from fednas.compress import apply_channel_masks, decode_channel_masks
-        from fednas.fl._pruning import example_input
-
-        train = self.data.train
-        pruned = apply_channel_masks(model, decode_channel_masks(masks),
-                                     example_input(train.in_channels, train.resolution))
-        cost = measure(pruned, in_channels=train.in_channels, resolution=train.resolution)
-        after = {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes}
-        for k, v in static.items():
-            trial.set_user_attr(f"{k}_before_pruning", v)
-        for k, v in after.items():
-            trial.set_user_attr(k, v)
-        trial.set_user_attr("prune_masks", masks)
-        return pruned, after
-
-    def _int8_metrics(self, model: torch.nn.Module) -> dict[str, Any]:
-        """Post-training int8 of the final model: calibrated on training data, scored on the held-out split."""
-        from fednas.compress import evaluate_int8, quantize_int8
-
-        calibration = self.data.train.x[:CALIBRATION_SAMPLES]
-        q = quantize_int8(model, calibration)
-        _, acc = evaluate_int8(q, self.data.test.x, self.data.test.y)
-        return {"model_bytes": q.bytes, "accuracy_int8": acc}
 
     def _set_constraints(self, trial: optuna.Trial, metrics: dict[str, Any]) -> None:
         """Optuna constraint values (``Trial.set_constraint``; <= 0 is feasible): value minus bound.

@@ -1,11 +1,15 @@
-"""Running a study and reading its Pareto front back."""
+"""Running a study: opening (or resuming) it, its workers, its trial loop.
+
+Reading a finished study back (its records and Pareto front) is ``fednas.study``'s job;
+``load_front`` and ``summarize`` are re-exported from there.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,38 +17,22 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from fednas._cores import LocalWorkers
+from fednas._format import number
 from fednas._interrupt import Interrupted, checkpoint, requested_signal, stop_at_safe_points
+from fednas._seeds import derive_seed
 from fednas.config import ConfigError, StudyConfig
 from fednas.fl import federated_data
-from fednas.fl.client_app import derive_seed
-from fednas.search._objective import TrialFailed, TrialRunner, metric_names
+from fednas.search._objective import TrialFailed, TrialRunner
 from fednas.search._progress import Progress
 from fednas.search._recovery import enqueue_retry, recover_dead_workers
-from fednas.search._storage import artifact_dir_for, artifact_store, open_storage
+from fednas import study as _study
+from fednas.study import CONFIG_ATTR, TrialRecord, artifact_dir_for, artifact_store, load_front, read_study, record_of, study_names
 from search_spaces import get_search_space, with_compression
 
-__all__ = ["check_study", "SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "run_search", "summarize"]
+__all__ = ["check_study", "SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "open_storage", "run_search",
+           "summarize"]
 
-CONFIG_ATTR = "fednas_config"
-
-
-@dataclass(frozen=True)
-class TrialSummary:
-    """One trial as the CLI and API report it."""
-
-    number: int
-    state: str
-    values: dict[str, float]
-    params: dict[str, Any]
-    metrics: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-    feasible: bool = True
-    arch: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "state": self.state, **self.values, "params": self.params,
-                "metrics": self.metrics, "feasible": self.feasible, "arch": self.arch,
-                **({"reason": self.reason} if self.reason else {})}
+TrialSummary = TrialRecord  # the name of earlier versions
 
 
 @dataclass(frozen=True)
@@ -52,7 +40,12 @@ class SearchResult:
     study_name: str
     storage: str
     completed: int
-    front: list[TrialSummary]
+    front: list[TrialRecord]
+
+
+def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna.storages.BaseStorage:
+    """``fednas.study.open_storage`` for searching: a trial whose heartbeats stop is retried."""
+    return _study.open_storage(url, create=create, heartbeat=heartbeat, on_stale=enqueue_retry)
 
 
 def _sampler(config: StudyConfig, n_existing: int, salt: str = "") -> optuna.samplers.BaseSampler:
@@ -72,9 +65,8 @@ def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna
     storage = open_storage(storage_url, heartbeat=config.study.heartbeat)
     name = config.study.name
     directions = list(config.objectives.values())
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     n_existing = 0
-    if name in existing:
+    if name in study_names(storage):
         stored = optuna.load_study(study_name=name, storage=storage)
         stored_names = stored.user_attrs.get("objectives")
         if stored_names is not None and stored_names != list(config.objectives):
@@ -130,7 +122,7 @@ def run_search(
         with LocalWorkers() as cores:
             runner = TrialRunner(config, space, data, artifact_store(folder), reporter, cores)
             _optimize(study, runner, config, reporter)
-    front = [summarize(t, config.objectives) for t in _front(study)]
+    front = read_study(storage_url, config.study.name).front()
     return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
 
 
@@ -163,8 +155,7 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
     bounds = {k: v for k, v in config.constraints.active().items() if k in ("macs", "params", "bytes")}
     if not bounds:
         return
-    from fednas.cost import measure
-    from fednas.fl._spec import build_run_model
+    from fednas import pipeline
     from search_spaces import Choice, Fixed, Range, domain_from_config
 
     overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
@@ -177,10 +168,11 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
         elif isinstance(dom, Choice):
             numeric = [v for v in dom.values if isinstance(v, (int, float))]
             smallest[label] = min(numeric) if numeric else dom.values[0]
-    train = data.train
-    model = build_run_model(space.decode(smallest), space.settings(smallest), num_classes=train.num_classes,
-                            in_channels=train.in_channels)
-    cost = measure(model, in_channels=train.in_channels, resolution=train.resolution).to_dict()
+    candidate = pipeline.Candidate(space.decode(smallest), space.settings(smallest), smallest)
+    try:
+        cost = pipeline.build(candidate, data).cost.to_dict()
+    except pipeline.CandidateError as exc:
+        raise ConfigError(f"space: the smallest candidate of the space {exc}") from None
     for name, bound in bounds.items():
         if cost[name] > bound:
             raise ConfigError(
@@ -314,8 +306,8 @@ def _requeue_interrupted(study: optuna.Study, number: int | None) -> list[int]:
 def _report(reporter: Progress, config: StudyConfig):
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         s = summarize(trial, config.objectives)
-        if s.values:
-            text = " ".join(f"{k}={_fmt(v)}" for k, v in s.values.items())
+        if s.objectives:
+            text = " ".join(f"{k}={_fmt(v)}" for k, v in s.objectives.items())
         else:
             text = s.reason
         reporter.trial_finished(trial.state.name, text)
@@ -327,47 +319,10 @@ def _count(study: optuna.Study, state: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=(state,)))
 
 
-def _front(study: optuna.Study) -> list[FrozenTrial]:
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return []
-    trials = study.best_trials
-    return sorted(trials, key=lambda t: t.number)
-
-
-def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> TrialSummary:
-    """Flatten a trial: values by objective name, labels (searched and fixed), metrics."""
-    names = list(objectives)
-    values = dict(zip(names, trial.values)) if trial.values is not None else {}
-    attrs = trial.user_attrs
-    metrics = {k: attrs[k] for k in metric_names() if k in attrs}
-    reason = attrs.get("fail_reason") or attrs.get("pruned_reason") or trial.system_attrs.get("fail_reason", "")
-    if not reason and trial.state == TrialState.FAIL:
-        reason = "failed (no reason recorded)"
-    feasible = all(c <= 0 for c in trial.constraints.values())
-    return TrialSummary(
-        trial.number, trial.state.name, values, dict(attrs.get("labels", trial.params)), metrics, reason, feasible,
-        dict(attrs.get("arch", {})),
-    )
-
-
-def load_front(storage: str, study_name: str, *, include_all: bool = False) -> list[TrialSummary]:
-    """The Pareto-optimal trials of a stored study (all trials with ``include_all``).
-
-    Raises:
-        ConfigError: when the study does not exist in the storage.
-    """
-    st = open_storage(storage, create=False)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
-    if study_name not in names:
-        raise ConfigError(f"study {study_name!r} not found in {storage}; studies there: {names or 'none'}")
-    study = optuna.load_study(study_name=study_name, storage=st)
-    objectives = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
-    trials = study.get_trials(deepcopy=False) if include_all else _front(study)
-    return [summarize(t, objectives) for t in trials]
+def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> TrialRecord:
+    """Flatten a trial: values by objective name, labels (searched and fixed), metrics (``fednas.study.record_of``)."""
+    return record_of(trial, list(objectives))
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer() and abs(v) >= 1000:
-        return f"{int(v):,}"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
+    return number(v, fixed=True) if isinstance(v, float) else str(v)

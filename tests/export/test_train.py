@@ -47,7 +47,7 @@ def test_train_from_a_bundle_folder_and_bad_input(
     cases = {
         "--rounds: expected an integer >= 1": ["train", str(arch), str(tiny_config), "--rounds", "0"],
         "expected an architecture": ["train"],
-        "unknown architecture": ["train", "resnet50", str(tiny_config), "--rounds", "1"],
+        "unknown architecture": ["train", "vgg16", str(tiny_config), "--rounds", "1"],
         "file not found": ["train", "mobilenet_micro", str(tmp_path / "none.toml")],
         "cannot write": ["train", str(arch), str(tiny_config), "--rounds", "1"],
     }

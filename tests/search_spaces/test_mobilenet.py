@@ -46,7 +46,7 @@ def test_thop_macs_match_torch_flop_counter(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_presets_round_trip_json(name: str) -> None:
     arch = preset(name)
-    again = MobileNetArch.from_json(arch.to_json())
+    again = type(arch).from_json(arch.to_json())
     assert again == arch
     assert json.loads(again.to_json()) == json.loads(arch.to_json())
 
@@ -103,9 +103,9 @@ def test_bad_overrides_name_the_label(overrides, match) -> None:
 
 def test_unknown_names_list_valid_ones(tmp_path) -> None:
     with pytest.raises(ValueError, match="mobilenet"):
-        get_search_space("resnet")
+        get_search_space("vgg")
     with pytest.raises(ValueError, match="mobilenet_v2"):
-        load_architecture("resnet50")
+        load_architecture("vgg16")
     bad = tmp_path / "arch.json"
     bad.write_text(json.dumps({**preset("mobilenet_tiny").to_dict(), "colour": "red"}))
     with pytest.raises(ValueError, match="colour"):

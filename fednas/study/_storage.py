@@ -1,18 +1,18 @@
-"""Opening Optuna storages and the artifact store that sits beside them."""
+"""Opening Optuna storages and finding the artifact store that sits beside them."""
 
 from __future__ import annotations
 
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from fednas.search._recovery import enqueue_retry
-
-__all__ = ["StorageError", "artifact_dir_for", "open_storage", "sqlite_path"]
+__all__ = ["StorageError", "artifact_dir_for", "artifact_store", "open_storage", "sqlite_path", "study_names"]
 
 
 class StorageError(ValueError):
@@ -25,13 +25,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url[len(prefix) :]) if url.startswith(prefix) else None
 
 
-def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna.storages.BaseStorage:
+def open_storage(url: str, *, create: bool = True, heartbeat: int = 0,
+                 on_stale: Callable[[optuna.Study, Any], Any] | None = None) -> optuna.storages.BaseStorage:
     """Open an Optuna storage URL: RDB URLs (SQLite with a busy timeout) or a journal file.
 
     ``journal:PATH`` (or a path ending in ``.log``/``.journal``) opens Optuna's journal
     file storage. With ``create=False`` a SQLite or journal file must already exist.
     ``heartbeat`` (seconds, RDB only) turns on Optuna's heartbeats: a trial whose worker
-    stopped beating for three intervals is failed and retried by the next worker.
+    stopped beating for three intervals is failed, and ``on_stale(study, trial)`` (the
+    search's retry) is called for it by the next worker.
 
     Raises:
         StorageError: naming the URL and what was expected.
@@ -70,11 +72,9 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             beat: dict = {}
             if heartbeat:
-                beat = {
-                    "heartbeat_interval": heartbeat,
-                    "grace_period": 3 * heartbeat,
-                    "heartbeat_stale_trial_callback": enqueue_retry,
-                }
+                beat = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat}
+                if on_stale is not None:
+                    beat["heartbeat_stale_trial_callback"] = on_stale
             return _rdb_with_retry(url, kwargs, beat)
     except ImportError:
         raise StorageError(f"{url}: no database driver for this URL is installed; {_driver_hint(url)}") from None
@@ -131,3 +131,7 @@ def artifact_dir_for(url: str, study_name: str) -> Path:
 def artifact_store(path: Path) -> FileSystemArtifactStore:
     path.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(path))
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]

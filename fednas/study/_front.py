@@ -1,16 +1,19 @@
-"""Front geometry: dominance, the knee point and the hypervolume. Plain numpy, no study.
+"""The one Pareto front: dominance, front statuses, the knee point and the hypervolume.
 
-Every function takes raw objective values and their directions ("maximize"/"minimize"),
-so callers never flip signs themselves.
+Plain numpy. Every function takes raw objective values and their directions
+("maximize"/"minimize"), so callers never flip signs themselves. ``statuses`` is the front
+that ``fednas search``, ``pareto``, ``export --pick`` and ``plot`` all show: the
+non-dominated COMPLETE trials among those that satisfy every constraint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["hypervolume", "knee_index", "normalized_losses", "pareto_mask", "to_losses"]
+__all__ = ["hypervolume", "knee_index", "normalized_losses", "pareto_mask", "statuses", "to_losses"]
 
 
 def to_losses(values: Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
@@ -39,6 +42,17 @@ def pareto_mask(values: Sequence[Sequence[float]], directions: Sequence[str]) ->
         dominated_by = np.all(loss <= loss[i], axis=1) & np.any(loss < loss[i], axis=1)
         mask[i] = not dominated_by.any()
     return mask
+
+
+def statuses(trials: Sequence[Any], names: Sequence[str], directions: Sequence[str]) -> list[str]:
+    """"front", "dominated" or "infeasible" for each trial, the front taken over feasible trials only.
+
+    ``trials`` are records with ``number``, ``feasible`` and ``values`` (metric name -> value).
+    """
+    feasible = [t for t in trials if t.feasible]
+    mask = pareto_mask([[t.values[n] for n in names] for t in feasible], directions) if feasible else []
+    on_front = {t.number for t, m in zip(feasible, mask) if m}
+    return ["infeasible" if not t.feasible else ("front" if t.number in on_front else "dominated") for t in trials]
 
 
 def normalized_losses(

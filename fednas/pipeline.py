@@ -1,0 +1,166 @@
+"""One candidate, start to finish: build -> cost -> federate -> post-training metrics. No Optuna.
+
+The search's trial runner, ``fednas train`` (``fednas.export.train_architecture``) and, for
+the parts a federation needs, the ``flwr run`` apps all go through here, so a candidate's
+architecture *and* its compression labels (codecs, low-rank, distillation, pruning) are
+applied the same way wherever it is trained::
+
+    candidate = Candidate.of(arch, labels)                  # labels: the trial's, or a bundle's
+    built = build(candidate, data)                          # model + cost before training
+    outcome = federate(candidate, config, on_round=...)     # the Flower run
+    result = finish(candidate, built, outcome, data, int8=True)
+
+``run_candidate`` chains the three. The search puts its own steps between them (bounds on
+the static cost, duplicate checks, storing), which is why they are separate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fednas.config import DataConfig, FederationConfig, StudyConfig
+from fednas.cost import Cost, measure
+from fednas.fl import FederatedData, RoundRecord, RunSpec, ServerOutcome, run_federation
+from fednas.models import build_run_model, example_input
+from fednas.objectives import OBJECTIVES
+from search_spaces import Architecture, CompressionSettings, arch_from_dict
+
+__all__ = ["Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish", "needs_int8",
+           "run_candidate"]
+
+
+class CandidateError(RuntimeError):
+    """The candidate's architecture cannot be built or costed for this data."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What is trained: an architecture of any family and the compression of its labels.
+
+    Attributes:
+        arch: the architecture record.
+        compression: the compression settings (all off by default).
+        labels: every label the candidate came from (a trial's; empty for a bare architecture).
+    """
+
+    arch: Architecture
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, arch: Architecture | dict[str, Any], labels: dict[str, Any] | None = None) -> Candidate:
+        """The candidate of ``arch`` with the compression named by ``labels`` (others ignored)."""
+        labels = dict(labels or {})
+        return cls(arch_from_dict(arch), CompressionSettings.from_labels(labels), labels)
+
+    def spec(self, data: DataConfig, federation: FederationConfig, seed: int) -> RunSpec:
+        return RunSpec(data, federation, seed, self.arch.to_dict(), self.compression)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A candidate's model before training and its cost (params, MACs, bytes) on the data's input."""
+
+    model: nn.Module
+    cost: Cost
+
+    @property
+    def static(self) -> dict[str, int]:
+        """The metrics known before training, by objective name."""
+        return {"macs": self.cost.macs, "params": self.cost.params, "bytes": self.cost.bytes}
+
+
+@dataclass
+class CandidateResult:
+    """A trained candidate.
+
+    Attributes:
+        model: the final global model (pruned structure if the server pruned), weights loaded, eval mode.
+        metrics: every objective-registry metric measured (accuracy, macs, params, bytes,
+            comm/upload/download_bytes, and model_bytes/accuracy_int8 when asked for).
+        before_pruning: params/MACs/bytes before the server pruned ({} when it did not).
+        outcome: the federation's outcome (rounds, prune masks, seconds).
+    """
+
+    candidate: Candidate
+    model: nn.Module
+    metrics: dict[str, Any]
+    before_pruning: dict[str, int]
+    outcome: ServerOutcome
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.outcome.arrays.to_torch_state_dict()
+
+
+def build(candidate: Candidate, data: FederatedData) -> Built:
+    """Build the candidate's model for the data's input and measure it.
+
+    Raises:
+        CandidateError: the architecture does not fit the input (too small, ...).
+    """
+    train = data.train
+    try:
+        model = build_run_model(candidate.arch, candidate.compression, num_classes=train.num_classes,
+                                in_channels=train.in_channels)
+        cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
+    except (RuntimeError, ValueError) as exc:
+        raise CandidateError(f"cannot build the model for {train.in_channels}x{train.resolution}x{train.resolution} "
+                             f"inputs: {exc}") from exc
+    return Built(model, cost)
+
+
+def federate(candidate: Candidate, config: StudyConfig, *,
+             on_round: Callable[[RoundRecord], None] | None = None) -> ServerOutcome:
+    """Train the candidate with ``config``'s data and federation (fednas's apps on the in-process grid).
+
+    Raises:
+        FederationError / TrainingDiverged: the run failed.
+    """
+    return run_federation(candidate.spec(config.data, config.federation, config.study.seed), on_round=on_round)
+
+
+def needs_int8(objectives: dict[str, str] | list[str]) -> bool:
+    """Whether any objective is known only after post-training quantization."""
+    return any(OBJECTIVES[n].phase == "post" for n in objectives if n in OBJECTIVES)
+
+
+def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: FederatedData, *,
+           int8: bool = False) -> CandidateResult:
+    """The trained model and its metrics: the pruned structure re-measured, int8 scored if asked."""
+    train = data.train
+    model, static, before = built.model, built.static, {}
+    if outcome.prune_masks:
+        from fednas.compress import apply_channel_masks, decode_channel_masks
+
+        model = apply_channel_masks(model, decode_channel_masks(outcome.prune_masks),
+                                    example_input(train.in_channels, train.resolution))
+        cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
+        before, static = static, {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes}
+    model.load_state_dict(outcome.arrays.to_torch_state_dict())
+    metrics: dict[str, Any] = {**static, "accuracy": outcome.accuracy, "comm_bytes": outcome.comm_bytes,
+                               "upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes}
+    if int8:
+        metrics.update(_int8_metrics(model, data))
+    return CandidateResult(candidate, model.eval(), metrics, before, outcome)
+
+
+def _int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
+    """Post-training int8 of the final model: calibrated on training data, scored on the held-out split."""
+    from fednas.compress import CALIBRATION_SAMPLES, evaluate_int8, quantize_int8
+
+    q = quantize_int8(model, data.train.x[:CALIBRATION_SAMPLES])
+    _, acc = evaluate_int8(q, data.test.x, data.test.y)
+    return {"model_bytes": q.bytes, "accuracy_int8": acc}
+
+
+def run_candidate(candidate: Candidate, config: StudyConfig, data: FederatedData, *,
+                  on_round: Callable[[RoundRecord], None] | None = None, int8: bool = False) -> CandidateResult:
+    """``build`` -> ``federate`` -> ``finish``."""
+    built = build(candidate, data)
+    return finish(candidate, built, federate(candidate, config, on_round=on_round), data, int8=int8)

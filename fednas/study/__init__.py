@@ -1,0 +1,42 @@
+"""A stored study, read-only: storage opening, the one trial record, the one Pareto front, picks.
+
+``search`` writes studies; ``pareto``, ``export``, ``plot`` and ``dashboard`` read them
+through this package alone. Nothing here imports torch or Flower, so reading a study for
+a table or a plot stays cheap.
+"""
+
+from __future__ import annotations
+
+from fednas.study._front import hypervolume, knee_index, normalized_losses, pareto_mask, statuses, to_losses
+from fednas.study._picks import PICKS, pick_trial, weights_path
+from fednas.study._read import (CONFIG_ATTR, StudyView, config_from_stored, load_front, metric_direction, open_study,
+                                read_study)
+from fednas.study._record import TrialRecord, record_of
+from fednas.study._storage import StorageError, artifact_dir_for, artifact_store, open_storage, sqlite_path, study_names
+
+__all__ = [
+    "CONFIG_ATTR",
+    "PICKS",
+    "StorageError",
+    "StudyView",
+    "TrialRecord",
+    "artifact_dir_for",
+    "artifact_store",
+    "config_from_stored",
+    "hypervolume",
+    "knee_index",
+    "load_front",
+    "metric_direction",
+    "normalized_losses",
+    "open_storage",
+    "open_study",
+    "pareto_mask",
+    "pick_trial",
+    "read_study",
+    "record_of",
+    "sqlite_path",
+    "statuses",
+    "study_names",
+    "to_losses",
+    "weights_path",
+]

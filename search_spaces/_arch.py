@@ -1,0 +1,232 @@
+"""The architecture protocol and the family registry.
+
+Every architecture family (``mobilenet``, ``resnet``, ...) has one record class that
+subclasses ``Architecture``: a frozen, keyword-only dataclass that round-trips through
+``to_dict``/``from_dict`` exactly, knows its ``family``, builds its ``nn.Module`` and
+describes itself in one line. A family registers itself once (``register_family``) with
+its record class, its search space and its presets; everything else in fednas goes
+through ``arch_from_dict``, ``build_model``, ``preset`` and ``get_search_space``.
+
+Nothing here imports PyTorch: records, spaces and presets are plain data, and a family's
+modules are imported only when ``Architecture.build`` is called, so reading a stored
+study never loads torch.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from ._base import SearchSpace
+
+__all__ = [
+    "FAMILIES",
+    "PRESETS",
+    "Architecture",
+    "Family",
+    "Preset",
+    "arch_from_dict",
+    "arch_from_json",
+    "build_model",
+    "check_int",
+    "describe_arch",
+    "check_keys",
+    "get_family",
+    "preset",
+    "register_family",
+]
+
+# Bounds on sizes read from files: generous for real networks (torchvision's largest
+# ResNet/MobileNet stay far below them), small enough that a hostile file cannot make
+# ``build`` allocate gigabytes. Checked by the records' ``__post_init__``.
+MAX_CHANNELS = 16_384
+MAX_BLOCKS = 512
+MAX_KERNEL = 15
+MAX_EXPANSION = 16
+
+
+class Architecture(ABC):
+    """A network of one family, as plain data.
+
+    Subclasses are frozen keyword-only dataclasses storing chosen values only (no derived
+    ones), so ``from_dict(to_dict())`` is the identity.
+    """
+
+    family: ClassVar[str] = ""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict with a ``family`` key."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, data: dict[str, Any]) -> Architecture:
+        """Inverse of ``to_dict``; unknown or missing keys and bad values raise ``ValueError``."""
+
+    @abstractmethod
+    def build(self, *, num_classes: int, in_channels: int) -> nn.Module:
+        """The network for this record (pure: the record is not modified)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for tables and hovers, e.g. ``stem 16/s2 | 16x1 k3 e2 relu6``."""
+
+    @property
+    @abstractmethod
+    def num_blocks(self) -> int:
+        """Number of blocks (residual, inverted-residual...) of the network."""
+
+    @abstractmethod
+    def table(self, num_classes: int) -> tuple[list[str], list[list[Any]], str]:
+        """Model-card table: column names, one row per part, and a sentence on the block type."""
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named architecture and the input it is defined for (its published setting).
+
+    Attributes:
+        name: registry key, e.g. ``resnet18``.
+        make: returns the architecture record.
+        num_classes / in_channels / resolution: the input ``fednas arch info`` assumes
+            for it unless told otherwise.
+        note: what it reproduces, for documentation.
+    """
+
+    name: str
+    make: Callable[[], Architecture]
+    num_classes: int = 10
+    in_channels: int = 1
+    resolution: int = 28
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family: its record class, its search space and its presets."""
+
+    name: str
+    arch: type[Architecture]
+    space: Callable[[dict[str, Any]], SearchSpace]
+    presets: tuple[Preset, ...] = ()
+
+
+FAMILIES: dict[str, Family] = {}
+PRESETS: dict[str, Preset] = {}
+DEFAULT_FAMILY = "mobilenet"  # stored trials from before the ``family`` key are MobileNets
+
+
+def register_family(family: Family) -> Family:
+    """Add ``family`` (and its presets) to the registries.
+
+    Raises:
+        ValueError: a family or preset name that is already taken.
+    """
+    if family.name in FAMILIES:
+        raise ValueError(f"architecture family {family.name!r} is already registered")
+    if family.arch.family != family.name:
+        raise ValueError(f"{family.arch.__name__}.family is {family.arch.family!r}, expected {family.name!r}")
+    taken = sorted({p.name for p in family.presets} & set(PRESETS))
+    if taken:
+        raise ValueError(f"preset name(s) {taken} of family {family.name!r} are already registered")
+    FAMILIES[family.name] = family
+    for p in family.presets:
+        PRESETS[p.name] = p
+    return family
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown architecture family {name!r}; valid: {', '.join(FAMILIES)}") from None
+
+
+def arch_from_dict(data: Any) -> Architecture:
+    """The architecture of any registered family; dispatches on the ``family`` key.
+
+    A dict without ``family`` is a MobileNet (trials stored before families existed).
+
+    Raises:
+        ValueError: not an object, an unknown family, or the family's own validation error.
+    """
+    if isinstance(data, Architecture):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"architecture: expected a JSON object, got {type(data).__name__}")
+    family = data.get("family", DEFAULT_FAMILY)
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"family: expected one of {', '.join(FAMILIES)}, got {family!r}")
+    return FAMILIES[family].arch.from_dict(data)
+
+
+def arch_from_json(text: str) -> Architecture:
+    return arch_from_dict(json.loads(text))
+
+
+def describe_arch(data: Any) -> str:
+    """One-line description of a stored architecture dict ("" for none; the raw dict if it no longer parses)."""
+    if not data:
+        return ""
+    try:
+        return arch_from_dict(data).describe()
+    except (TypeError, ValueError):
+        return str(data)
+
+
+def build_model(arch: Architecture, *, num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
+    """Build the network of ``arch`` (any family). Pure: ``arch`` is not modified.
+
+    Raises:
+        TypeError: ``arch`` is not an architecture record.
+        ValueError: ``num_classes`` or ``in_channels`` below 1 or above the size bounds.
+    """
+    if not isinstance(arch, Architecture):
+        raise TypeError(f"arch: expected an architecture record (MobileNetArch, ResNetArch, ...), got "
+                        f"{type(arch).__name__}")
+    check_int("num_classes", num_classes, 1, 1_000_000)
+    check_int("in_channels", in_channels, 1, MAX_CHANNELS)
+    return arch.build(num_classes=num_classes, in_channels=in_channels)
+
+
+def preset(name: str) -> Architecture:
+    """The named architecture of any family; unknown names raise ``ValueError`` listing valid ones."""
+    try:
+        return PRESETS[name].make()
+    except KeyError:
+        raise ValueError(f"unknown architecture {name!r}; valid: {', '.join(PRESETS)}") from None
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """``value`` is an int in ``[low, high]`` (a bool is not), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"an integer in [{low}, {high}]" if high is not None else f"an integer >= {low}"
+        raise ValueError(f"{name}: expected {bound}, got {value!r}")
+
+
+def check_keys(where: str, data: dict[str, Any], cls: type) -> None:
+    """No unknown keys and every required field of dataclass ``cls`` present."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {sorted(known)}")
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(required - set(data))
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing}")
