@@ -28,6 +28,7 @@ __all__ = [
     "build_run_model",
     "example_input",
     "load_model",
+    "model_template",
     "pruned_template",
     "read_bundle",
     "trained_structure",
@@ -72,6 +73,26 @@ def trained_structure(
 
 
 _lock = threading.Lock()
+
+
+def model_template(arch_json: str, compression_json: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A fresh copy of ``build_run_model``'s structure (weights arbitrary: load the global ones).
+
+    Built once per process and structure, deep-copied per call: a client rebuilding the
+    global model every round spent more on kaiming initialization than on copying.
+    Building does not draw from the caller's random stream.
+    """
+    with _lock:
+        template = _plain_template(arch_json, compression_json, num_classes, in_channels)
+    return copy.deepcopy(template)
+
+
+@functools.lru_cache(maxsize=8)
+def _plain_template(arch_json: str, compression_json: str, num_classes: int, in_channels: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_run_model(arch_from_json(arch_json), CompressionSettings.from_json(compression_json),
+                               num_classes=num_classes, in_channels=in_channels)
 
 
 def pruned_template(arch_json: str, compression_json: str, masks_text: str, num_classes: int, in_channels: int,

@@ -93,10 +93,10 @@ def register_strategy(spec: StrategySpec) -> StrategySpec:
 
 def _fedopt(cls: str, summary: str) -> StrategySpec:
     name = cls.rpartition(":")[2].lower()
+    betas = {} if name == "fedadagrad" else {"beta_1": OptionSpec(0.9, **_MOMENTUM), "beta_2": OptionSpec(0.99, **_MOMENTUM)}
     return StrategySpec(name, cls, {
         "eta": OptionSpec(0.01, **_POSITIVE), "eta_l": OptionSpec(0.1, **_POSITIVE),
-        "tau": OptionSpec(0.001, **_POSITIVE), "beta_1": OptionSpec(0.9, **_MOMENTUM),
-        **({"beta_2": OptionSpec(0.99, **_MOMENTUM)} if name != "fedadagrad" else {}),
+        "tau": OptionSpec(0.001, **_POSITIVE), **betas,
     }, summary)
 
 

@@ -132,10 +132,7 @@ def _from_trial(args: argparse.Namespace, config_path: str | None) -> tuple[Any,
     storage = args.storage or default_storage(study)
     view = read_study(storage, study)
     chosen = pick_trial(view, trial=args.trial)
-    try:
-        candidate = Candidate.of(chosen.arch, chosen.labels)  # the trial's compression labels too
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"trial {chosen.number}: stored architecture is invalid ({exc})") from None
+
     if config_path is not None:
         config = load_config(config_path, args.overrides)
     elif view.config is None:
@@ -145,6 +142,14 @@ def _from_trial(args: argparse.Namespace, config_path: str | None) -> tuple[Any,
         doc["space"] = {"name": doc["space"]["name"], **doc["space"]["options"], "labels": doc["space"]["labels"]}
         apply_overrides(doc, args.overrides)
         config = parse_config(doc)
+    # the trial's labels (compression too), with any label --set gives on top
+    named = {item.partition("=")[0].strip().removeprefix("space.labels.") for item in args.overrides
+             if item.strip().startswith("space.labels.")}
+    labels = {**chosen.labels, **{k: v for k, v in config.space.labels.items() if k in named}}
+    try:
+        candidate = Candidate.of(chosen.arch, labels)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"trial {chosen.number}: stored architecture is invalid ({exc})") from None
     name = f"trial {chosen.number} of study {study!r}"
     return candidate, config, {"architecture": name, "storage": storage, "study": study, "from_trial": chosen.number,
                           "from": f"{name} in {storage}" + (f", config {config_path}" if config_path else "")}

@@ -15,13 +15,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fednas._seeds import derive_seed
-from fednas.compress import make_downlink_mod, make_uplink_mod
+from fednas.compress import make_downlink_mod, make_uplink_mod, to_torch
 from fednas.fl._faults import fault_mod
 from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
-from fednas.models import build_run_model, load_model, pruned_template
+from fednas.models import load_model, model_template, pruned_template
 from fednas.train import TrainConfig, batchnorm_moments, evaluate, taylor_channel_scores, train
-from search_spaces import CompressionSettings, arch_from_json
+from search_spaces import CompressionSettings
 
 __all__ = ["app", "derive_seed", "model_from_message"]
 
@@ -50,17 +50,16 @@ def model_from_message(
 
     After the server pruned the global model, the config carries its channel masks
     (``prune-masks``) and the same pruned structure is rebuilt (cached per mask digest).
+    A message's architecture is parsed and checked once per process (``fednas.models.model_template``).
     """
     config = msg.content["config"]
+    comp_json = (compression or CompressionSettings()).to_json()
     if MASKS_KEY in config:  # the server pruned the global model: rebuild its structure from the masks
-        model = pruned_template(str(config["arch"]), (compression or CompressionSettings()).to_json(),
-                                str(config[MASKS_KEY]), data.train.num_classes, data.train.in_channels,
-                                data.train.resolution)
-    else:
-        arch = arch_from_json(str(config["arch"]))
-        model = build_run_model(arch, compression, num_classes=data.train.num_classes,
-                                in_channels=data.train.in_channels)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        model = pruned_template(str(config["arch"]), comp_json, str(config[MASKS_KEY]), data.train.num_classes,
+                                data.train.in_channels, data.train.resolution)
+    else:  # the structure is built once per process (cached), weights come from the message
+        model = model_template(str(config["arch"]), comp_json, data.train.num_classes, data.train.in_channels)
+    model.load_state_dict(to_torch(msg.content["arrays"]))
     return model
 
 

@@ -26,6 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 
 from fednas._seeds import derive_seed
+from fednas.compress import to_torch
 from fednas.fl._grid import CountingGrid, Exchange
 from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
@@ -108,7 +109,8 @@ def main(grid: Grid, context: Context) -> None:
     context.state["fednas-metrics"] = MetricRecord(
         {"accuracy": outcome.accuracy, "download_bytes": outcome.download_bytes, "upload_bytes": outcome.upload_bytes}
     )
-    logging.getLogger(__name__).info("final accuracy %.4f, %d bytes", outcome.accuracy, outcome.comm_bytes)
+    logging.getLogger(__name__).info("final accuracy %.4f, %d bytes (%s, compression %s)", outcome.accuracy,
+                                     outcome.comm_bytes, arch_from_dict(spec.arch).family, spec.compression.describe())
 
 
 def initial_model(spec: RunSpec, data: FederatedData) -> torch.nn.Module:
@@ -144,7 +146,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
             if aggregated is not None:
                 arrays = aggregated
             model = pruner.model
-            model.load_state_dict(arrays.to_torch_state_dict())
+            model.load_state_dict(to_torch(arrays))
             if fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and rnd == fed.rounds):
                 _pool_batchnorm(counting, model, arrays, arch_json, pruner.masks)  # evaluation only: not fed back
             loss, acc = evaluate(model, data.test.x, data.test.y)
@@ -193,7 +195,7 @@ class _ServerPruning:
         from fednas.compress import apply_channel_masks, encode_channel_masks, masks_from_scores, prune_channels_with_masks
 
         comp, train = self.spec.compression, self.data.train
-        self.model.load_state_dict(arrays.to_torch_state_dict())
+        self.model.load_state_dict(to_torch(arrays))
         example = example_input(train.in_channels, train.resolution)
         if comp.prune_method == "taylor":
             scores = _pool_taylor_scores(self.grid, arrays, self.arch_json)

@@ -46,6 +46,10 @@ limit = 200
 [federation]
 num_clients = 2
 rounds = 2
+
+[space.labels]          # a fixed compression label travels to the apps (issue 9: flwr run dropped them)
+uplink_codec = "quantize"
+uplink_bits = 4
 """
 
 
@@ -147,6 +151,7 @@ def test_flwr_run_executes_the_apps_end_to_end(superlink: dict[str, str], tmp_pa
     assert final, f"the ServerApp did not report its final accuracy:\n{output}"
     assert 0.0 <= float(final.group(1)) <= 1.0
     assert int(final.group(2)) > 0
+    assert "(mobilenet, compression q4 up)" in output, output
     # Every ClientApp call succeeded (a partition-id outside the shards raises in the node).
     assert "ClientAppException" not in output, output
 
