@@ -8,7 +8,7 @@ from pathlib import Path
 from fednas._errors import ConfigError
 from fednas._paths import ensure_writable_dir
 from fednas.plot._data import Report, build_report
-from fednas.study import open_storage, read_study
+from fednas.study import open_storage, open_study, read_study, study_names
 
 __all__ = ["PlotResult", "ensure_writable_dir", "plot_study", "run_dashboard"]
 
@@ -51,18 +51,15 @@ def run_dashboard(storage: str, *, study: str | None = None, host: str = "127.0.
         import optuna_dashboard
     except ImportError:
         raise ConfigError("fednas dashboard needs optuna-dashboard: pip install 'fednas[dashboard]'") from None
-    import optuna
     from optuna.artifacts import FileSystemArtifactStore
 
+    if study is not None:
+        open_study(storage, study)  # "study not found" is the study package's one check
     st = open_storage(storage, create=False)
-    summaries = optuna.get_all_study_summaries(st, include_best_trial=False)
-    names = [s.study_name for s in summaries]
-    if study is not None and study not in names:
-        raise ConfigError(f"study {study!r} not found in {storage}; studies there: {', '.join(names) or 'none'}")
     artifacts = None
-    for s in summaries:
-        folder = s.user_attrs.get("artifacts_dir")
-        if folder and Path(folder).is_dir() and (study is None or s.study_name == study):
+    for name in [study] if study is not None else study_names(st):
+        folder = read_study(storage, name).artifacts_dir
+        if folder and Path(folder).is_dir():
             artifacts = FileSystemArtifactStore(folder)
             break
     print(f"optuna-dashboard on {storage} at http://{host}:{port}/ (Ctrl+C to stop)", flush=True)

@@ -37,9 +37,24 @@ def test_the_shipped_study_reads_cifar10_from_disk() -> None:
     assert config.data.source == "torchvision" and config.data.name == "CIFAR10"
     assert config.data.path == "data/cifar10"
     assert list(config.objectives) == ["accuracy", "macs", "comm_bytes"]
+    assert config.space.options["base_channels"] == [16, 32, 64] and config.space.options["strides"] == [1, 2, 2]
+    labels = config.space.labels
+    for i in (1, 2, 3):
+        assert labels[f"s{i}_depth"] == {"low": 1, "high": 2}
+        assert labels[f"s{i}_width"] == [0.5, 1.0] and labels[f"s{i}_block"] == ["basic", "bottleneck"]
 
 
-@pytest.mark.slow
+def test_missing_cifar10_is_a_clean_error_and_nothing_downloads(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "cifar10"
+    storage = f"sqlite:///{tmp_path / 'never.db'}"
+    rc = main(["search", str(STUDY), "--check", "--storage", storage, "--set", f"data.path='{root}'"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "torchvision" in err and err.count("\n") == 1  # one line: no torchvision, or not downloaded there
+    assert not root.exists() and list(tmp_path.iterdir()) == []  # no download, no storage file
+
+
 def test_resnet_study_search_export_and_pareto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -66,6 +81,7 @@ def test_resnet_study_search_export_and_pareto(tmp_path: Path, capsys: pytest.Ca
         assert 0.0 <= t.values[0] <= 1.0 and len(t.user_attrs["rounds"]) == 2
         model = build_model(arch, num_classes=10, in_channels=3)
         assert sum(p.numel() for p in model.parameters()) == t.user_attrs["params"]
+    assert max(t.values[0] for t in complete) > 0.2  # the colours are learnt (chance: 0.1)
 
     out = tmp_path / "knee"
     assert main(["export", "--storage", storage, "--study", name, "--pick", "knee", "--out", str(out),

@@ -72,14 +72,35 @@ def test_prune_channels_shrinks_and_keeps_the_output_shape(name: str) -> None:
         assert pruned(torch.randn(5, 3, 32, 32)).shape == (5, 10)  # batch size is not baked in
     assert "classifier.1" not in masks  # the classifier keeps its classes
     assert masks and all(0 < int(keep.sum()) < keep.numel() for keep in masks.values())
-    # convs feeding one residual sum are pruned together (or the add would not line up)
-    x = torch.randn(4, 3, 32, 32)
+    # convs feeding one residual sum (directly, as the projection and the block's last conv) share a mask
+    group = {"resnet_micro": ("stem.0", "blocks.0.conv2"), "preact_bottleneck": ("blocks.0.conv3", "blocks.0.shortcut")}
+    first, second = group[name]
+    assert torch.equal(masks[first], masks[second])
     pruned.train()
-    loss = nn.functional.cross_entropy(pruned(x), torch.arange(4))
+    loss = nn.functional.cross_entropy(pruned(torch.randn(4, 3, 32, 32)), torch.arange(4))
     loss.backward()  # the shrunken graph trains
     # clients rebuild exactly the same structure from the masks (federated pruning)
     again = apply_channel_masks(_model(name), masks, EXAMPLE)
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+@pytest.mark.parametrize("name", [
+    "resnet_micro",
+    pytest.param("preact_bottleneck", marks=pytest.mark.xfail(strict=True, reason=(
+        "fednas.compress._prune traces with torch.fx.symbolic_trace but runs no ShapeProp, so NNI's "
+        "channel_dependency_breakpoint (no tensor_meta) stops at every call_function: a residual add whose input "
+        "is the previous block's add (any stage of depth >= 2 here) is not grouped with that block's convs, and "
+        "ModelSpeedup keeps the union of their masks (blocks.0.conv3 keeps 24 of 32 channels, its mask says 16)"))),
+])
+def test_pruned_layers_keep_exactly_their_masks(name: str) -> None:
+    pruned, masks = prune_channels_with_masks(_model(name), 0.5, method="l1", example_input=EXAMPLE)
+    layers = dict(pruned.named_modules())
+    kept = {k: (_out_channels(layers[k]), int(keep.sum())) for k, keep in masks.items()}
+    assert {k: v for k, v in kept.items() if v[0] != v[1]} == {}
 
 
 def test_prune_channels_public_entry_point() -> None:
