@@ -12,7 +12,12 @@ against it to 1e-5); over several rounds float32 summation order (Flower samples
 random order and aggregates in float32) makes the accuracies drift apart a little.
 Batch-norm pooling is off in all three to keep the job identical. One untimed warm-up
 round of each way runs first.
-The last line is ``fednas/plain=R1 ray/fednas=R2`` with the median times' ratios.
+The last line is ``fednas/plain=R1 ray/fednas=R2 overhead=R3`` with the median times'
+ratios. Local training is the same function in plain and fednas, and on this machine its
+time varies by +-6 % from one run to the next, more than fednas's overhead; so each run
+also times the local training calls, and ``overhead`` is fednas's median time outside
+local training minus plain's, as a fraction of plain's median total: the cost of Flower,
+messages and byte counting that the ratio of totals only blurs.
 
     python benchmarks/overhead.py --clients 8 --rounds 3 --repeats 3
 """
@@ -30,12 +35,26 @@ import time
 
 import torch
 
+from fednas._seeds import derive_seed
 from fednas.config import DataConfig, FederationConfig
-from fednas.fl import RunSpec, federated_data, run_federation
-from fednas.fl.client_app import derive_seed
+from fednas.fl import RunSpec, client_app, federated_data, run_federation
 from fednas.fl.server_app import initial_model
-from fednas.train import TrainConfig, evaluate, train
+from fednas.train import TrainConfig, evaluate
+from fednas.train import train as _train
 from search_spaces import preset
+
+_TRAINING = [0.0]  # seconds spent in local training since the last reset
+
+
+def train(*args, **kwargs):  # the same local training function, timed, in both ways
+    start = time.perf_counter()
+    try:
+        return _train(*args, **kwargs)
+    finally:
+        _TRAINING[0] += time.perf_counter() - start
+
+
+client_app.train = train
 
 
 def plain_fedavg(spec: RunSpec) -> float:
@@ -120,24 +139,32 @@ def main() -> None:
     for name in ("plain", "fednas"):
         ways[name](warm)
     times: dict[str, list[float]] = {k: [] for k in ways}
+    outside: dict[str, list[float]] = {k: [] for k in ways}  # seconds outside local training (in-process ways)
     accs: dict[str, float] = {}
     print(f"job: {args.clients} clients, {args.rounds} rounds, 1 local epoch, {args.arch}, "
           f"torch threads {torch.get_num_threads()}", flush=True)
     for rep in range(args.repeats):
         for name, fn in ways.items():
+            _TRAINING[0] = 0.0
             start = time.perf_counter()
             accs[name] = fn(spec)
             times[name].append(time.perf_counter() - start)
-            print(f"  repeat {rep + 1} {name:6s} {times[name][-1]:7.2f}s  accuracy {accs[name]:.4f}", flush=True)
+            outside[name].append(times[name][-1] - _TRAINING[0])
+            where = f"  outside local training {outside[name][-1]:5.2f}s" if name != "ray" else ""
+            print(f"  repeat {rep + 1} {name:6s} {times[name][-1]:7.2f}s{where}  accuracy {accs[name]:.4f}", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():
         print(f"{k:6s} median {v:7.2f}s  min {min(times[k]):7.2f}s  accuracy {accs[k]:.4f}")
     r1 = med["fednas"] / med["plain"]
     r2 = f"{med['ray'] / med['fednas']:.2f}" if "ray" in med else "n/a"
+    extra = (statistics.median(outside["fednas"]) - statistics.median(outside["plain"])) / med["plain"]
+    for k in ("plain", "fednas"):
+        print(f"{k:6s} outside local training: median {statistics.median(outside[k]):5.2f}s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"times": times, "accuracy": accs, "fednas_over_plain": r1, "ray_over_fednas": r2}, f, indent=2)
-    print(f"fednas/plain={r1:.3f} ray/fednas={r2}")
+            json.dump({"times": times, "outside_training": {k: outside[k] for k in ("plain", "fednas")},
+                       "accuracy": accs, "fednas_over_plain": r1, "ray_over_fednas": r2, "overhead": extra}, f, indent=2)
+    print(f"fednas/plain={r1:.3f} ray/fednas={r2} overhead={extra:+.3f}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ Flower pieces (``_mods``, ``_strategy``)
     COMPRESSION_RECORD = "compression"                   ConfigRecord name on an encoded reply
     to_array_record(arrays) / to_numpy(record)           NumPy dict <-> ArrayRecord (keeps 0-d arrays 0-d)
     to_torch(record) / array_numpy(array)                a state dict / one array, read without np.load's parser
+    from_torch(state) / numpy_array(arr)                 the other way, np.save's bytes with cached headers
 
 Model compression
     prune_channels(model, sparsity, *, method="l1"|"l2"|"fpgm"|"taylor", example_input, batches=None,
@@ -103,7 +104,8 @@ from fednas.compress._distill import distillation_loss, train_with_teacher
 from fednas.compress._int8 import CALIBRATION_SAMPLES, INT8_BACKENDS, Int8Model, evaluate_int8, quantize_int8, serialized_bytes
 from fednas.compress._lowrank import factorize, low_rank, low_rank_rank
 from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, DownlinkOutOfSync, DownlinkPlan,
-                                   make_downlink_mod, make_uplink_mod, array_numpy, to_array_record, to_numpy, to_torch,
+                                   make_downlink_mod, make_uplink_mod, array_numpy, from_torch, numpy_array, to_array_record,
+                                   to_numpy, to_torch,
                                    wire_bytes)
 from fednas.compress._prune import (PRUNING_METHODS, ChannelMasks, apply_channel_masks, decode_channel_masks,
                                    encode_channel_masks, mask_digest, masks_from_scores, prune_channels,
@@ -157,6 +159,8 @@ __all__ = [
     "to_numpy",
     "to_torch",
     "array_numpy",
+    "from_torch",
+    "numpy_array",
     "train_with_teacher",
     "unpack_bits",
     "update_between",

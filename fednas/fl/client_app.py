@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fednas._seeds import derive_seed
-from fednas.compress import make_downlink_mod, make_uplink_mod, to_torch
+from fednas.compress import from_torch, make_downlink_mod, make_uplink_mod, to_torch
 from fednas.fl._faults import fault_mod
 from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
@@ -103,7 +103,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     else:
         result = train(model, shard.x, shard.y, local, seed=seed)
     metrics = MetricRecord({"train_loss": result.loss, "num-examples": result.examples})
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    content = RecordDict({"arrays": from_torch(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 

@@ -26,7 +26,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid, ServerApp
 
 from fednas._seeds import derive_seed
-from fednas.compress import to_torch
+from fednas.compress import from_torch, to_torch
 from fednas.fl._grid import CountingGrid, Exchange
 from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
@@ -134,7 +134,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     counting = CountingGrid(grid)
     pruner = _ServerPruning(spec, data, counting, arch_json, initial_model(spec, data))
     strategy = make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=pruner)
-    arrays = ArrayRecord(pruner.model.state_dict())
+    arrays = from_torch(pruner.model.state_dict())
     outcome = ServerOutcome(arrays=arrays)
     train_config = ConfigRecord({"arch": arch_json, "lr": fed.lr})  # strategies add their keys each round
     start, seen = time.perf_counter(), 0
@@ -153,7 +153,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
             record = _round_record(rnd, acc, loss, train_ex, counting.traffic.exchanges[seen:])
             seen = len(counting.traffic.exchanges)
             outcome.rounds.append(record)
-            outcome.arrays = ArrayRecord(model.state_dict())
+            outcome.arrays = from_torch(model.state_dict())
             if on_round:
                 on_round(record)
     outcome.prune_masks, outcome.pruned_round = pruner.masks, pruner.pruned_round
@@ -199,13 +199,13 @@ class _ServerPruning:
         example = example_input(train.in_channels, train.resolution)
         if comp.prune_method == "taylor":
             scores = _pool_taylor_scores(self.grid, arrays, self.arch_json)
-            masks = masks_from_scores(self.model, scores, comp.prune_sparsity)
+            masks = masks_from_scores(self.model, scores, comp.prune_sparsity, example_input=example)
             pruned = apply_channel_masks(self.model, masks, example)
         else:
             pruned, masks = prune_channels_with_masks(self.model, comp.prune_sparsity, method=comp.prune_method,
                                                       example_input=example)
         self.model, self.masks, self.pruned_round = pruned, encode_channel_masks(masks), server_round
-        return ArrayRecord(pruned.state_dict()), self.masks
+        return from_torch(pruned.state_dict()), self.masks
 
 
 def _round_record(rnd: int, acc: float, loss: float, train_ex: Exchange, new: list[Exchange]) -> RoundRecord:

@@ -64,8 +64,9 @@ def storage(request, tmp_path: Path) -> str:
 
 
 def _worker(host: str, config: Path, storage: str, study: str, *extra: str) -> subprocess.Popen:
+    # weights beside the test's config, not in the checkout's studies/artifacts (a server storage has no folder)
     cmd = [sys.executable, "-m", "fednas", "search", str(config), "--storage", storage, "--study", study,
-           "--quiet", *extra]
+           "--quiet", "--set", f"study.artifacts='{config.parent / 'artifacts'}'", *extra]
     return subprocess.Popen(as_other_machine(host, cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -88,16 +88,19 @@ def _out_channels(layer: nn.Module) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
 
 
-@pytest.mark.parametrize("name", [
-    "resnet_micro",
-    pytest.param("preact_bottleneck", marks=pytest.mark.xfail(strict=True, reason=(
-        "fednas.compress._prune traces with torch.fx.symbolic_trace but runs no ShapeProp, so NNI's "
-        "channel_dependency_breakpoint (no tensor_meta) stops at every call_function: a residual add whose input "
-        "is the previous block's add (any stage of depth >= 2 here) is not grouped with that block's convs, and "
-        "ModelSpeedup keeps the union of their masks (blocks.0.conv3 keeps 24 of 32 channels, its mask says 16)"))),
-])
+# Failed before fednas.compress._prune propagated shapes on its trace (NNI then broke the channel
+# dependencies at every residual add: blocks.0.conv3 kept 24 of 32 channels where its mask said 16).
+@pytest.mark.parametrize("name", ["resnet_micro", "preact_bottleneck", "mobilenet_deep"])
 def test_pruned_layers_keep_exactly_their_masks(name: str) -> None:
-    pruned, masks = prune_channels_with_masks(_model(name), 0.5, method="l1", example_input=EXAMPLE)
+    if name == "mobilenet_deep":  # a MobileNet stage of three residual blocks
+        from search_spaces import MobileNetArch, Stage
+
+        arch = MobileNetArch(stem_channels=8, stages=(Stage(channels=8, depth=3, stride=1, expansion=2, kernel=3,
+                                                            se=False, activation="relu6"),))
+        model = build_model(arch, num_classes=10, in_channels=3).eval()
+    else:
+        model = _model(name)
+    pruned, masks = prune_channels_with_masks(model, 0.5, method="l1", example_input=EXAMPLE)
     layers = dict(pruned.named_modules())
     kept = {k: (_out_channels(layers[k]), int(keep.sum())) for k, keep in masks.items()}
     assert {k: v for k, v in kept.items() if v[0] != v[1]} == {}
