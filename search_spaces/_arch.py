@@ -59,6 +59,7 @@ class Architecture(ABC):
     """
 
     family: ClassVar[str] = ""
+    title: ClassVar[str] = "A network"  # how a model card introduces it: "A ResNet for 3x32x32 inputs ..."
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:

@@ -93,6 +93,7 @@ class MobileNetArch(Architecture):
     """
 
     family: ClassVar[str] = "mobilenet"
+    title: ClassVar[str] = "A MobileNet-style network"
 
     stem_channels: int
     stem_stride: int = 2

@@ -74,6 +74,7 @@ class ResNetArch(Architecture):
     """
 
     family: ClassVar[str] = "resnet"
+    title: ClassVar[str] = "A ResNet"
 
     stem: str = "imagenet"
     stem_channels: int = 64

@@ -9,8 +9,6 @@ from search_spaces import arch_from_dict
 
 __all__ = ["render_card"]
 
-_FAMILY_NAMES = {"mobilenet": "A MobileNet-style network", "resnet": "A ResNet"}
-
 _FORMAT_NAMES = {"onnx": "ONNX (float32)", "int8": "ONNX (int8, static quantization)",
                  "torchscript": "TorchScript", "executorch": "ExecuTorch (XNNPACK)"}
 
@@ -50,9 +48,7 @@ def _title(doc: dict[str, Any]) -> str:
         title = f"# fednas model: `{o.get('architecture', 'architecture')}`, retrained for {fed['rounds']} rounds"
         where = f"Trained by `fednas train` ({o.get('from', '')})."
     shape = "x".join(str(s) for s in i["shape"])
-    family = doc["architecture"].get("family", "mobilenet")
-    kind = _FAMILY_NAMES.get(family, f"A {family} network")
-    lead = (f"{kind} for {shape} inputs and {i['num_classes']} classes, trained by federated "
+    lead = (f"{arch_from_dict(doc['architecture']).title} for {shape} inputs and {i['num_classes']} classes, trained by federated "
             f"learning ({fed['strategy']}, {fed['num_clients']} clients, {fed['rounds']} rounds) on "
             f"`{doc['data']['source']}`. Held-out accuracy {_pct(m.get('accuracy'))}, "
             f"{_n(m.get('macs', '-'))} MACs, {_n(m.get('params', '-'))} parameters.")
