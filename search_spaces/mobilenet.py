@@ -153,7 +153,10 @@ class MobileNetArch(Architecture):
             if not isinstance(s, dict):
                 raise ValueError(f"stages[{i}]: expected an object")
             check_keys(f"stages[{i}]", s, Stage)
-            parsed.append(Stage(**s))
+            try:
+                parsed.append(Stage(**s))
+            except ValueError as exc:  # name the stage: "stages[2].kernel: expected ..."
+                raise ValueError(f"stages[{i}].{exc}") from None
         return cls(**{**data, "stages": tuple(parsed)})
 
     def build(self, *, num_classes: int, in_channels: int) -> nn.Module:

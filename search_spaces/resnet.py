@@ -122,7 +122,10 @@ class ResNetArch(Architecture):
             if not isinstance(s, dict):
                 raise ValueError(f"stages[{i}]: expected an object")
             check_keys(f"stages[{i}]", s, ResStage)
-            parsed.append(ResStage(**s))
+            try:
+                parsed.append(ResStage(**s))
+            except ValueError as exc:  # name the stage: "stages[2].kernel: expected ..."
+                raise ValueError(f"stages[{i}].{exc}") from None
         return cls(**{**data, "stages": tuple(parsed)})
 
     def build(self, *, num_classes: int, in_channels: int) -> nn.Module:

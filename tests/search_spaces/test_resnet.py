@@ -185,7 +185,7 @@ def test_bad_records_name_the_field_without_allocating(data, match, monkeypatch:
 def test_bad_file_names_the_field(tmp_path) -> None:
     path = tmp_path / "arch.json"
     path.write_text(json.dumps(_micro(stage={"channels": 10**9})))
-    with pytest.raises(ValueError, match=r"arch\.json: channels: expected an integer in \[1, 16384\]"):
+    with pytest.raises(ValueError, match=r"arch\.json: stages\[0\]\.channels: expected an integer in \[1, 16384\]"):
         load_architecture(path)
     assert main(["arch", "info", str(path)]) == 2
 
