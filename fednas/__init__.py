@@ -14,8 +14,7 @@ Names are imported lazily so that ``fednas --help`` does not load torch, Flower 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fednas._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -50,13 +49,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fednas' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_attributes(__name__, _API)

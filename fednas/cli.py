@@ -18,7 +18,7 @@ from typing import Any
 
 from fednas.config import DEFAULT_CONFIG
 
-__all__ = ["describe_arch", "main"]
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -217,13 +217,6 @@ def _arch_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_arch(arch: dict[str, Any]) -> str:
-    """The stored architecture's own one-line description (any family)."""
-    from search_spaces import describe_arch as describe
-
-    return describe(arch)
-
-
 def _cell(v: Any) -> str:
     from fednas._format import number
 
@@ -234,7 +227,7 @@ def _table(trials: list, objectives: list[str], show_state: bool = False) -> str
     if not trials:
         return "(no completed trials)"
     extra = [m for m in ("params", "macs", "comm_bytes") if m not in objectives]
-    from search_spaces import CompressionSettings
+    from search_spaces import CompressionSettings, describe_arch
 
     head = ["#"] + (["state"] if show_state else []) + objectives + extra + ["compression", "architecture"]
     rows = []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,6 +36,11 @@ __all__ = [
     "build_model",
     "check_int",
     "describe_arch",
+    "make_divisible",
+    "stages_record_from_dict",
+    "stages_record_to_dict",
+    "space_from_options",
+    "check_skeleton",
     "check_keys",
     "get_family",
     "preset",
@@ -231,3 +236,74 @@ def check_keys(where: str, data: dict[str, Any], cls: type) -> None:
     missing = sorted(required - set(data))
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing}")
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never below it nor 10% under value."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+# --------------------------------------------------------------------------- records with stages
+
+
+def stages_record_to_dict(record: Any) -> dict[str, Any]:
+    """``to_dict`` of a family record whose ``stages`` is a tuple of stage dataclasses."""
+    d = asdict(record)
+    d["stages"] = [asdict(st) for st in record.stages]
+    return {"family": record.family, **d}
+
+
+def stages_record_from_dict(cls: type, stage_cls: type, data: Any, *, default_family: str | None = None) -> Any:
+    """Inverse of ``stages_record_to_dict``: unknown or missing keys and bad values raise ``ValueError``.
+
+    ``default_family`` is the family assumed when the key is absent (None: it is required).
+    Errors inside a stage name it: ``stages[2].kernel: expected ...``.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"architecture: expected a JSON object, got {type(data).__name__}")
+    data = dict(data)
+    family = data.pop("family", default_family)
+    if family != cls.family:
+        raise ValueError(f"family: expected {cls.family!r}, got {family!r}")
+    check_keys("architecture", data, cls)
+    stages = data.get("stages")
+    if not isinstance(stages, list):
+        raise ValueError("stages: expected a list of stage objects")
+    parsed = []
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict):
+            raise ValueError(f"stages[{i}]: expected an object")
+        check_keys(f"stages[{i}]", st, stage_cls)
+        try:
+            parsed.append(stage_cls(**st))
+        except ValueError as exc:
+            raise ValueError(f"stages[{i}].{exc}") from None
+    return cls(**{**data, "stages": tuple(parsed)})
+
+
+# --------------------------------------------------------------------------- search spaces of stages
+
+
+def check_skeleton(base_channels: tuple[int, ...], strides: tuple[int, ...], stem_base: int, max_depth: int) -> None:
+    """The fixed part of a stage-wise space: one stride (1 or 2) per base width, sizes in bounds."""
+    if len(base_channels) != len(strides) or not base_channels:
+        raise ValueError(
+            f"base_channels and strides: expected lists of the same non-zero length, "
+            f"got {len(base_channels)} and {len(strides)}"
+        )
+    for st in strides:
+        if st not in (1, 2):
+            raise ValueError(f"strides: expected values 1 or 2, got {st!r}")
+    for c in (*base_channels, stem_base):
+        check_int("base_channels", c, 1, MAX_CHANNELS)
+    check_int("max_depth", max_depth, 1, MAX_BLOCKS)
+
+
+def space_from_options(cls: type, options: dict[str, Any]) -> Any:
+    """A space dataclass from a config table (lists become tuples); unknown keys raise ``ValueError``."""
+    known = {f.name for f in fields(cls)} - {"name"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for search space {cls.name!r}; valid: {sorted(known)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})

@@ -1,17 +1,21 @@
 """The PyTorch modules of the MobileNet family (imported only when a network is built).
 
 ``MobileNetArch.build`` calls ``MobileNet(arch, ...)``; the records, presets and search
-space live in ``search_spaces.mobilenet`` and need no torch.
+space live in ``search_spaces.mobilenet`` and need no torch. The records are read by their
+fields here (``MobileNetArch``, ``Stage``), not imported: the records module imports this one
+when it builds, never the other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .mobilenet import MobileNetArch, Stage, make_divisible
+from ._arch import Architecture, make_divisible
+
 
 __all__ = ["ACTIVATIONS", "GATES", "InvertedResidual", "MobileNet", "SqueezeExcite"]
 
@@ -51,7 +55,7 @@ class SqueezeExcite(nn.Module):
 class InvertedResidual(nn.Module):
     """Expand 1x1 -> depthwise kxk -> [SE] -> project 1x1, residual when shapes match."""
 
-    def __init__(self, cin: int, stage: Stage, stride: int, se_ratio: float, se_gate: str) -> None:
+    def __init__(self, cin: int, stage: Any, stride: int, se_ratio: float, se_gate: str) -> None:
         super().__init__()
         hidden = make_divisible(cin * stage.expansion)
         layers: list[nn.Module] = []
@@ -72,7 +76,7 @@ class InvertedResidual(nn.Module):
 class MobileNet(nn.Module):
     """Stem, inverted-residual stages, optional 1x1 head, pooled classifier."""
 
-    def __init__(self, arch: MobileNetArch, *, num_classes: int, in_channels: int) -> None:
+    def __init__(self, arch: Architecture, *, num_classes: int, in_channels: int) -> None:
         super().__init__()
         self.stem = _conv_bn(in_channels, arch.stem_channels, 3, arch.stem_stride, 1, arch.stem_activation)
         blocks: list[nn.Module] = []

@@ -3,15 +3,20 @@
 Post-activation blocks follow torchvision's ``BasicBlock``/``Bottleneck`` layer for layer
 (so the torchvision presets have exactly its parameter counts); pre-activation blocks
 follow HeteroFL's ``Block``/``Bottleneck`` (batch norm and ReLU before each convolution,
-a bias-free 1x1 projection shortcut taken after the first activation).
+a bias-free 1x1 projection shortcut taken after the first activation). The records
+(``ResNetArch``, ``ResStage``) are read by their fields, not imported: ``search_spaces.resnet``
+imports this module when it builds, never the other way round.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from .resnet import BOTTLENECK_EXPANSION, ResNetArch, ResStage
+from ._arch import Architecture
+
 
 __all__ = ["BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck", "ResNet"]
 
@@ -30,8 +35,9 @@ def _projection(cin: int, cout: int, stride: int, with_bn: bool) -> nn.Module | 
 class BasicBlock(nn.Module):
     """3x3 conv-BN-ReLU, 3x3 conv-BN, add the (projected) input, ReLU."""
 
-    def __init__(self, cin: int, width: int, stride: int) -> None:
+    def __init__(self, cin: int, width: int, stride: int, cout: int) -> None:
         super().__init__()
+        assert cout == width, "a basic block's output width is its width"
         self.conv1, self.bn1 = _conv(cin, width, 3, stride), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = _conv(width, width, 3), nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -45,11 +51,10 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand to ``4 * width``, each with BN; add, ReLU."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand to ``cout`` (4 * width), each with BN; add, ReLU."""
 
-    def __init__(self, cin: int, width: int, stride: int) -> None:
+    def __init__(self, cin: int, width: int, stride: int, cout: int) -> None:
         super().__init__()
-        cout = width * BOTTLENECK_EXPANSION
         self.conv1, self.bn1 = _conv(cin, width, 1), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = _conv(width, width, 3, stride), nn.BatchNorm2d(width)
         self.conv3, self.bn3 = _conv(width, cout, 1), nn.BatchNorm2d(cout)
@@ -67,8 +72,9 @@ class Bottleneck(nn.Module):
 class PreActBasicBlock(nn.Module):
     """BN-ReLU, 3x3 conv (strided), BN-ReLU, 3x3 conv; add the input or its 1x1 projection."""
 
-    def __init__(self, cin: int, width: int, stride: int) -> None:
+    def __init__(self, cin: int, width: int, stride: int, cout: int) -> None:
         super().__init__()
+        assert cout == width, "a basic block's output width is its width"
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), _conv(cin, width, 3, stride)
         self.bn2, self.conv2 = nn.BatchNorm2d(width), _conv(width, width, 3)
         self.relu = nn.ReLU()
@@ -83,11 +89,10 @@ class PreActBasicBlock(nn.Module):
 
 
 class PreActBottleneck(nn.Module):
-    """BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 to ``4 * width``; add the input or its projection."""
+    """BN-ReLU-1x1, BN-ReLU-3x3 (strided), BN-ReLU-1x1 to ``cout`` (4 * width); add the input or its projection."""
 
-    def __init__(self, cin: int, width: int, stride: int) -> None:
+    def __init__(self, cin: int, width: int, stride: int, cout: int) -> None:
         super().__init__()
-        cout = width * BOTTLENECK_EXPANSION
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), _conv(cin, width, 1)
         self.bn2, self.conv2 = nn.BatchNorm2d(width), _conv(width, width, 3, stride)
         self.bn3, self.conv3 = nn.BatchNorm2d(width), _conv(width, cout, 1)
@@ -114,7 +119,7 @@ _BLOCKS: dict[tuple[str, bool], type[nn.Module]] = {
 class ResNet(nn.Module):
     """Stem, residual stages, (pre-activation: a final BN-ReLU), global pool, dropout, linear."""
 
-    def __init__(self, arch: ResNetArch, *, num_classes: int, in_channels: int) -> None:
+    def __init__(self, arch: Architecture, *, num_classes: int, in_channels: int) -> None:
         super().__init__()
         self.stem = self._stem(arch, in_channels)
         blocks: list[nn.Module] = []
@@ -129,7 +134,7 @@ class ResNet(nn.Module):
         self._init_weights()
 
     @staticmethod
-    def _stem(arch: ResNetArch, in_channels: int) -> nn.Sequential:
+    def _stem(arch: Architecture, in_channels: int) -> nn.Sequential:
         c = arch.stem_channels
         if arch.stem == "imagenet":
             conv = nn.Conv2d(in_channels, c, 7, 2, 3, bias=False)
@@ -138,11 +143,11 @@ class ResNet(nn.Module):
         return nn.Sequential(conv) if arch.preact else nn.Sequential(conv, nn.BatchNorm2d(c), nn.ReLU(inplace=True))
 
     @staticmethod
-    def _stage(stage: ResStage, cin: int, preact: bool) -> list[nn.Module]:
+    def _stage(stage: Any, cin: int, preact: bool) -> list[nn.Module]:
         block = _BLOCKS[(stage.block, preact)]
         out = []
         for i in range(stage.depth):
-            out.append(block(cin, stage.channels, stage.stride if i == 0 else 1))
+            out.append(block(cin, stage.channels, stage.stride if i == 0 else 1, stage.out_channels))
             cin = stage.out_channels
         return out
 

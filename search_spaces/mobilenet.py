@@ -13,10 +13,11 @@ consecutive stages with the same width.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._arch import MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, check_int, check_keys
+from ._arch import (MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, check_int,
+                    check_skeleton, make_divisible, space_from_options, stages_record_from_dict, stages_record_to_dict)
 from ._base import Choice, Domain, Range, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,12 +27,6 @@ __all__ = ["ACTIVATION_NAMES", "FAMILY", "GATE_NAMES", "MobileNetArch", "MobileN
 
 ACTIVATION_NAMES = ("relu", "relu6", "hardswish")  # modules: ``_mobilenet_nn.ACTIVATIONS``
 GATE_NAMES = ("hardsigmoid", "sigmoid")
-
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor``, never below it nor 10% under value."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
 
 
 # --------------------------------------------------------------------------- records
@@ -131,33 +126,12 @@ class MobileNetArch(Architecture):
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (stages as a list of dicts)."""
-        d = asdict(self)
-        d["stages"] = [asdict(s) for s in self.stages]
-        return {"family": "mobilenet", **d}
+        return stages_record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MobileNetArch:
-        """Inverse of ``to_dict``. Unknown or missing keys raise ``ValueError``."""
-        if not isinstance(data, dict):
-            raise ValueError(f"architecture: expected a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        family = data.pop("family", "mobilenet")
-        if family != "mobilenet":
-            raise ValueError(f"family: expected 'mobilenet', got {family!r}")
-        check_keys("architecture", data, cls)
-        stages = data.get("stages")
-        if not isinstance(stages, list):
-            raise ValueError("stages: expected a list of stage objects")
-        parsed = []
-        for i, s in enumerate(stages):
-            if not isinstance(s, dict):
-                raise ValueError(f"stages[{i}]: expected an object")
-            check_keys(f"stages[{i}]", s, Stage)
-            try:
-                parsed.append(Stage(**s))
-            except ValueError as exc:  # name the stage: "stages[2].kernel: expected ..."
-                raise ValueError(f"stages[{i}].{exc}") from None
-        return cls(**{**data, "stages": tuple(parsed)})
+        """Inverse of ``to_dict``; a dict without ``family`` is a MobileNet. Unknown or missing keys raise ValueError."""
+        return stages_record_from_dict(cls, Stage, data, default_family="mobilenet")
 
     def build(self, *, num_classes: int, in_channels: int) -> nn.Module:
         from ._mobilenet_nn import MobileNet
@@ -300,20 +274,10 @@ class MobileNetSpace(SearchSpace):
     widths: tuple[float, ...] = field(default=(0.5, 0.75, 1.0, 1.25, 1.5))
 
     def __post_init__(self) -> None:
-        if len(self.base_channels) != len(self.strides) or not self.base_channels:
-            raise ValueError(
-                f"base_channels and strides: expected lists of the same non-zero length, "
-                f"got {len(self.base_channels)} and {len(self.strides)}"
-            )
-        for s in self.strides:
-            if s not in (1, 2):
-                raise ValueError(f"strides: expected values 1 or 2, got {s!r}")
-        for c in (*self.base_channels, self.stem_base):
-            check_int("base_channels", c, 1, MAX_CHANNELS)
+        check_skeleton(self.base_channels, self.strides, self.stem_base, self.max_depth)
         if self.stem_stride not in (1, 2):
             raise ValueError(f"stem_stride: expected 1 or 2, got {self.stem_stride!r}")
         check_int("head_channels", self.head_channels, 0, MAX_CHANNELS)
-        check_int("max_depth", self.max_depth, 1, MAX_BLOCKS)
 
     def domains(self) -> dict[str, Domain]:
         widths = Choice(tuple(self.widths))
@@ -356,12 +320,7 @@ class MobileNetSpace(SearchSpace):
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> MobileNetSpace:
         """Build from a config table (lists become tuples); unknown keys raise ``ValueError``."""
-        known = {f.name for f in fields(cls)} - {"name"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for search space 'mobilenet'; valid: {sorted(known)}")
-        conv = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        return cls(**conv)
+        return space_from_options(cls, options)
 
 
 FAMILY = Family("mobilenet", MobileNetArch, MobileNetSpace.from_options, PRESETS)

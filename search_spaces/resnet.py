@@ -13,12 +13,12 @@ is ``channels``), as in torchvision. The ``imagenet`` stem is a 7x7/2 convolutio
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._arch import MAX_BLOCKS, MAX_CHANNELS, Architecture, Family, Preset, check_int, check_keys
+from ._arch import (MAX_BLOCKS, MAX_CHANNELS, Architecture, Family, Preset, check_int, check_skeleton, make_divisible,
+                    space_from_options, stages_record_from_dict, stages_record_to_dict)
 from ._base import Choice, Domain, Range, SearchSpace
-from .mobilenet import make_divisible
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -100,33 +100,12 @@ class ResNetArch(Architecture):
         return sum(s.depth for s in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stages"] = [asdict(s) for s in self.stages]
-        return {"family": "resnet", **d}
+        return stages_record_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResNetArch:
         """Inverse of ``to_dict``. Unknown or missing keys raise ``ValueError``."""
-        if not isinstance(data, dict):
-            raise ValueError(f"architecture: expected a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        family = data.pop("family", None)
-        if family != "resnet":
-            raise ValueError(f"family: expected 'resnet', got {family!r}")
-        check_keys("architecture", data, cls)
-        stages = data.get("stages")
-        if not isinstance(stages, list):
-            raise ValueError("stages: expected a list of stage objects")
-        parsed = []
-        for i, s in enumerate(stages):
-            if not isinstance(s, dict):
-                raise ValueError(f"stages[{i}]: expected an object")
-            check_keys(f"stages[{i}]", s, ResStage)
-            try:
-                parsed.append(ResStage(**s))
-            except ValueError as exc:  # name the stage: "stages[2].kernel: expected ..."
-                raise ValueError(f"stages[{i}].{exc}") from None
-        return cls(**{**data, "stages": tuple(parsed)})
+        return stages_record_from_dict(cls, ResStage, data)
 
     def build(self, *, num_classes: int, in_channels: int) -> nn.Module:
         from ._resnet_nn import ResNet
@@ -213,21 +192,11 @@ class ResNetSpace(SearchSpace):
     widths: tuple[float, ...] = field(default=(0.25, 0.5, 0.75, 1.0))
 
     def __post_init__(self) -> None:
-        if len(self.base_channels) != len(self.strides) or not self.base_channels:
-            raise ValueError(
-                f"base_channels and strides: expected lists of the same non-zero length, "
-                f"got {len(self.base_channels)} and {len(self.strides)}"
-            )
-        for s in self.strides:
-            if s not in (1, 2):
-                raise ValueError(f"strides: expected values 1 or 2, got {s!r}")
-        for c in (*self.base_channels, self.stem_base):
-            check_int("base_channels", c, 1, MAX_CHANNELS)
+        check_skeleton(self.base_channels, self.strides, self.stem_base, self.max_depth)
         if self.stem not in STEMS:
             raise ValueError(f"stem: expected one of {list(STEMS)}, got {self.stem!r}")
         if not isinstance(self.preact, bool):
             raise ValueError(f"preact: expected true or false, got {self.preact!r}")
-        check_int("max_depth", self.max_depth, 1, MAX_BLOCKS)
         for w in self.widths:
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 4:
                 raise ValueError(f"widths: expected multipliers in (0, 4], got {w!r}")
@@ -256,11 +225,7 @@ class ResNetSpace(SearchSpace):
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> ResNetSpace:
         """Build from a config table (lists become tuples); unknown keys raise ``ValueError``."""
-        known = {f.name for f in fields(cls)} - {"name"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown option(s) {unknown} for search space 'resnet'; valid: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        return space_from_options(cls, options)
 
 
 FAMILY = Family("resnet", ResNetArch, ResNetSpace.from_options, PRESETS)

@@ -10,8 +10,7 @@ only NumPy, so the config can check ``data.source`` without loading torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fednas._lazy import lazy_attributes
 
 _API = {
     "ArrayDataset": "fednas.data._dataset",
@@ -26,13 +25,4 @@ _API = {
 __all__ = sorted(_API)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'fednas.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_attributes(__name__, _API)

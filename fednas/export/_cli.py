@@ -97,7 +97,7 @@ def _train_inputs(args: argparse.Namespace) -> tuple[Any, StudyConfig, dict[str,
     from fednas.fl._spec import flwr_run_compression
     from fednas.models import read_bundle
     from fednas.pipeline import Candidate
-    from search_spaces import load_architecture
+    from search_spaces import CompressionSettings, load_architecture
 
     targets = list(args.targets)
     if args.trial is not None:
@@ -117,7 +117,7 @@ def _train_inputs(args: argparse.Namespace) -> tuple[Any, StudyConfig, dict[str,
     else:
         arch, bundle_labels = load_architecture(ref), {}
     settings = flwr_run_compression(config, bundle_labels)
-    off = settings == type(settings)()
+    off = settings == CompressionSettings()
     candidate = Candidate(arch, settings, bundle_labels if off else {**bundle_labels, **settings.to_dict()})
     return candidate, config, {"architecture": targets[0], "config": config_path,
                                "from": f"architecture {targets[0]}, config {config_path}"}

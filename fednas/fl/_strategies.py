@@ -19,7 +19,7 @@ from fednas.config import FederationConfig
 from fednas.strategies import STRATEGIES, get_strategy
 from search_spaces import CompressionSettings
 
-__all__ = ["STRATEGIES", "make_codecs", "make_strategy", "strategy_kwargs"]
+__all__ = ["STRATEGIES", "make_strategy", "strategy_kwargs"]
 
 
 def _sampling(fed: FederationConfig) -> dict[str, Any]:
@@ -49,13 +49,6 @@ def strategy_kwargs(fed: FederationConfig) -> tuple[type[FedAvg], dict[str, Any]
     return cls, kwargs
 
 
-def make_codecs(compression: CompressionSettings) -> dict[str, Any]:
-    """``uplink``/``downlink`` codec objects of ``compression`` (only those that are on)."""
-    from fednas.compress import codecs_for
-
-    return codecs_for(compression)
-
-
 def make_strategy(fed: FederationConfig, compression: CompressionSettings | None = None, *, seed: int = 0,
                   prune_fn: Callable[..., Any] | None = None) -> Strategy:
     """The strategy named by ``fed.strategy``, wrapped for compression when a codec is on.
@@ -69,9 +62,9 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
     """
     cls, kwargs = strategy_kwargs(fed)
     if compression is not None and compression.codecs_on:
-        from fednas.compress import compressed
+        from fednas.compress import codecs_for, compressed
 
-        cls, kwargs = compressed(cls), {**kwargs, **make_codecs(compression), "seed": seed}
+        cls, kwargs = compressed(cls), {**kwargs, **codecs_for(compression), "seed": seed}
     if compression is not None and compression.prune_on and prune_fn is not None:
         from fednas.fl._pruning import pruning
 

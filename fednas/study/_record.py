@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -40,7 +41,7 @@ class TrialRecord:
     reason: str = ""
     attrs: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    @property
+    @cached_property
     def values(self) -> dict[str, float]:
         """Every numeric metric, the objectives' values taking precedence: what plots draw."""
         numeric = {k: float(v) for k, v in self.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
