@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import mobilenet, resnet
-from ._arch import (FAMILIES, PRESETS, Architecture, Family, Preset, arch_from_dict, arch_from_json, build_model,
-                    describe_arch, get_family, preset, register_family)
-from ._base import Choice, Domain, Fixed, Range, SearchSpace, domain_from_config
+from ._arch import (FAMILIES, PRESETS, Architecture, Family, Preset, WeightSlice, arch_from_dict, arch_from_json,
+                    build_model, describe_arch, get_family, preset, register_family)
+from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike, domain_from_config, extreme
 from .compression import CompressionSettings, CompressionSpace, JointSpace, with_compression
 from .mobilenet import MobileNetArch, MobileNetSpace, Stage
 from .resnet import ResNetArch, ResNetSpace, ResStage
@@ -44,11 +44,14 @@ __all__ = [
     "ResStage",
     "SearchSpace",
     "Stage",
+    "TrialLike",
+    "WeightSlice",
     "arch_from_dict",
     "arch_from_json",
     "build_model",
     "describe_arch",
     "domain_from_config",
+    "extreme",
     "get_family",
     "get_search_space",
     "load_architecture",

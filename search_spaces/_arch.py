@@ -31,6 +31,7 @@ __all__ = [
     "Architecture",
     "Family",
     "Preset",
+    "WeightSlice",
     "arch_from_dict",
     "arch_from_json",
     "build_model",
@@ -65,6 +66,8 @@ class Architecture(ABC):
 
     family: ClassVar[str] = ""
     title: ClassVar[str] = "A network"  # how a model card introduces it: "A ResNet for 3x32x32 inputs ..."
+    # a family whose records implement ``weight_slices`` can be searched as a weight-sharing supernet
+    elastic: ClassVar[bool] = False
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
@@ -92,12 +95,46 @@ class Architecture(ABC):
     def table(self, num_classes: int) -> tuple[list[str], list[list[Any]], str]:
         """Model-card table: column names, one row per part, and a sentence on the block type."""
 
+    def weight_slices(self, supernet: Architecture, *, num_classes: int, in_channels: int) -> list[WeightSlice]:
+        """Where each tensor of this network's ``state_dict`` lies inside ``supernet``'s (weight sharing).
+
+        ``supernet`` is a record of the same family that contains this one (the search space's
+        largest member, ``SearchSpace.supernet``); every tensor of ``build(...)``'s state dict is
+        a box of one supernet tensor: the first blocks, the first channels, the centre of a
+        kernel. ``num_classes`` and ``in_channels`` are those both networks are built for.
+        Families with ``elastic = True`` implement it.
+
+        Raises:
+            ValueError: this network does not fit inside ``supernet`` (naming the part).
+        """
+        raise NotImplementedError(f"the {self.family!r} family has no weight-sharing supernet")
+
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_json(cls, text: str) -> Architecture:
         return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class WeightSlice:
+    """One tensor of a subnet as a box of a supernet tensor.
+
+    Attributes:
+        key: the tensor's name in the subnet's ``state_dict``.
+        source: the supernet tensor's name.
+        box: per dimension of ``source``, the ``(start, stop)`` it keeps; the subnet tensor is
+            ``source[start0:stop0, start1:stop1, ...]`` (a scalar tensor has ``box == ()``).
+    """
+
+    key: str
+    source: str
+    box: tuple[tuple[int, int], ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(stop - start for start, stop in self.box)
 
 
 @dataclass(frozen=True)

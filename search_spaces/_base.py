@@ -20,6 +20,7 @@ __all__ = [
     "SearchSpace",
     "TrialLike",
     "domain_from_config",
+    "extreme",
 ]
 
 
@@ -164,6 +165,24 @@ def domain_from_config(value: Any, key: str) -> Domain:
     raise ValueError(f"{key}: expected a value, a list of choices or a {{low, high}} table, got {value!r}")
 
 
+def extreme(domain: Domain, which: str) -> Any:
+    """The ``"low"`` or ``"high"`` end of a domain: a range's bound, a choice's smallest or largest number
+    (``False < True``), a fixed value; a choice of non-numbers (activations) gives its first value."""
+    if which not in ("low", "high"):
+        raise ValueError(f"which: expected 'low' or 'high', got {which!r}")
+    if isinstance(domain, Fixed):
+        return domain.value
+    if isinstance(domain, Range):
+        end = domain.low if which == "low" else domain.high
+        return int(end) if domain.is_int else end
+    if isinstance(domain, Choice):
+        numeric = [v for v in domain.values if isinstance(v, (int, float))]
+        if not numeric:
+            return domain.values[0]
+        return min(numeric) if which == "low" else max(numeric)
+    raise TypeError(f"unknown domain {domain!r}")  # pragma: no cover
+
+
 class SearchSpace(ABC):
     """Extension point: a family of architectures addressed by flat labels."""
 
@@ -207,6 +226,24 @@ class SearchSpace(ABC):
     def suggest(self, trial: TrialLike, overrides: dict[str, Domain] | None = None) -> dict[str, Any]:
         """Sample every label through ``trial`` and return the flat dict."""
         return {label: dom.suggest(trial, label) for label, dom in self.resolve(overrides).items()}
+
+    def corner(self, which: str, overrides: dict[str, Domain] | None = None) -> dict[str, Any]:
+        """Every label at the ``"low"`` or ``"high"`` end of its domain (``extreme``)."""
+        return {label: extreme(dom, which) for label, dom in self.resolve(overrides).items()}
+
+    def supernet(self, overrides: dict[str, Domain] | None = None) -> Any:
+        """The weight-sharing supernet of the space: every label at its high end (deepest, widest,
+        largest kernel and expansion, squeeze-excitation where allowed); each member of the space
+        is a slice of it (``Architecture.weight_slices``).
+
+        Raises:
+            ValueError: the space's family has no weight-sharing supernet.
+        """
+        arch = self.decode(self.corner("high", overrides))
+        if not getattr(arch, "elastic", False):
+            raise ValueError(f"search space {self.name!r}: the {arch.family!r} family has no weight-sharing "
+                             "supernet (study.mode = 'supernet' needs a family whose records are elastic)")
+        return arch
 
 
 def _same(a: Any, b: Any) -> bool:

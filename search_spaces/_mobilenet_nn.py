@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._arch import Architecture, make_divisible
+from ._arch import Architecture, WeightSlice, make_divisible
 
 
-__all__ = ["ACTIVATIONS", "GATES", "InvertedResidual", "MobileNet", "SqueezeExcite"]
+__all__ = ["ACTIVATIONS", "GATES", "InvertedResidual", "MobileNet", "SqueezeExcite", "block_layout", "weight_slices"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": lambda: nn.ReLU(inplace=True),
@@ -52,18 +52,32 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(self.fc2(self.act(self.fc1(self.pool(x)))))
 
 
+def block_layout(cin: int, stage: Any, se_ratio: float) -> dict[str, Any]:
+    """The layers of one inverted residual: widths, and the index of each part in ``block``.
+
+    ``expand`` (absent when the expanded width equals the input's), ``depthwise``, ``se``
+    (absent without squeeze-excitation) and ``project`` map to their position in
+    ``InvertedResidual.block``; ``hidden`` and ``squeeze`` are the expanded and squeeze widths.
+    """
+    hidden = make_divisible(cin * stage.expansion)
+    parts = (["expand"] if hidden != cin else []) + ["depthwise"] + (["se"] if stage.se else []) + ["project"]
+    return {"hidden": hidden, "squeeze": make_divisible(hidden * se_ratio) if stage.se else 0,
+            **{name: i for i, name in enumerate(parts)}}
+
+
 class InvertedResidual(nn.Module):
     """Expand 1x1 -> depthwise kxk -> [SE] -> project 1x1, residual when shapes match."""
 
     def __init__(self, cin: int, stage: Any, stride: int, se_ratio: float, se_gate: str) -> None:
         super().__init__()
-        hidden = make_divisible(cin * stage.expansion)
+        layout = block_layout(cin, stage, se_ratio)
+        hidden = layout["hidden"]
         layers: list[nn.Module] = []
-        if hidden != cin:
+        if "expand" in layout:
             layers.append(_conv_bn(cin, hidden, 1, 1, 1, stage.activation))
         layers.append(_conv_bn(hidden, hidden, stage.kernel, stride, hidden, stage.activation))
-        if stage.se:
-            layers.append(SqueezeExcite(hidden, make_divisible(hidden * se_ratio), se_gate))
+        if "se" in layout:
+            layers.append(SqueezeExcite(hidden, layout["squeeze"], se_gate))
         layers.append(_conv_bn(hidden, stage.channels, 1, 1, 1, None))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == stage.channels
@@ -116,3 +130,92 @@ class MobileNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
         return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+# --------------------------------------------------------------------------- weight sharing
+
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def weight_slices(sub: Architecture, sup: Architecture, *, num_classes: int, in_channels: int) -> list[WeightSlice]:
+    """Where each tensor of ``MobileNet(sub)`` lies in ``MobileNet(sup)`` (see ``Architecture.weight_slices``).
+
+    Stage ``i`` of ``sub`` takes the first ``depth`` blocks of stage ``i`` of ``sup``; each
+    block the first input, expanded, squeeze and output channels, and the centre of the
+    depthwise kernel. A block whose expanded width equals its input width has no expand conv:
+    its depthwise conv then takes the first channels of the supernet's.
+
+    Raises:
+        ValueError: ``sub`` does not fit inside ``sup``, naming the part.
+    """
+    _check_fits(sub, sup)
+    out: list[WeightSlice] = []
+
+    def conv_bn(key: str, src: str, cout: int, cin: int, kernel: int, src_kernel: int) -> None:
+        # conv weight [cout, cin (1 for depthwise), k, k] and its batch norm, both named by Sequential index
+        off = (src_kernel - kernel) // 2
+        box = ((0, cout), (0, cin), (off, off + kernel), (off, off + kernel))
+        out.append(WeightSlice(f"{key}.0.weight", f"{src}.0.weight", box))
+        for name in _BN_TENSORS:
+            out.append(WeightSlice(f"{key}.1.{name}", f"{src}.1.{name}", ((0, cout),)))
+        out.append(WeightSlice(f"{key}.1.num_batches_tracked", f"{src}.1.num_batches_tracked", ()))
+
+    conv_bn("stem", "stem", sub.stem_channels, in_channels, 3, 3)
+    cin, sup_cin, block, sup_first = sub.stem_channels, sup.stem_channels, 0, 0
+    for i, (st, sst) in enumerate(zip(sub.stages, sup.stages)):
+        for j in range(st.depth):
+            mine = block_layout(cin, st, sub.se_ratio)
+            theirs = block_layout(sup_cin if j == 0 else sst.channels, sst, sup.se_ratio)
+            key, src, where = f"blocks.{block}.block", f"blocks.{sup_first + j}.block", f"stages[{i}] block {j}"
+            hidden = mine["hidden"]
+            if hidden > theirs["hidden"]:
+                raise ValueError(f"{where}: expanded width {hidden} is wider than the supernet's {theirs['hidden']}")
+            if "expand" in mine:
+                if "expand" not in theirs:
+                    raise ValueError(f"{where}: expands {cin} -> {hidden} channels but the supernet's block has no "
+                                     "expand conv")
+                conv_bn(f"{key}.{mine['expand']}", f"{src}.{theirs['expand']}", hidden, cin, 1, 1)
+            conv_bn(f"{key}.{mine['depthwise']}", f"{src}.{theirs['depthwise']}", hidden, 1, st.kernel, sst.kernel)
+            if "se" in mine:
+                sq, se, sse = mine["squeeze"], f"{key}.{mine['se']}", f"{src}.{theirs['se']}"
+                if sq > theirs["squeeze"]:
+                    raise ValueError(f"{where}: squeeze width {sq} is wider than the supernet's {theirs['squeeze']}")
+                out += [WeightSlice(f"{se}.fc1.weight", f"{sse}.fc1.weight", ((0, sq), (0, hidden), (0, 1), (0, 1))),
+                        WeightSlice(f"{se}.fc1.bias", f"{sse}.fc1.bias", ((0, sq),)),
+                        WeightSlice(f"{se}.fc2.weight", f"{sse}.fc2.weight", ((0, hidden), (0, sq), (0, 1), (0, 1))),
+                        WeightSlice(f"{se}.fc2.bias", f"{sse}.fc2.bias", ((0, hidden),))]
+            conv_bn(f"{key}.{mine['project']}", f"{src}.{theirs['project']}", st.channels, hidden, 1, 1)
+            cin, block = st.channels, block + 1
+        sup_cin, sup_first = sst.channels, sup_first + sst.depth
+    if sub.head_channels:
+        conv_bn("head", "head", sub.head_channels, cin, 1, 1)
+        cin = sub.head_channels
+    linear = 0
+    if sub.classifier_hidden:
+        out += [WeightSlice("classifier.0.weight", "classifier.0.weight", ((0, sub.classifier_hidden), (0, cin))),
+                WeightSlice("classifier.0.bias", "classifier.0.bias", ((0, sub.classifier_hidden),))]
+        cin, linear = sub.classifier_hidden, 2
+    last = f"classifier.{linear + 1}"  # after the dropout
+    out += [WeightSlice(f"{last}.weight", f"{last}.weight", ((0, num_classes), (0, cin))),
+            WeightSlice(f"{last}.bias", f"{last}.bias", ((0, num_classes),))]
+    return out
+
+
+def _check_fits(sub: Architecture, sup: Architecture) -> None:
+    """The parts a subnet shares with its supernet unchanged, and the sizes it may only shrink."""
+    for name in ("stem_stride", "head_channels", "classifier_hidden", "se_ratio", "se_gate"):
+        if getattr(sub, name) != getattr(sup, name):
+            raise ValueError(f"{name}: {getattr(sub, name)!r} differs from the supernet's {getattr(sup, name)!r}")
+    if len(sub.stages) != len(sup.stages):
+        raise ValueError(f"stages: {len(sub.stages)} stages, the supernet has {len(sup.stages)}")
+    if sub.stem_channels > sup.stem_channels:
+        raise ValueError(f"stem_channels: {sub.stem_channels} is above the supernet's {sup.stem_channels}")
+    for i, (st, sst) in enumerate(zip(sub.stages, sup.stages)):
+        if st.stride != sst.stride:
+            raise ValueError(f"stages[{i}].stride: {st.stride} differs from the supernet's {sst.stride}")
+        for name in ("channels", "depth", "expansion", "kernel"):
+            if getattr(st, name) > getattr(sst, name):
+                raise ValueError(f"stages[{i}].{name}: {getattr(st, name)} is above the supernet's "
+                                 f"{getattr(sst, name)}")
+        if st.se and not sst.se:
+            raise ValueError(f"stages[{i}].se: the supernet's stage has no squeeze-excitation")

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._arch import (MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, check_int,
-                    check_skeleton, make_divisible, space_from_options, stages_record_from_dict, stages_record_to_dict)
+from ._arch import (MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, WeightSlice,
+                    check_int, check_skeleton, make_divisible, space_from_options, stages_record_from_dict, stages_record_to_dict)
 from ._base import Choice, Domain, Range, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,6 +89,7 @@ class MobileNetArch(Architecture):
 
     family: ClassVar[str] = "mobilenet"
     title: ClassVar[str] = "A MobileNet-style network"
+    elastic: ClassVar[bool] = True
 
     stem_channels: int
     stem_stride: int = 2
@@ -137,6 +138,13 @@ class MobileNetArch(Architecture):
         from ._mobilenet_nn import MobileNet
 
         return MobileNet(self, num_classes=num_classes, in_channels=in_channels)
+
+    def weight_slices(self, supernet: Architecture, *, num_classes: int, in_channels: int) -> list[WeightSlice]:
+        from ._mobilenet_nn import weight_slices
+
+        if not isinstance(supernet, MobileNetArch):
+            raise ValueError(f"supernet: expected a mobilenet record, got the {supernet.family!r} family")
+        return weight_slices(self, supernet, num_classes=num_classes, in_channels=in_channels)
 
     def describe(self) -> str:
         """Compact form: ``stem 16/s2 | 16x1 k3 e2 relu6 | 24x2 k5 e4 se hardswish``."""

@@ -156,18 +156,10 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
     if not bounds:
         return
     from fednas import pipeline
-    from search_spaces import Choice, Fixed, Range, domain_from_config
+    from search_spaces import domain_from_config
 
     overrides = {k: domain_from_config(v, k) for k, v in config.space.labels.items()}
-    smallest = {}
-    for label, dom in space.resolve(overrides).items():
-        if isinstance(dom, Fixed):
-            smallest[label] = dom.value
-        elif isinstance(dom, Range):
-            smallest[label] = int(dom.low) if dom.is_int else dom.low
-        elif isinstance(dom, Choice):
-            numeric = [v for v in dom.values if isinstance(v, (int, float))]
-            smallest[label] = min(numeric) if numeric else dom.values[0]
+    smallest = space.corner("low", overrides)
     candidate = pipeline.Candidate(space.decode(smallest), space.settings(smallest), smallest)
     try:
         cost = pipeline.build(candidate, data).cost.to_dict()
