@@ -34,6 +34,8 @@ __all__ = [
     "SpaceConfig",
     "StudyConfig",
     "StudySection",
+    "SupernetConfig",
+    "Tier",
     "apply_overrides",
     "default_storage",
     "load_config",
@@ -43,6 +45,11 @@ __all__ = [
 DEFAULT_CONFIG = "studies/quickstart.toml"  # the study `fednas search`/`train` use when given none
 SAMPLERS = ("nsga2", "tpe", "random")
 BN_MODES = ("final", "every_round", "off")
+MODES = ("scratch", "supernet")
+SUBNET_RULES = ("sandwich", "random")
+# compression labels that change how a candidate is trained: a supernet study inherits weights instead
+TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "kd_weight": 0.0,
+                   "prune_method": "none"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,14 +63,100 @@ class StudySection:
     max_attempts: int = 0
     artifacts: str = ""
     heartbeat: int = 10
+    mode: str = "scratch"
 
     def check(self) -> None:
+        _require(self.mode in MODES, "study.mode", f"one of {list(MODES)}", self.mode)
         _require(self.name.strip() != "" and "/" not in self.name, "study.name", "a non-empty name without '/'", self.name)
         _require(self.trials >= 1, "study.trials", "an integer >= 1", self.trials)
         _require(self.sampler in SAMPLERS, "study.sampler", f"one of {list(SAMPLERS)}", self.sampler)
         _require(self.population_size >= 2, "study.population_size", "an integer >= 2", self.population_size)
         _require(self.heartbeat >= 0, "study.heartbeat", "seconds >= 0 (0: off)", self.heartbeat)
         _require(self.max_attempts >= 0, "study.max_attempts", "an integer >= 0 (0: 3 x trials + 10)", self.max_attempts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupernetConfig:
+    """``[supernet]``: the weight-sharing supernet of ``study.mode = "supernet"``.
+
+    Attributes:
+        rounds: federated rounds that train the supernet (phase 1; checkpointed every round).
+        sampling: which subnet each node trains per round: "sandwich" (in each device tier the
+            largest, the smallest, random others; rotating over the nodes) or "random".
+        eval_every: evaluate the largest and smallest subnets (batch-norm statistics pooled from
+            the clients) every this many rounds for the training curve (0: only after the last).
+        finetune_rounds: federated rounds that fine-tune each member of the final Pareto front
+            from its inherited weights (phase 3; 0: off).
+    """
+
+    rounds: int = 24
+    sampling: str = "sandwich"
+    eval_every: int = 4
+    finetune_rounds: int = 2
+
+    def check(self) -> None:
+        _require(self.rounds >= 1, "supernet.rounds", "an integer >= 1", self.rounds)
+        _require(self.sampling in SUBNET_RULES, "supernet.sampling", f"one of {list(SUBNET_RULES)}", self.sampling)
+        _require(self.eval_every >= 0, "supernet.eval_every", "an integer >= 0 (0: after the last round)",
+                 self.eval_every)
+        _require(self.finetune_rounds >= 0, "supernet.finetune_rounds", "an integer >= 0 (0: off)",
+                 self.finetune_rounds)
+
+
+@dataclass(frozen=True)
+class Tier:
+    """One device tier of ``federation.tiers``: a share of the nodes and a budget (0: no bound)."""
+
+    name: str
+    share: float
+    max_macs: int = 0
+    max_params: int = 0
+
+    def admits(self, macs: int, params: int) -> bool:
+        return (not self.max_macs or macs <= self.max_macs) and (not self.max_params or params <= self.max_params)
+
+    def describe(self) -> str:
+        bounds = [f"max_macs {self.max_macs:,}" if self.max_macs else "",
+                  f"max_params {self.max_params:,}" if self.max_params else ""]
+        return f"{self.name!r} ({self.share:.0%} of nodes" + "".join(f", {b}" for b in bounds if b) + ")"
+
+
+def tier_counts(shares: list[float], num_nodes: int) -> list[int]:
+    """Nodes per tier: ``share x num_nodes`` rounded by largest remainder (the counts sum to ``num_nodes``)."""
+    exact = [sh * num_nodes for sh in shares]
+    counts = [int(x) for x in exact]
+    for i in sorted(range(len(shares)), key=lambda i: exact[i] - counts[i], reverse=True)[: num_nodes - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _tiers(value: Any, num_clients: int) -> list[dict[str, Any]]:
+    """``federation.tiers``: a list of tables {name, share, max_macs, max_params}, shares summing to 1."""
+    if not isinstance(value, list):
+        raise ConfigError(f"federation.tiers: expected a list of tables (e.g. [[federation.tiers]]), got {_show(value)}")
+    out: list[dict[str, Any]] = []
+    for i, t in enumerate(value):
+        key = f"federation.tiers[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{key}: expected a table {{name, share, max_macs, max_params}}, got {_show(t)}")
+        tier = _build(Tier, t, key) if set(t) >= {"name", "share"} else None
+        if tier is None:
+            raise ConfigError(f"{key}: expected keys name and share (and max_macs and/or max_params)")
+        _require(tier.name.strip() != "", f"{key}.name", "a non-empty name", tier.name)
+        _require(0.0 < tier.share <= 1.0, f"{key}.share", "a fraction in (0, 1]", tier.share)
+        _require(tier.max_macs >= 0, f"{key}.max_macs", "an integer >= 0 (0: no bound)", tier.max_macs)
+        _require(tier.max_params >= 0, f"{key}.max_params", "an integer >= 0 (0: no bound)", tier.max_params)
+        if tier.name in (o["name"] for o in out):
+            raise ConfigError(f"{key}.name: tier {tier.name!r} is named twice")
+        out.append(asdict(tier))
+    if out:
+        total = sum(t["share"] for t in out)
+        _require(abs(total - 1.0) < 1e-6, "federation.tiers", "shares that sum to 1", round(total, 6))
+        for t, n in zip(out, tier_counts([t["share"] for t in out], num_clients)):
+            if n == 0:
+                raise ConfigError(f"federation.tiers: tier {t['name']!r} (share {t['share']}) gets none of the "
+                                  f"{num_clients} clients; expected a share of at least one client")
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,6 +224,11 @@ class FederationConfig:
     client_dropout_rate: float = 0.0
     # constructor keywords of the strategy (``[federation.<strategy>]``), defaults filled in
     strategy_options: dict[str, float] = field(default_factory=dict)
+    # device tiers (``[[federation.tiers]]``, supernet studies): dicts of ``Tier``'s fields
+    tiers: list[dict[str, Any]] = field(default_factory=list)
+
+    def tier_list(self) -> tuple[Tier, ...]:
+        return tuple(Tier(**t) for t in self.tiers)
 
     def check(self) -> None:
         for key in ("client_failure_rate", "client_dropout_rate"):
@@ -173,6 +271,7 @@ class StudyConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
     source: str = ""  # the file it came from, for messages and default paths
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,8 +306,9 @@ _SECTIONS = {
     "constraints": ConstraintsConfig,
     "data": DataConfig,
     "federation": FederationConfig,
+    "supernet": SupernetConfig,
 }
-_TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation")
+_TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation", "supernet")
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
@@ -304,7 +404,13 @@ def _build(cls: type, table: dict[str, Any], section: str) -> Any:
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"{section}.{key}: unknown key; valid: {', '.join(_public(known))}")
-        kwargs[key] = value if key == "strategy_options" else _coerce(value, known[key].type, f"{section}.{key}")
+        if key == "strategy_options":
+            kwargs[key] = value
+        elif key == "tiers":
+            clients = table.get("num_clients", FederationConfig.num_clients)
+            kwargs[key] = _tiers(value, clients if isinstance(clients, int) and clients > 0 else 1)
+        else:
+            kwargs[key] = _coerce(value, known[key].type, f"{section}.{key}")
     return cls(**kwargs)
 
 
@@ -431,6 +537,7 @@ def _cross_check(config: StudyConfig) -> None:
     if config.data.source == "torchvision" and not config.data.name:
         raise ConfigError("data.name: expected a torchvision dataset class name (e.g. 'MNIST') for source 'torchvision'")
     _check_pruning(config)
+    _check_mode(config)
     bad = [name for name in config.constraints.active() if name not in OBJECTIVES]
     if bad:  # pragma: no cover - the schema only has known names
         raise ConfigError(f"constraints: unknown bound(s) {bad}")
@@ -461,6 +568,28 @@ def _check_pruning(config: StudyConfig) -> None:
     if any(c not in ("none", None) for c in _label_values(labels.get("downlink_codec"))):
         raise ConfigError("space.labels.prune_method: pruning cannot be combined with a downlink_codec (the "
                           "downlink delta's reference model changes shape when the server prunes)")
+
+
+def _check_mode(config: StudyConfig) -> None:
+    """A supernet study needs an elastic family and no training-time compression; tiers need a supernet."""
+    if config.study.mode != "supernet":
+        if config.federation.tiers:
+            raise ConfigError("federation.tiers: device tiers need study.mode = 'supernet' (each tier trains the "
+                              "subnets within its budget; a from-scratch trial trains one model on every node)")
+        return
+    from search_spaces import domain_from_config, get_search_space
+
+    space = get_search_space(config.space.name, config.space.options)
+    own = space.domains()
+    try:
+        space.supernet({k: domain_from_config(v, k) for k, v in config.space.labels.items() if k in own})
+    except ValueError as exc:
+        raise ConfigError(f"study.mode: {exc}") from None
+    for label, off in TRAINING_LABELS.items():
+        if any(v != off for v in _label_values(config.space.labels.get(label))):
+            raise ConfigError(f"space.labels.{label}: study.mode = 'supernet' evaluates subnets with inherited "
+                              f"weights, so compression applied while training is not searched there; expected "
+                              f"{off!r} (post-training int8 objectives are fine)")
 
 
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:

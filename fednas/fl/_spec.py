@@ -23,7 +23,7 @@ from fednas.data import ArrayDataset, load_dataset, partition
 from fednas.models import build_run_model
 from search_spaces import CompressionSettings, CompressionSpace
 
-__all__ = ["FederatedData", "RunSpec", "build_run_model", "federated_data", "flwr_run_compression"]
+__all__ = ["FederatedData", "RunSpec", "build_run_model", "federated_data", "flwr_run_compression", "supernet_section"]
 
 RUN_KEY = "fednas-run"
 # For runtimes that cannot carry a run config (Flower's legacy ``run_simulation`` API):
@@ -40,10 +40,12 @@ class RunSpec:
     seed: int
     arch: dict[str, Any]
     compression: CompressionSettings = field(default_factory=CompressionSettings)
+    # a supernet run (``supernet_section``): the space whose supernet is trained, and its settings
+    supernet: dict[str, Any] = field(default_factory=dict)
 
     def to_run_config(self) -> dict[str, str]:
         doc = {"data": asdict(self.data), "federation": asdict(self.federation), "seed": self.seed, "arch": self.arch,
-               "compression": self.compression.to_dict()}
+               "compression": self.compression.to_dict(), "supernet": self.supernet}
         return {RUN_KEY: json.dumps(doc, sort_keys=True)}
 
     @classmethod
@@ -53,7 +55,7 @@ class RunSpec:
         if text:
             doc = json.loads(str(text))
             return cls(DataConfig(**doc["data"]), FederationConfig(**doc["federation"]), int(doc["seed"]), doc["arch"],
-                       CompressionSettings.from_dict(doc.get("compression", {})))
+                       CompressionSettings.from_dict(doc.get("compression", {})), doc.get("supernet") or {})
         return cls._from_flwr_app_config(run_config)
 
     @classmethod
@@ -104,7 +106,15 @@ class RunSpec:
 
             log.addHandler(console_handler)
             log.setLevel(logging.INFO)
-        return cls(config.data, federation, config.study.seed, arch.to_dict(), compression)
+        supernet = supernet_section(config) if config.study.mode == "supernet" else {}
+        return cls(config.data, federation, config.study.seed, arch.to_dict(), compression, supernet)
+
+
+def supernet_section(config: StudyConfig) -> dict[str, Any]:
+    """``RunSpec.supernet`` of a supernet study: its space (name, options, label domains) and ``[supernet]``."""
+    space = config.space
+    return {"space": {"name": space.name, "options": dict(space.options), "labels": dict(space.labels)},
+            "settings": asdict(config.supernet)}
 
 
 def flwr_run_compression(config: StudyConfig, bundle_labels: dict[str, Any], override_json: str = "") -> CompressionSettings:

@@ -19,10 +19,10 @@ from fednas.config import FederationConfig
 from fednas.strategies import STRATEGIES, get_strategy
 from search_spaces import CompressionSettings
 
-__all__ = ["STRATEGIES", "make_strategy", "strategy_kwargs"]
+__all__ = ["STRATEGIES", "make_strategy", "sampling_kwargs", "strategy_kwargs"]
 
 
-def _sampling(fed: FederationConfig) -> dict[str, Any]:
+def sampling_kwargs(fed: FederationConfig) -> dict[str, Any]:
     # Evaluation is server-side on the held-out split, so no client-side evaluate round.
     return {
         "fraction_train": fed.fraction_train,
@@ -41,7 +41,7 @@ def strategy_kwargs(fed: FederationConfig) -> tuple[type[FedAvg], dict[str, Any]
     """
     spec = get_strategy(fed.strategy)
     cls = spec.load()
-    kwargs = {**_sampling(fed), **spec.defaults(), **fed.strategy_options}
+    kwargs = {**sampling_kwargs(fed), **spec.defaults(), **fed.strategy_options}
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(k for k in kwargs if k not in params)
     if unknown:

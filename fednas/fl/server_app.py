@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -88,10 +89,21 @@ class ServerOutcome:
 
 @dataclass
 class RunHooks:
-    """Set by in-process callers (``run_federation``) to follow and collect a run."""
+    """Set by in-process callers (``run_federation``, ``run_supernet``) to follow, seed and collect a run.
 
-    on_round: Callable[[RoundRecord], None] | None = None
-    outcomes: list[ServerOutcome] = field(default_factory=list)
+    Attributes:
+        on_round: called with each round's record (a ``RoundRecord``; with a supernet run,
+            ``(SupernetRound, Supernet)``).
+        outcomes: the run's outcome is appended here.
+        initial: a state dict the global model starts from instead of its initialization
+            (fine-tuning inherited weights).
+        start: a supernet run's checkpoint ``(Supernet, rounds done)`` to resume from.
+    """
+
+    on_round: Callable[..., None] | None = None
+    outcomes: list[Any] = field(default_factory=list)
+    initial: dict[str, torch.Tensor] | None = None
+    start: Any = None
 
 
 # ``flwr run`` leaves it unset: the outcome then only goes to the log and context.state.
@@ -102,7 +114,11 @@ run_hooks: contextvars.ContextVar[RunHooks | None] = contextvars.ContextVar("fed
 def main(grid: Grid, context: Context) -> None:
     spec = RunSpec.from_run_config(context.run_config)
     hooks = run_hooks.get()
-    outcome = run_server(grid, spec, on_round=hooks.on_round if hooks else None)
+    if spec.supernet:
+        _supernet_main(grid, context, spec, hooks)
+        return
+    outcome = run_server(grid, spec, on_round=hooks.on_round if hooks else None,
+                         initial=hooks.initial if hooks else None)
     if hooks:
         hooks.outcomes.append(outcome)
     context.state["fednas-arrays"] = outcome.arrays
@@ -111,6 +127,27 @@ def main(grid: Grid, context: Context) -> None:
     )
     logging.getLogger(__name__).info("final accuracy %.4f, %d bytes (%s, compression %s)", outcome.accuracy,
                                      outcome.comm_bytes, arch_from_dict(spec.arch).family, spec.compression.describe())
+
+
+def _supernet_main(grid: Grid, context: Context, spec: RunSpec, hooks: RunHooks | None) -> None:
+    """A supernet run (``RunSpec.supernet`` set): phase 1 of a supernet study, or ``flwr run`` of one."""
+    from fednas.compress import to_array_record
+    from fednas.fl._supernet import run_supernet_server
+
+    outcome = run_supernet_server(grid, spec, start=hooks.start if hooks else None,
+                                  on_round=hooks.on_round if hooks else None)
+    if hooks:
+        hooks.outcomes.append(outcome)
+    last = outcome.rounds[-1]
+    context.state["fednas-arrays"] = to_array_record(outcome.supernet.state)
+    context.state["fednas-metrics"] = MetricRecord(
+        {"accuracy_largest": last.accuracy_largest, "accuracy_smallest": last.accuracy_smallest,
+         "download_bytes": outcome.download_bytes, "upload_bytes": outcome.upload_bytes,
+         "client_epochs": outcome.client_epochs})
+    logging.getLogger(__name__).info(
+        "supernet trained for %d rounds (%d client-epochs, %d bytes): largest subnet %.4f, smallest %.4f",
+        len(outcome.rounds), outcome.client_epochs, outcome.download_bytes + outcome.upload_bytes,
+        last.accuracy_largest, last.accuracy_smallest)
 
 
 def initial_model(spec: RunSpec, data: FederatedData) -> torch.nn.Module:
@@ -122,8 +159,12 @@ def initial_model(spec: RunSpec, data: FederatedData) -> torch.nn.Module:
         )
 
 
-def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], None] | None = None) -> ServerOutcome:
+def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], None] | None = None,
+               initial: dict[str, torch.Tensor] | None = None) -> ServerOutcome:
     """Run the federated training of ``spec`` over ``grid`` and return its outcome.
+
+    ``initial``: a state dict of the candidate's model to start from (default: its seeded
+    initialization).
 
     Raises:
         FederationError: when a training round gets too few successful replies.
@@ -133,6 +174,8 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     arch_json = arch_from_dict(spec.arch).to_json()
     counting = CountingGrid(grid)
     pruner = _ServerPruning(spec, data, counting, arch_json, initial_model(spec, data))
+    if initial is not None:
+        pruner.model.load_state_dict(initial)
     strategy = make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=pruner)
     arrays = from_torch(pruner.model.state_dict())
     outcome = ServerOutcome(arrays=arrays)
@@ -224,10 +267,13 @@ def _round_record(rnd: int, acc: float, loss: float, train_ex: Exchange, new: li
     )
 
 
-def _check_round(counting: CountingGrid, server_round: int, min_replies: int) -> Exchange:
-    """The round's training exchange; fewer successful replies than the minimum fail the run."""
+def _check_round(counting: CountingGrid, server_round: int, min_replies: int, *, first_round: int = 1) -> Exchange:
+    """The round's training exchange; fewer successful replies than the minimum fail the run.
+
+    ``first_round``: the round the grid's traffic started at (a resumed run's).
+    """
     train = [e for e in counting.traffic.exchanges if e.message_type == "train"]
-    if len(train) < server_round:
+    if len(train) < server_round - first_round + 1:
         raise FederationError(f"round {server_round}: no training messages were sent")
     ex = train[-1]
     ok = ex.replies - ex.errors
@@ -254,11 +300,12 @@ def _pool_taylor_scores(grid: CountingGrid, arrays: ArrayRecord, arch_json: str)
 
 
 def _pool_batchnorm(grid: CountingGrid, model: torch.nn.Module, arrays: ArrayRecord, arch_json: str,
-                    prune_masks: str = "") -> None:
-    """Replace running statistics by the exact pooled statistics of all clients' data."""
+                    prune_masks: str = "", *, nodes: list[int] | None = None) -> None:
+    """Replace running statistics by the exact pooled statistics of the clients' data (``nodes``: default all)."""
     config = ConfigRecord({"arch": arch_json, MASKS_KEY: prune_masks} if prune_masks else {"arch": arch_json})
     content = RecordDict({"arrays": arrays, "config": config})
-    messages = [Message(content, node, "query.bn_moments") for node in grid.get_node_ids()]
+    targets = list(grid.get_node_ids()) if nodes is None else nodes
+    messages = [Message(content, node, "query.bn_moments") for node in targets]
     replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
     if not replies:
         reasons = grid.last_errors[:1]

@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from fednas.config import Tier, tier_counts
 from fednas.cost import count_macs, count_params
 from search_spaces import Architecture, Domain, SearchSpace, build_model
 
@@ -26,38 +27,16 @@ __all__ = ["RandomTrial", "SubnetSampler", "Tier", "assign_tiers"]
 POOL = 96  # random members measured per tier to find the largest one within a budget
 
 
-@dataclass(frozen=True)
-class Tier:
-    """Devices of one kind: a share of the nodes and what they can run (0: no bound)."""
-
-    name: str
-    share: float
-    max_macs: int = 0
-    max_params: int = 0
-
-    def admits(self, macs: int, params: int) -> bool:
-        return (not self.max_macs or macs <= self.max_macs) and (not self.max_params or params <= self.max_params)
-
-    def describe(self) -> str:
-        bounds = [f"max_macs {self.max_macs:,}" if self.max_macs else "", f"max_params {self.max_params:,}"
-                  if self.max_params else ""]
-        return f"{self.name} ({self.share:.0%} of nodes" + "".join(f", {b}" for b in bounds if b) + ")"
-
-
 ALL = Tier("all", 1.0)
 
 
 def assign_tiers(node_ids: list[int], tiers: tuple[Tier, ...]) -> dict[int, Tier]:
-    """Node id -> tier: node ids in ascending order, split by the tiers' shares (largest remainder)."""
+    """Node id -> tier: node ids in ascending order, split by the tiers' shares (``fednas.config.tier_counts``)."""
     nodes = sorted(node_ids)
     if not tiers:
         return {n: ALL for n in nodes}
-    exact = [t.share * len(nodes) for t in tiers]
-    counts = [int(x) for x in exact]
-    for i in sorted(range(len(tiers)), key=lambda i: exact[i] - counts[i], reverse=True)[: len(nodes) - sum(counts)]:
-        counts[i] += 1
     out, start = {}, 0
-    for tier, count in zip(tiers, counts):
+    for tier, count in zip(tiers, tier_counts([t.share for t in tiers], len(nodes))):
         for n in nodes[start:start + count]:
             out[n] = tier
         start += count

@@ -59,7 +59,7 @@ class Supernet:
 
     def extract(self, sub: Architecture) -> dict[str, np.ndarray]:
         """``sub``'s state dict, copied out of the supernet's arrays."""
-        return {s.key: np.ascontiguousarray(self.state[s.source][_index(s.box)]) for s in self.slices(sub)}
+        return {s.key: np.array(self.state[s.source][_index(s.box)], order="C", copy=True) for s in self.slices(sub)}
 
     def subnet(self, sub: Architecture) -> nn.Module:
         """An ordinary module of the family (``build_model(sub)``) holding the supernet's weights for ``sub``."""
