@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
     pa.add_argument("--study", default="quickstart", help="study name (default: quickstart)")
     pa.add_argument("--all", action="store_true", help="all trials, not only the front")
+    pa.add_argument("--tier", help="a device tier's front: only the subnets it can run (supernet studies)")
     pa.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
     a = sub.add_parser("arch", help="architectures")
@@ -170,6 +171,12 @@ def _search(args: argparse.Namespace, argv: list[str]) -> int:
         return 128 + exc.signum
     print(f"study {result.study_name!r} in {result.storage}: {result.completed} completed trials")
     print(_table(result.front, list(config.objectives)))
+    if config.federation.tiers:
+        from fednas.study import read_study, tier_fronts
+
+        for name, front in tier_fronts(read_study(result.storage, result.study_name)).items():
+            print(f"\ndevice tier {name!r}: the front of the subnets it can run")
+            print(_table(front, list(config.objectives)))
     return 0
 
 
@@ -180,7 +187,10 @@ def _pareto(args: argparse.Namespace) -> int:
     _quiet_libraries()
     storage = args.storage or default_storage(args.study)
     view = read_study(storage, args.study)
-    trials = list(view.records) if args.all else view.front()
+    front = view.front(args.tier)  # also checks the tier's name
+    trials = front
+    if args.all:
+        trials = [t for t in view.records if args.tier is None or args.tier in (t.attrs.get("tiers") or [])]
     objectives = list(view.objectives)  # the study's, whatever state its first trial is in
     if args.format == "json":
         print(json.dumps([t.to_dict() for t in trials], indent=2))
@@ -227,6 +237,7 @@ def _table(trials: list, objectives: list[str], show_state: bool = False) -> str
     if not trials:
         return "(no completed trials)"
     extra = [m for m in ("params", "macs", "comm_bytes") if m not in objectives]
+    extra += [m for m in ("accuracy_finetuned",) if any(m in t.metrics for t in trials)]  # supernet studies
     from search_spaces import CompressionSettings, describe_arch
 
     head = ["#"] + (["state"] if show_state else []) + objectives + extra + ["compression", "architecture"]
@@ -251,6 +262,7 @@ def _csv(trials: list, objectives: list[str]) -> str:
     for t in trials:
         labels += [k for k in t.labels if k not in labels]
     metrics = ["params", "macs", "bytes", "comm_bytes", "upload_bytes", "download_bytes"]
+    metrics += [m for m in ("accuracy_inherited", "accuracy_finetuned") if any(m in t.metrics for t in trials)]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["number", "state", *objectives, *[m for m in metrics if m not in objectives], *labels, "reason"])

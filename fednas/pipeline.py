@@ -30,7 +30,7 @@ from fednas.models import build_run_model, example_input
 from fednas.objectives import OBJECTIVES
 from search_spaces import Architecture, CompressionSettings, arch_from_dict
 
-__all__ = ["Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish", "needs_int8",
+__all__ = ["Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish", "int8_metrics", "needs_int8",
            "run_candidate"]
 
 
@@ -146,11 +146,11 @@ def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: Fed
     metrics: dict[str, Any] = {**static, "accuracy": outcome.accuracy, "comm_bytes": outcome.comm_bytes,
                                "upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes}
     if int8:
-        metrics.update(_int8_metrics(model, data))
+        metrics.update(int8_metrics(model, data))
     return CandidateResult(candidate, model.eval(), metrics, before, outcome)
 
 
-def _int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
+def int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
     """Post-training int8 of the final model: calibrated on training data, scored on the held-out split."""
     from fednas.compress import CALIBRATION_SAMPLES, evaluate_int8, quantize_int8
 

@@ -48,8 +48,17 @@ def _title(doc: dict[str, Any]) -> str:
         title = f"# fednas model: `{o.get('architecture', 'architecture')}`, retrained for {fed['rounds']} rounds"
         where = f"Trained by `fednas train` ({o.get('from', '')})."
     shape = "x".join(str(s) for s in i["shape"])
-    lead = (f"{arch_from_dict(doc['architecture']).title} for {shape} inputs and {i['num_classes']} classes, trained by federated "
-            f"learning ({fed['strategy']}, {fed['num_clients']} clients, {fed['rounds']} rounds) on "
+    training = o.get("training") or {}
+    if training.get("mode") == "supernet":
+        how = (f"with weights inherited from a weight-sharing supernet trained by federated learning "
+               f"({fed['num_clients']} clients, {training['supernet_rounds']} supernet rounds, per-element averaging "
+               "of the clients' subnets)")
+        if training.get("finetune_rounds"):
+            how += (f" and fine-tuned by {training['finetune_rounds']} federated rounds on {training['finetune_nodes']} "
+                    f"clients (accuracy with the inherited weights: {_pct(m.get('accuracy_inherited'))})")
+    else:
+        how = f"trained by federated learning ({fed['strategy']}, {fed['num_clients']} clients, {fed['rounds']} rounds)"
+    lead = (f"{arch_from_dict(doc['architecture']).title} for {shape} inputs and {i['num_classes']} classes, {how} on "
             f"`{doc['data']['source']}`. Held-out accuracy {_pct(m.get('accuracy'))}, "
             f"{_n(m.get('macs', '-'))} MACs, {_n(m.get('params', '-'))} parameters.")
     return f"{title}\n\n{lead}\n\n{where}"
@@ -67,7 +76,7 @@ def _objectives(doc: dict[str, Any]) -> str:
         rows = [[n, o["direction"], _n(o["value"])] for n, o in doc["objectives"].items()]
         parts.append("## Objectives\n\n" + _table(["objective", "direction", "value"], rows))
     m = doc["metrics"]
-    rows = [[k, _pct(v) if k == "accuracy" else _n(v)] for k, v in m.items()]
+    rows = [[k, _pct(v) if k.startswith("accuracy") else _n(v)] for k, v in m.items()]
     rows.append(["accuracy re-measured on export (PyTorch)", _pct(doc["pytorch_accuracy"])])
     parts.append(f"## Metrics\n\nOn {doc['test_samples']:,} held-out test images.\n\n" + _table(["metric", "value"], rows))
     return "\n\n".join(parts)

@@ -65,16 +65,25 @@ def source_from_trial(storage: str, study: str, *, trial: int | None = None, pic
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"trial {chosen.number}: stored architecture is invalid ({exc})") from None
     state = load_file(str(weights_path(view, chosen)))
+    metrics = {k: chosen.attrs[k] for k in METRICS if k in chosen.attrs}
+    origin = {"storage": storage, "study": study, "trial": chosen.number, "picked": pick or "",
+              "weights_artifact": chosen.attrs.get("weights_artifact", "")}
+    if chosen.attrs.get("mode") == "supernet":  # inherited weights, fine-tuned when phase 3 ran
+        finetuned = chosen.attrs.get("finetuned") or {}
+        metrics["accuracy_inherited"] = chosen.attrs.get("accuracy_inherited", metrics.get("accuracy"))
+        if finetuned:
+            metrics["accuracy"] = metrics["accuracy_finetuned"] = finetuned["accuracy"]
+        origin["training"] = {"mode": "supernet", "supernet_rounds": chosen.attrs.get("supernet_round", 0),
+                              "finetune_rounds": finetuned.get("rounds", 0), "finetune_nodes": finetuned.get("nodes", 0)}
     return ModelSource(
         arch=arch,
         state=state,
         config=view.config,
-        metrics={k: chosen.attrs[k] for k in METRICS if k in chosen.attrs},
+        metrics=metrics,
         objectives={n: {"direction": d, "value": chosen.values[n]} for n, d in view.objectives.items()},
         labels=dict(chosen.labels),
         searched=dict(chosen.searched),
         rounds=list(chosen.attrs.get("rounds", [])),
         prune_masks=str(chosen.attrs.get("prune_masks", "")),
-        origin={"storage": storage, "study": study, "trial": chosen.number, "picked": pick or "",
-                "weights_artifact": chosen.attrs.get("weights_artifact", "")},
+        origin=origin,
     )

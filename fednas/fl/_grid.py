@@ -27,7 +27,7 @@ from flwr.supercore.run import Run
 
 from fednas._interrupt import checkpoint
 
-__all__ = ["CountingGrid", "InProcessGrid", "Traffic", "record_bytes"]
+__all__ = ["CountingGrid", "InProcessGrid", "NodeSubset", "Traffic", "record_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +260,40 @@ class CountingGrid(Grid):
                         weighted[k] = weighted.get(k, 0.0) + w * float(v)
         if total:
             ex.metrics = {k: v / total for k, v in weighted.items()}
+
+
+class NodeSubset(Grid):
+    """Delegate to ``grid`` but show only ``node_ids`` (the nodes whose device tier can run the model)."""
+
+    def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
+        self._grid = grid
+        self._nodes = sorted(node_ids)
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        live = set(self._grid.get_node_ids())
+        return [n for n in self._nodes if n in live]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        outside = sorted({m.metadata.dst_node_id for m in messages} - set(self._nodes))
+        if outside:
+            raise ValueError(f"message for node(s) {outside} outside this run's nodes")
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))

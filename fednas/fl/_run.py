@@ -38,15 +38,17 @@ def run_federation(
     on_round: Callable[[RoundRecord], None] | None = None,
     run_id: int = 1,
     initial: dict[str, Any] | None = None,
+    nodes: list[int] | None = None,
 ) -> ServerOutcome:
     """Run ``spec`` with fednas's ServerApp and ClientApp on an in-process grid.
 
     This is what Flower's simulation runtime does, minus Ray: the runtime's job of
     giving each node its Context and routing messages is done by ``InProcessGrid``.
     Node sampling (Python's ``random``) is seeded from the spec and the caller's
-    random state is restored afterwards. ``initial``: a state dict to start from.
+    random state is restored afterwards. ``initial``: a state dict to start from;
+    ``nodes``: the node ids that take part (default all; the grid's ids are 1001, 1002, ...).
     """
-    return _run_app(spec, RunHooks(on_round=on_round, initial=initial), run_id)
+    return _run_app(spec, RunHooks(on_round=on_round, initial=initial, nodes=nodes), run_id)
 
 
 def run_supernet(

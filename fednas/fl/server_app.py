@@ -28,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fednas._seeds import derive_seed
 from fednas.compress import from_torch, to_torch
-from fednas.fl._grid import CountingGrid, Exchange
+from fednas.fl._grid import CountingGrid, Exchange, NodeSubset
 from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.fl._strategies import make_strategy
@@ -98,12 +98,14 @@ class RunHooks:
         initial: a state dict the global model starts from instead of its initialization
             (fine-tuning inherited weights).
         start: a supernet run's checkpoint ``(Supernet, rounds done)`` to resume from.
+        nodes: the node ids that take part (default: all the grid's).
     """
 
     on_round: Callable[..., None] | None = None
     outcomes: list[Any] = field(default_factory=list)
     initial: dict[str, torch.Tensor] | None = None
     start: Any = None
+    nodes: list[int] | None = None  # only these nodes take part (a device tier's)
 
 
 # ``flwr run`` leaves it unset: the outcome then only goes to the log and context.state.
@@ -114,6 +116,8 @@ run_hooks: contextvars.ContextVar[RunHooks | None] = contextvars.ContextVar("fed
 def main(grid: Grid, context: Context) -> None:
     spec = RunSpec.from_run_config(context.run_config)
     hooks = run_hooks.get()
+    if hooks and hooks.nodes is not None:
+        grid = NodeSubset(grid, hooks.nodes)
     if spec.supernet:
         _supernet_main(grid, context, spec, hooks)
         return

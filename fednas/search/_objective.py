@@ -96,6 +96,14 @@ class TrialRunner:
         for k, v in built.static.items():
             trial.set_user_attr(k, v)
         self._check_static(trial, built.static)
+        metrics, state = self._score(trial, candidate, built)
+        self._set_constraints(trial, metrics)
+        self._store_weights(trial, state)
+        return tuple(float(metrics[name]) for name in self.config.objectives)
+
+    def _score(self, trial: optuna.Trial, candidate: Candidate,
+               built: pipeline.Built) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Train and score the candidate (from scratch, by a whole federation); its metrics and final weights."""
         try:
             outcome = pipeline.federate(candidate, self.config, on_round=self._on_round)
         except TrialFailed as exc:
@@ -104,9 +112,7 @@ class TrialRunner:
         int8 = pipeline.needs_int8(self.config.objectives)
         result = pipeline.finish(candidate, built, outcome, self.data, int8=int8)
         self._store_result(trial, result, int8)
-        self._set_constraints(trial, result.metrics)
-        self._store_weights(trial, result.state)
-        return tuple(float(result.metrics[name]) for name in self.config.objectives)
+        return result.metrics, result.state
 
     def _store_result(self, trial: optuna.Trial, result: pipeline.CandidateResult, int8: bool) -> None:
         """The trial's user attributes: metrics, per-round records, pruning, what reproduces it.
@@ -124,6 +130,7 @@ class TrialRunner:
         for k in ("accuracy", "comm_bytes", "upload_bytes", "download_bytes"):
             trial.set_user_attr(k, metrics[k])
         trial.set_user_attr("rounds", [asdict(r) for r in outcome.rounds])
+        trial.set_user_attr("client_epochs", sum(r.replies for r in outcome.rounds) * self.config.federation.local_epochs)
         trial.set_user_attr("client_failures", sum(r.failures for r in outcome.rounds))
         trial.set_user_attr("client_dropouts", sum(r.dropped for r in outcome.rounds))
         trial.set_user_attr("train_seconds", outcome.seconds)

@@ -6,8 +6,10 @@ Reading a finished study back (its records and Pareto front) is ``fednas.study``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from fednas.fl import federated_data
 from fednas.search._objective import TrialFailed, TrialRunner
 from fednas.search._progress import Progress
 from fednas.search._recovery import enqueue_retry, recover_dead_workers
+from fednas.search._supernet import SubnetTrialRunner, finetune_front, supernet_spec, train_supernet
+from fednas.fl import SubnetEvaluator
 from fednas import study as _study
 from fednas.study import CONFIG_ATTR, TrialRecord, artifact_dir_for, artifact_store, load_front, read_study, record_of, study_names
 from search_spaces import get_search_space, with_compression
@@ -112,18 +116,43 @@ def run_search(
     folder = Path(config.study.artifacts) if config.study.artifacts else artifact_dir_for(storage_url, config.study.name)
     if "artifacts_dir" not in study.user_attrs:
         study.set_user_attr("artifacts_dir", str(folder.resolve()))
+    store = artifact_store(folder)
+    supernet_mode = config.study.mode == "supernet"
+    reporter = Progress(
+        target=config.study.trials, done=_count(study, TrialState.COMPLETE), rounds=config.federation.rounds,
+        enabled=progress, prefix=prefix
+    )
     if jobs > 1:
+        if supernet_mode:  # phase 1 once, here; the workers load the trained supernet
+            with _phase():
+                train_supernet(study, config, store, data, reporter)
         _run_workers(config, jobs, progress)
     else:
-        done = _count(study, TrialState.COMPLETE)
-        reporter = Progress(
-            target=config.study.trials, done=done, rounds=config.federation.rounds, enabled=progress, prefix=prefix
-        )
         with LocalWorkers() as cores:
-            runner = TrialRunner(config, space, data, artifact_store(folder), reporter, cores)
-            _optimize(study, runner, config, reporter)
+            if supernet_mode:
+                with _phase():
+                    supernet = train_supernet(study, config, store, data, reporter)
+                with SubnetEvaluator(supernet_spec(config), supernet) as evaluator:
+                    runner = SubnetTrialRunner(config, space, data, store, reporter, cores, evaluator=evaluator)
+                    _optimize(study, runner, config, reporter)
+            else:
+                _optimize(study, TrialRunner(config, space, data, store, reporter, cores), config, reporter)
+    if supernet_mode and not worker and _count(study, TrialState.COMPLETE) >= config.study.trials:
+        with _phase():
+            finetune_front(study, config, store, reporter)
     front = read_study(storage_url, config.study.name).front()
     return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
+
+
+@contextlib.contextmanager
+def _phase() -> Iterator[None]:
+    """A supernet study's phase 1 or 3: Ctrl-C / SIGTERM stop at the next safe point; what was stored stays
+    (the rounds or fine-tuned trials so far) and the same command resumes."""
+    try:
+        with stop_at_safe_points():
+            yield
+    except KeyboardInterrupt as exc:
+        raise SearchInterrupted(getattr(exc, "signum", signal.SIGINT), []) from None
 
 
 def _prepare(config: StudyConfig) -> tuple[Any, Any]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from fednas.study._front import hypervolume, knee_index, normalized_losses, pareto_mask, statuses, to_losses
 from fednas.study._picks import PICKS, pick_trial, weights_path
-from fednas.study._read import (CONFIG_ATTR, StudyView, config_from_stored, load_front, metric_direction, open_study,
+from fednas.study._read import (CONFIG_ATTR, FINETUNE_ATTR, SUPERNET_ATTR, StudyView, tier_fronts, config_from_stored, load_front, metric_direction, open_study,
                                 read_study)
 from fednas.study._record import TrialRecord, record_of
 from fednas.study._storage import StorageError, artifact_dir_for, artifact_store, open_storage, sqlite_path, study_names
 
 __all__ = [
+    "FINETUNE_ATTR",
+    "SUPERNET_ATTR",
+    "tier_fronts",
     "CONFIG_ATTR",
     "PICKS",
     "StorageError",

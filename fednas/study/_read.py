@@ -16,10 +16,12 @@ from fednas.study._front import statuses
 from fednas.study._record import TrialRecord, record_of
 from fednas.study._storage import artifact_dir_for, open_storage, study_names
 
-__all__ = ["CONFIG_ATTR", "StudyView", "config_from_stored", "load_front", "metric_direction", "open_study",
+__all__ = ["CONFIG_ATTR", "FINETUNE_ATTR", "SUPERNET_ATTR", "StudyView", "tier_fronts", "config_from_stored", "load_front", "metric_direction", "open_study",
            "read_study"]
 
 CONFIG_ATTR = "fednas_config"  # study user attribute: the validated config it was made with
+SUPERNET_ATTR = "supernet"  # supernet study: the supernet's rounds (training curve) and its weights artifact
+FINETUNE_ATTR = "finetuned"  # supernet study: trial number -> its fine-tuning (accuracy, bytes, weights artifact)
 
 
 def metric_direction(name: str) -> str:
@@ -41,6 +43,8 @@ class StudyView:
         artifacts_dir: folder of the study's artifact store ("" if none): the stored folder, or
             the default one beside a SQLite/journal file when the study was moved there.
         frozen: the COMPLETE trials as Optuna stores them (for ``optuna.importance``).
+        supernet: a supernet study's phase 1 (``rounds``: one dict per round, the training curve;
+            empty for a from-scratch study).
     """
 
     name: str
@@ -51,6 +55,7 @@ class StudyView:
     config: StudyConfig | None
     artifacts_dir: str
     frozen: tuple[FrozenTrial, ...] = field(default=(), repr=False)
+    supernet: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def trials(self) -> tuple[TrialRecord, ...]:
@@ -76,10 +81,19 @@ class StudyView:
     def trial(self, number: int) -> TrialRecord | None:
         return next((t for t in self.trials if t.number == number), None)
 
-    def front(self) -> list[TrialRecord]:
-        """The Pareto front of the study's objectives over its feasible COMPLETE trials, by number."""
+    def front(self, tier: str | None = None) -> list[TrialRecord]:
+        """The Pareto front of the study's objectives over its feasible COMPLETE trials, by number.
+
+        ``tier``: only the subnets that device tier can run (a supernet study with ``federation.tiers``).
+        """
         names = list(self.objectives)
         trials = [t for t in self.trials if all(n in t.objectives for n in names)]
+        if tier is not None:
+            known = [t["name"] for t in self.config.federation.tiers] if self.config else []
+            if tier not in known:
+                raise ConfigError(f"--tier {tier!r}: study {self.name!r} has no such device tier; tiers: "
+                                  f"{', '.join(known) or 'none'}")
+            trials = [t for t in trials if tier in (t.attrs.get("tiers") or [])]
         status = statuses(trials, names, [self.direction(n) for n in names])
         return [t for t, s in zip(trials, status) if s == "front"]
 
@@ -111,16 +125,41 @@ def read_study(storage: str, study_name: str) -> StudyView:
     objectives = {n: d.name.lower() for n, d in zip(names, study.directions)}
     all_trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     config = config_from_stored(attrs.get(CONFIG_ATTR))
+    finetuned = attrs.get(FINETUNE_ATTR) or {}
     return StudyView(
         name=study_name,
         storage=storage,
         objectives=objectives,
-        records=tuple(record_of(t, names) for t in all_trials),
+        records=tuple(_with_finetune(record_of(t, names), finetuned.get(str(t.number))) for t in all_trials),
         constraints=config.constraints.active() if config else {},
         config=config,
         artifacts_dir=_artifacts_dir(str(attrs.get("artifacts_dir", "")), storage, study_name),
         frozen=tuple(t for t in all_trials if t.state == TrialState.COMPLETE),
+        supernet=dict(attrs.get(SUPERNET_ATTR) or {}),
     )
+
+
+def tier_fronts(view: StudyView) -> dict[str, list[TrialRecord]]:
+    """Device tier name -> the front of the subnets that tier can run (empty without tiers)."""
+    tiers = view.config.federation.tiers if view.config else []
+    return {t["name"]: view.front(t["name"]) for t in tiers}
+
+
+def _with_finetune(record: TrialRecord, finetune: dict[str, Any] | None) -> TrialRecord:
+    """A supernet trial's record: its inherited accuracy and, once fine-tuned, the fine-tuned accuracy and weights
+    (``weights_artifact`` then names the fine-tuned weights; the inherited ones stay as ``weights_artifact_inherited``)."""
+    from dataclasses import replace
+
+    if "accuracy_inherited" not in record.attrs:
+        return record
+    metrics = {**record.metrics, "accuracy_inherited": record.attrs["accuracy_inherited"]}
+    attrs = dict(record.attrs)
+    if finetune and "accuracy" in finetune:
+        metrics["accuracy_finetuned"] = finetune["accuracy"]
+        metrics["finetune_comm_bytes"] = finetune["comm_bytes"]
+        attrs.update(weights_artifact=finetune["weights_artifact"], weights_artifact_inherited=record.attrs.get(
+            "weights_artifact"), finetuned=finetune)
+    return replace(record, metrics=metrics, attrs=attrs)
 
 
 def _artifacts_dir(stored: str, storage: str, name: str) -> str:
