@@ -180,9 +180,11 @@ def check_study(config: StudyConfig) -> str:
 
 
 def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
-    """Bounds on size that even the smallest candidate of the space exceeds are a config error."""
+    """Bounds on size (and device tiers' budgets) that even the smallest candidate of the space exceeds are a
+    config error."""
     bounds = {k: v for k, v in config.constraints.active().items() if k in ("macs", "params", "bytes")}
-    if not bounds:
+    tiers = config.federation.tier_list()
+    if not bounds and not tiers:
         return
     from fednas import pipeline
     from search_spaces import domain_from_config
@@ -194,6 +196,10 @@ def _check_feasible(config: StudyConfig, space: Any, data: Any) -> None:
         cost = pipeline.build(candidate, data).cost.to_dict()
     except pipeline.CandidateError as exc:
         raise ConfigError(f"space: the smallest candidate of the space {exc}") from None
+    for tier in tiers:
+        if not tier.admits(cost["macs"], cost["params"]):
+            raise ConfigError(f"federation.tiers: tier {tier.describe()} cannot run even the smallest subnet of the "
+                              f"space ({cost['macs']:,} MACs, {cost['params']:,} parameters)")
     for name, bound in bounds.items():
         if cost[name] > bound:
             raise ConfigError(
