@@ -30,8 +30,8 @@ from fednas.models import build_run_model, example_input
 from fednas.objectives import OBJECTIVES
 from search_spaces import Architecture, CompressionSettings, arch_from_dict
 
-__all__ = ["Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish", "int8_metrics", "needs_int8",
-           "run_candidate"]
+__all__ = ["Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish", "int8_metrics",
+           "needs_int8", "run_candidate"]
 
 
 class CandidateError(RuntimeError):

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ._arch import (MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, WeightSlice,
-                    check_int, check_skeleton, make_divisible, space_from_options, stages_record_from_dict, stages_record_to_dict)
+                    check_int, check_skeleton, make_divisible, space_from_options, stages_record_from_dict,
+                    stages_record_to_dict)
 from ._base import Choice, Domain, Range, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from fednas.study._front import hypervolume, knee_index, normalized_losses, pareto_mask, statuses, to_losses
 from fednas.study._picks import PICKS, pick_trial, weights_path
-from fednas.study._read import (CONFIG_ATTR, FINETUNE_ATTR, SUPERNET_ATTR, StudyView, tier_fronts, config_from_stored, load_front, metric_direction, open_study,
-                                read_study)
+from fednas.study._read import (CONFIG_ATTR, FINETUNE_ATTR, SUPERNET_ATTR, StudyView, config_from_stored, load_front,
+                                metric_direction, open_study, read_study, tier_fronts)
 from fednas.study._record import TrialRecord, record_of
 from fednas.study._storage import StorageError, artifact_dir_for, artifact_store, open_storage, sqlite_path, study_names
 
