@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -46,6 +47,8 @@ DEFAULT_CONFIG = "studies/quickstart.toml"  # the study `fednas search`/`train` 
 SAMPLERS = ("nsga2", "tpe", "random")
 BN_MODES = ("final", "every_round", "off")
 MODES = ("scratch", "supernet")
+FIDELITIES = ("none", "halving")
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # whether it exists here is checked with torch (``check_study``)
 SUBNET_RULES = ("sandwich", "random")
 # compression labels that change how a candidate is trained: a supernet study inherits weights instead
 TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "kd_weight": 0.0,
@@ -64,9 +67,30 @@ class StudySection:
     artifacts: str = ""
     heartbeat: int = 10
     mode: str = "scratch"
+    fidelity: str = "none"
+    halving_eta: int = 3
+    halving_min_rounds: int = 2
+    halving_bracket: int = 0
 
     def check(self) -> None:
         _require(self.mode in MODES, "study.mode", f"one of {list(MODES)}", self.mode)
+        _require(self.fidelity in FIDELITIES, "study.fidelity", f"one of {list(FIDELITIES)}", self.fidelity)
+        _require(self.halving_eta >= 2, "study.halving_eta", "an integer >= 2", self.halving_eta)
+        _require(self.halving_min_rounds >= 1, "study.halving_min_rounds", "an integer >= 1", self.halving_min_rounds)
+        _require(self.halving_bracket >= 0, "study.halving_bracket", "an integer >= 0 (0: eta ** number of rungs)",
+                 self.halving_bracket)
+
+    def rungs(self, rounds: int) -> list[int]:
+        """Successive halving's rungs: ``halving_min_rounds`` times powers of ``halving_eta``, up to ``rounds``."""
+        out, r = [], self.halving_min_rounds
+        while r < rounds:
+            out.append(r)
+            r *= self.halving_eta
+        return out + [rounds]
+
+    def bracket(self, rounds: int) -> int:
+        """Candidates started together in one bracket of successive halving."""
+        return self.halving_bracket or self.halving_eta ** len(self.rungs(rounds))
         _require(self.name.strip() != "" and "/" not in self.name, "study.name", "a non-empty name without '/'", self.name)
         _require(self.trials >= 1, "study.trials", "an integer >= 1", self.trials)
         _require(self.sampler in SAMPLERS, "study.sampler", f"one of {list(SAMPLERS)}", self.sampler)
@@ -87,12 +111,15 @@ class SupernetConfig:
             the clients) every this many rounds for the training curve (0: only after the last).
         finetune_rounds: federated rounds that fine-tune each member of the final Pareto front
             from its inherited weights (phase 3; 0: off).
+        distill: in-place distillation: a node also trains the space's smallest subnet, inside
+            the one it was sent and sharing its weights, on that subnet's soft targets.
     """
 
     rounds: int = 24
     sampling: str = "sandwich"
     eval_every: int = 4
     finetune_rounds: int = 2
+    distill: bool = False
 
     def check(self) -> None:
         _require(self.rounds >= 1, "supernet.rounds", "an integer >= 1", self.rounds)
@@ -222,6 +249,7 @@ class FederationConfig:
     bn_recalibration: str = "final"
     client_failure_rate: float = 0.0
     client_dropout_rate: float = 0.0
+    device: str = "auto"
     # constructor keywords of the strategy (``[federation.<strategy>]``), defaults filled in
     strategy_options: dict[str, float] = field(default_factory=dict)
     # device tiers (``[[federation.tiers]]``, supernet studies): dicts of ``Tier``'s fields
@@ -258,6 +286,8 @@ class FederationConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), "federation.lr", "a number > 0", self.lr)
         _require(0.0 <= self.momentum < 1.0, "federation.momentum", "a number in [0, 1)", self.momentum)
         _require(self.weight_decay >= 0, "federation.weight_decay", "a number >= 0", self.weight_decay)
+        _require(DEVICE_NAME.fullmatch(self.device) is not None, "federation.device",
+                 "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
         _require(self.bn_recalibration in BN_MODES, "federation.bn_recalibration", f"one of {list(BN_MODES)}", self.bn_recalibration)
 
 
@@ -571,7 +601,15 @@ def _check_pruning(config: StudyConfig) -> None:
 
 
 def _check_mode(config: StudyConfig) -> None:
-    """A supernet study needs an elastic family and no training-time compression; tiers need a supernet."""
+    """A supernet study needs an elastic family and no training-time compression; tiers need a supernet;
+    successive halving trains from scratch, without federated pruning (its round would repeat per rung)."""
+    if config.study.fidelity == "halving":
+        if config.study.mode != "scratch":
+            raise ConfigError("study.fidelity: 'halving' works on from-scratch trials (study.mode = 'scratch'); a "
+                              "supernet study does not train its candidates")
+        if any(m != "none" for m in _label_values(config.space.labels.get("prune_method"))):
+            raise ConfigError("space.labels.prune_method: federated pruning cannot be combined with "
+                              "study.fidelity = 'halving' (each rung continues from stored weights)")
     if config.study.mode != "supernet":
         if config.federation.tiers:
             raise ConfigError("federation.tiers: device tiers need study.mode = 'supernet' (each tier trains the "

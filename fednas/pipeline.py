@@ -116,13 +116,17 @@ def build(candidate: Candidate, data: FederatedData) -> Built:
 
 
 def federate(candidate: Candidate, config: StudyConfig, *,
-             on_round: Callable[[RoundRecord], None] | None = None) -> ServerOutcome:
+             on_round: Callable[[RoundRecord], None] | None = None,
+             initial: dict[str, torch.Tensor] | None = None) -> ServerOutcome:
     """Train the candidate with ``config``'s data and federation (fednas's apps on the in-process grid).
+
+    ``initial``: weights to continue from (a state dict of the candidate's model).
 
     Raises:
         FederationError / TrainingDiverged: the run failed.
     """
-    return run_federation(candidate.spec(config.data, config.federation, config.study.seed), on_round=on_round)
+    return run_federation(candidate.spec(config.data, config.federation, config.study.seed), on_round=on_round,
+                          initial=initial)
 
 
 def needs_int8(objectives: dict[str, str] | list[str]) -> bool:

@@ -7,8 +7,9 @@ would otherwise dominate a client's time.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fednas._interrupt import checkpoint
+from fednas.config import DEVICE_NAME
 
 __all__ = [
     "TrainConfig",
@@ -24,6 +26,8 @@ __all__ = [
     "apply_batchnorm_moments",
     "batchnorm_moments",
     "evaluate",
+    "on_device",
+    "resolve_device",
     "taylor_channel_scores",
     "train",
 ]
@@ -31,6 +35,43 @@ __all__ = [
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``federation.device``: "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N".
+
+    Raises:
+        ValueError: an unknown name, or CUDA requested where there is none (or not that many).
+    """
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name!r} requested but this machine has no CUDA device (torch.cuda.is_available() is "
+                             "False); expected 'auto' or 'cpu'")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
+@contextlib.contextmanager
+def on_device(model: nn.Module, device: torch.device | str | None) -> Iterator[torch.device]:
+    """Run ``model`` on ``device`` inside the block and put it back on the CPU after (None: where it is),
+    so that whatever reads its state afterwards (messages, pruning, export) sees CPU tensors."""
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        yield p.device if p is not None else torch.device("cpu")
+        return
+    dev = torch.device(device)
+    model.to(dev)
+    try:
+        yield dev
+    finally:
+        if dev.type != "cpu":
+            model.to("cpu")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +86,8 @@ class TrainConfig:
         weight_decay: L2 penalty.
         proximal_mu: FedProx proximal term weight (0: plain local SGD).
         max_steps: stop after this many steps (0: no limit).
+        device: where the model and batches go ("cpu", "cuda", "cuda:N"); the model is back
+            on the CPU when ``train`` returns.
     """
 
     epochs: int = 1
@@ -54,6 +97,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
     max_steps: int = 0
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -88,6 +132,12 @@ def train(
     Raises:
         TrainingDiverged: when a loss is NaN or infinite.
     """
+    with on_device(model, config.device) as dev:
+        return _train(model, x, y, config, seed, loss_fn, dev)
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, seed: int, loss_fn: LossFn,
+           dev: torch.device) -> TrainResult:
     model.train()
     opt = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -103,7 +153,8 @@ def train(
             idx = order[start : start + config.batch_size]
             if len(idx) < 2:  # a batch of one breaks batch norm in training mode
                 continue
-            loss = loss_fn(model(x[idx]), x[idx], y[idx])
+            xb, yb = x[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
+            loss = loss_fn(model(xb), xb, yb)
             if anchor is not None:
                 prox = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
                 loss = loss + 0.5 * config.proximal_mu * prox
@@ -121,22 +172,25 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024) -> tuple[float, float]:
-    """Return ``(mean loss, accuracy)`` of ``model`` in eval mode."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 1024,
+             device: torch.device | str | None = None) -> tuple[float, float]:
+    """Return ``(mean loss, accuracy)`` of ``model`` in eval mode (on ``device``; None: where it is)."""
     model.eval()
     loss, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        checkpoint()
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss += F.cross_entropy(out, target, reduction="sum").item()
-        correct += (out.argmax(1) == target).sum().item()
+    with on_device(model, device) as dev:
+        for start in range(0, len(y), batch_size):
+            checkpoint()
+            out = model(x[start : start + batch_size].to(dev))
+            target = y[start : start + batch_size].to(dev)
+            loss += F.cross_entropy(out, target, reduction="sum").item()
+            correct += (out.argmax(1) == target).sum().item()
     n = max(len(y), 1)
     return loss / n, correct / n
 
 
 @torch.no_grad()
-def batchnorm_moments(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> list[torch.Tensor]:
+def batchnorm_moments(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256,
+                      device: torch.device | str | None = None) -> list[torch.Tensor]:
     """Per batch-norm layer, the sums needed to pool its input statistics across clients.
 
     The model runs in training mode (each layer normalizes with batch statistics, as in
@@ -152,8 +206,8 @@ def batchnorm_moments(model: nn.Module, x: torch.Tensor, *, batch_size: int = 25
     def hook(i: int) -> Callable[..., None]:
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             a = inputs[0].double().transpose(0, 1).reshape(module.num_features, -1)
-            sums[i][0] += a.sum(1)
-            sums[i][1] += (a * a).sum(1)
+            sums[i][0] += a.sum(1).cpu()
+            sums[i][1] += (a * a).sum(1).cpu()
             sums[i][2] += a.shape[1]
 
         return record
@@ -162,10 +216,11 @@ def batchnorm_moments(model: nn.Module, x: torch.Tensor, *, batch_size: int = 25
     was_training = model.training
     model.train()
     try:
-        for start in range(0, len(x), batch_size):
-            checkpoint()
-            if len(x) - start >= 2 or start == 0:
-                model(x[start : start + batch_size])
+        with on_device(model, device) as dev:
+            for start in range(0, len(x), batch_size):
+                checkpoint()
+                if len(x) - start >= 2 or start == 0:
+                    model(x[start : start + batch_size].to(dev))
     finally:
         for h in handles:
             h.remove()
@@ -187,7 +242,8 @@ def apply_batchnorm_moments(model: nn.Module, moments: list[torch.Tensor]) -> No
 
 
 def taylor_channel_scores(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 64, max_batches: int = 8
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 64, max_batches: int = 8,
+    device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """First-order Taylor importance of each output channel of every conv and linear layer.
 
@@ -202,19 +258,20 @@ def taylor_channel_scores(
     was_training = model.training
     model.train()
     try:
-        for i, start in enumerate(range(0, len(y), batch_size)):
-            if i >= max_batches:
-                break
-            checkpoint()
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            if len(yb) < 2:
-                break
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            for n, m in layers.items():
-                if m.weight.grad is not None:
-                    contrib = (m.weight.detach() * m.weight.grad).double().pow(2)
-                    scores[n] += contrib.reshape(contrib.shape[0], -1).sum(1)
+        with on_device(model, device) as dev:
+            for i, start in enumerate(range(0, len(y), batch_size)):
+                if i >= max_batches:
+                    break
+                checkpoint()
+                xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
+                if len(yb) < 2:
+                    break
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xb), yb).backward()
+                for n, m in layers.items():
+                    if m.weight.grad is not None:
+                        contrib = (m.weight.detach() * m.weight.grad).double().pow(2)
+                        scores[n] += contrib.reshape(contrib.shape[0], -1).sum(1).cpu()
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fednas.train import TrainConfig, TrainResult, train
+from fednas.train import TrainConfig, TrainResult, on_device, train
 
 __all__ = ["distillation_loss", "train_with_teacher"]
 
@@ -78,6 +78,7 @@ def train_with_teacher(
     was_training = teacher.training
     teacher.eval()
     try:
-        return train(model, x, y, config, seed=seed, loss_fn=loss)
+        with on_device(teacher, config.device):
+            return train(model, x, y, config, seed=seed, loss_fn=loss)
     finally:
         teacher.train(was_training)

@@ -133,4 +133,5 @@ class SubnetEvaluator:
         nodes = self.nodes(macs, params)
         if not nodes:
             raise FederationError(f"no device tier can run {arch.describe()} ({macs:,} MACs, {params:,} parameters)")
-        return evaluate_subnet(self.grid, self.supernet, arch, self.data, nodes=nodes)
+        return evaluate_subnet(self.grid, self.supernet, arch, self.data, nodes=nodes,
+                               device=self.spec.federation.device)

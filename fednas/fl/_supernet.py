@@ -35,13 +35,14 @@ from fednas.config import FederationConfig, SupernetConfig
 from fednas.fl._grid import CountingGrid, record_bytes
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.supernet import ALL, Pick, SliceAverage, SubnetSampler, Supernet, Tier, assign_tiers
-from fednas.train import evaluate
+from fednas.train import evaluate, resolve_device
 from search_spaces import Architecture, domain_from_config, get_search_space, with_compression
 
 __all__ = ["SubnetScore", "SupernetFedAvg", "SupernetOutcome", "SupernetRound", "evaluate_subnet", "make_sampler",
            "run_supernet_server", "supernet_of"]
 
 log = logging.getLogger(__name__)
+INPLACE_KD_KEY = "inplace-kd-arch"  # train config: the smaller subnet a node distills into, inside its own
 
 
 @dataclass
@@ -122,9 +123,9 @@ class SupernetFedAvg(FedAvg):
     """
 
     def __init__(self, supernet: Supernet, sampler: SubnetSampler, *, rule: str = "sandwich", seed: int = 0,
-                 **kwargs: Any) -> None:
+                 distill: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.supernet, self.sampler, self.rule, self.seed = supernet, sampler, rule, seed
+        self.supernet, self.sampler, self.rule, self.seed, self.distill = supernet, sampler, rule, seed, distill
         self.assigned: dict[int, Pick] = {}
         self.tier_of: dict[int, Tier] = {}
         self.bytes_by_tier: dict[str, dict[str, int]] = {}
@@ -146,6 +147,8 @@ class SupernetFedAvg(FedAvg):
         for node in sample:
             pick = picks[node]
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "arch": pick.arch.to_json()})
+            if self.distill and pick.arch != self.sampler.smallest.arch:  # in-place distillation on the node
+                cfg[INPLACE_KD_KEY] = self.sampler.smallest.arch.to_json()
             content = RecordDict({self.arrayrecord_key: to_array_record(self.supernet.extract(pick.arch)),
                                   self.configrecord_key: cfg})
             self.assigned[node] = pick
@@ -187,7 +190,7 @@ class SupernetFedAvg(FedAvg):
 
 
 def evaluate_subnet(grid: CountingGrid, supernet: Supernet, arch: Architecture, data: FederatedData, *,
-                    nodes: list[int] | None = None) -> SubnetScore:
+                    nodes: list[int] | None = None, device: str = "cpu") -> SubnetScore:
     """Score ``arch`` with the supernet's weights: batch-norm statistics pooled from ``nodes``
     (default: all) in one round trip through ``grid`` (counted), then the held-out split."""
     from fednas.fl.server_app import _pool_batchnorm
@@ -196,7 +199,7 @@ def evaluate_subnet(grid: CountingGrid, supernet: Supernet, arch: Architecture, 
     seen = len(grid.traffic.exchanges)
     _pool_batchnorm(grid, model, from_torch(model.state_dict()), arch.to_json(), nodes=nodes)
     new = grid.traffic.exchanges[seen:]
-    loss, acc = evaluate(model, data.test.x, data.test.y)
+    loss, acc = evaluate(model, data.test.x, data.test.y, device=resolve_device(device))
     return SubnetScore(acc, loss, sum(e.download_bytes for e in new), sum(e.upload_bytes for e in new),
                        sum(e.replies - e.errors for e in new), model.eval())
 
@@ -231,7 +234,8 @@ def run_supernet_server(grid: Grid, spec: RunSpec, *, start: tuple[Supernet, lis
     else:
         supernet, done = start[0], list(start[1])
     sampler = make_sampler(spec, data)
-    strategy = SupernetFedAvg(supernet, sampler, rule=settings.sampling, seed=spec.seed, **sampling_kwargs(fed))
+    strategy = SupernetFedAvg(supernet, sampler, rule=settings.sampling, seed=spec.seed, distill=settings.distill,
+                              **sampling_kwargs(fed))
     counting = CountingGrid(grid)
     outcome = SupernetOutcome(supernet, done)
     tiers = fed.tier_list()
@@ -245,9 +249,9 @@ def run_supernet_server(grid: Grid, spec: RunSpec, *, start: tuple[Supernet, lis
             strategy.aggregate_train(rnd, replies)
             acc_l = acc_s = math.nan
             if (settings.eval_every and rnd % settings.eval_every == 0) or rnd == settings.rounds:
-                acc_l = evaluate_subnet(counting, supernet, largest.arch, data,
+                acc_l = evaluate_subnet(counting, supernet, largest.arch, data, device=fed.device,
                                         nodes=nodes_for(counting, tiers, largest.macs, largest.params)).accuracy
-                acc_s = evaluate_subnet(counting, supernet, sampler.smallest.arch, data).accuracy
+                acc_s = evaluate_subnet(counting, supernet, sampler.smallest.arch, data, device=fed.device).accuracy
             new = counting.traffic.exchanges[seen:]
             ok = ex.replies - ex.errors
             record = SupernetRound(

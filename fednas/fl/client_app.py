@@ -20,7 +20,7 @@ from fednas.fl._faults import fault_mod
 from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.models import load_model, model_template, pruned_template
-from fednas.train import TrainConfig, batchnorm_moments, evaluate, taylor_channel_scores, train
+from fednas.train import TrainConfig, batchnorm_moments, evaluate, resolve_device, taylor_channel_scores, train
 from search_spaces import CompressionSettings
 
 __all__ = ["app", "derive_seed", "model_from_message"]
@@ -91,6 +91,7 @@ def train_fn(msg: Message, context: Context) -> Message:
         weight_decay=fed.weight_decay,
         proximal_mu=float(cfg.get("proximal-mu", 0.0)),
         max_steps=fed.local_steps,
+        device=str(resolve_device(fed.device)),
     )
     round_ = int(cfg.get("server-round", 0))
     seed = derive_seed(spec.seed, round_, pid)
@@ -100,6 +101,14 @@ def train_fn(msg: Message, context: Context) -> Message:
 
         result = train_with_teacher(model, _teacher(model, kd), shard.x, shard.y, local, seed=seed,
                                     temperature=kd.kd_temperature, weight=kd.kd_weight)
+    elif "inplace-kd-arch" in cfg:  # a supernet round: also train a smaller subnet inside this one
+        from fednas.supernet import inplace_distillation_loss
+        from search_spaces import arch_from_json
+
+        loss = inplace_distillation_loss(model, arch_from_json(str(cfg["arch"])),
+                                         arch_from_json(str(cfg["inplace-kd-arch"])),
+                                         num_classes=data.train.num_classes, in_channels=data.train.in_channels)
+        result = train(model, shard.x, shard.y, local, seed=seed, loss_fn=loss)
     else:
         result = train(model, shard.x, shard.y, local, seed=seed)
     metrics = MetricRecord({"train_loss": result.loss, "num-examples": result.examples})
@@ -111,7 +120,8 @@ def train_fn(msg: Message, context: Context) -> Message:
 def evaluate_fn(msg: Message, context: Context) -> Message:
     spec, data, pid = _node_data(context)
     shard = data.client(pid)
-    loss, acc = evaluate(model_from_message(msg, data, spec.compression), shard.x, shard.y)
+    loss, acc = evaluate(model_from_message(msg, data, spec.compression), shard.x, shard.y,
+                         device=resolve_device(spec.federation.device))
     metrics = MetricRecord({"eval_loss": loss, "eval_acc": acc, "num-examples": len(shard)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
@@ -121,7 +131,8 @@ def taylor_scores_fn(msg: Message, context: Context) -> Message:
     """Reply with first-order Taylor channel scores of the received model on local data."""
     spec, data, pid = _node_data(context)
     shard = data.client(pid)
-    scores = taylor_channel_scores(model_from_message(msg, data, spec.compression), shard.x, shard.y)
+    scores = taylor_channel_scores(model_from_message(msg, data, spec.compression), shard.x, shard.y,
+                                   device=resolve_device(spec.federation.device))
     return Message(content=RecordDict({"scores": ArrayRecord(dict(scores))}), reply_to=msg)
 
 
@@ -130,6 +141,7 @@ def bn_moments_fn(msg: Message, context: Context) -> Message:
     """Reply with per-layer [sum, sum of squares, count] of batch-norm inputs on local data."""
     spec, data, pid = _node_data(context)
     shard = data.client(pid)
-    moments = batchnorm_moments(model_from_message(msg, data, spec.compression), shard.x)
+    moments = batchnorm_moments(model_from_message(msg, data, spec.compression), shard.x,
+                                device=resolve_device(spec.federation.device))
     record = ArrayRecord({f"bn{i}": m for i, m in enumerate(moments)})
     return Message(content=RecordDict({"moments": record}), reply_to=msg)

@@ -33,7 +33,7 @@ from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.fl._strategies import make_strategy
 from fednas.models import build_run_model, example_input
-from fednas.train import apply_batchnorm_moments, evaluate
+from fednas.train import apply_batchnorm_moments, evaluate, resolve_device
 from search_spaces import arch_from_dict
 
 __all__ = ["FederationError", "RoundRecord", "RunHooks", "ServerOutcome", "app", "run_hooks", "run_server"]
@@ -196,7 +196,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
             model.load_state_dict(to_torch(arrays))
             if fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and rnd == fed.rounds):
                 _pool_batchnorm(counting, model, arrays, arch_json, pruner.masks)  # evaluation only: not fed back
-            loss, acc = evaluate(model, data.test.x, data.test.y)
+            loss, acc = evaluate(model, data.test.x, data.test.y, device=resolve_device(fed.device))
             record = _round_record(rnd, acc, loss, train_ex, counting.traffic.exchanges[seen:])
             seen = len(counting.traffic.exchanges)
             outcome.rounds.append(record)

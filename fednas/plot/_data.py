@@ -298,6 +298,39 @@ def importance_data(view: StudyView) -> Importances:
     return Importances(by_objective=out, trials=n)
 
 
+# --------------------------------------------------------------------------- a supernet study's training curve
+
+
+@dataclass(frozen=True)
+class SupernetCurve:
+    """Phase 1 of a supernet study: per round the training loss, and where evaluated the accuracy of
+    the largest and the smallest subnet (batch-norm statistics pooled from the clients)."""
+
+    rounds: tuple[int, ...]
+    train_loss: tuple[float, ...]
+    evaluated: tuple[int, ...]
+    accuracy_largest: tuple[float, ...]
+    accuracy_smallest: tuple[float, ...]
+    client_epochs: int
+    comm_bytes: int
+
+
+def supernet_curve(view: StudyView) -> SupernetCurve | None:
+    rounds = view.supernet.get("rounds") or []
+    if not rounds:
+        return None
+    done = [r for r in rounds if r.get("accuracy_largest") is not None]
+    return SupernetCurve(
+        rounds=tuple(int(r["round"]) for r in rounds),
+        train_loss=tuple(float(r["train_loss"]) if r.get("train_loss") is not None else math.nan for r in rounds),
+        evaluated=tuple(int(r["round"]) for r in done),
+        accuracy_largest=tuple(float(r["accuracy_largest"]) for r in done),
+        accuracy_smallest=tuple(float(r["accuracy_smallest"]) for r in done),
+        client_epochs=sum(int(r.get("client_epochs", 0)) for r in rounds),
+        comm_bytes=sum(int(r.get("download_bytes", 0)) + int(r.get("upload_bytes", 0)) for r in rounds),
+    )
+
+
 # --------------------------------------------------------------------------- the whole report
 
 
@@ -317,6 +350,7 @@ class Report:
     hypervolume: HypervolumeHistory
     importances: Importances
     front_table: tuple[dict[str, Any], ...]
+    supernet: SupernetCurve | None = None
 
 
 def build_report(view: StudyView, objectives: list[str] | None = None) -> Report:
@@ -340,4 +374,5 @@ def build_report(view: StudyView, objectives: list[str] | None = None) -> Report
         states=dict(view.states), constraints=dict(view.constraints), main=main,
         pairs=tuple(projections(view, chosen)), parallel=parallel_data(view),
         hypervolume=hypervolume_history(view), importances=importance_data(view), front_table=table,
+        supernet=supernet_curve(view),
     )

@@ -83,6 +83,7 @@ def render_html(report: Report) -> str:
         + ", ".join(f'<span style="color:{STATUS_STYLE[s]["color"]}">{STATUS_STYLE[s]["label"]}</span>'
                     for s in ("front", "dominated", "infeasible")) + " (front over all the study's objectives).</p>",
         fig_div(_parallel(go, report.parallel), "parallel", 520),
+        *(_supernet_section(go, report.supernet, fig_div) if report.supernet else []),
         "<h2>Hypervolume history</h2>",
         _hv_note(report.hypervolume),
         fig_div(_hv_figure(go, report.hypervolume), "hypervolume", 400),
@@ -178,6 +179,23 @@ def _parallel(go: Any, data: ParallelData) -> Any:
         dimensions=dims))
     fig.update_layout(margin={"l": 80, "r": 80, "t": 90, "b": 40})
     return fig
+
+
+def _supernet_section(go: Any, curve: Any, fig_div: Any) -> list[str]:
+    """A supernet study's phase 1: the largest and smallest subnet's accuracy and the training loss per round."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=list(curve.evaluated), y=list(curve.accuracy_largest), mode="lines+markers",
+                             name="largest subnet"))
+    fig.add_trace(go.Scatter(x=list(curve.evaluated), y=list(curve.accuracy_smallest), mode="lines+markers",
+                             name="smallest subnet"))
+    fig.add_trace(go.Scatter(x=list(curve.rounds), y=list(curve.train_loss), mode="lines", name="training loss",
+                             yaxis="y2", line={"dash": "dot"}))
+    fig.update_layout(title="Supernet training", xaxis_title="federated round",
+                      yaxis={"title": "held-out accuracy (pooled batch-norm statistics)"},
+                      yaxis2={"title": "training loss", "overlaying": "y", "side": "right"})
+    note = (f'<p class="note">Phase 1 of this supernet study: {len(curve.rounds)} rounds, {curve.client_epochs:,} '
+            f"client-epochs, {curve.comm_bytes:,} bytes. Every trial below inherits these weights.</p>")
+    return ["<h2>Supernet training</h2>", note, fig_div(fig, "supernet", 420)]
 
 
 def _hv_note(hv: HypervolumeHistory) -> str:

@@ -34,7 +34,8 @@ def _pyplot():
 
 
 def write_pngs(report: Report, out: Path) -> list[Path]:
-    """One PNG per 2-D projection (``pareto_<x>_vs_<y>.png``) and ``hypervolume.png``."""
+    """One PNG per 2-D projection (``pareto_<x>_vs_<y>.png``), ``hypervolume.png`` and, for a supernet study,
+    ``supernet.png`` (its training curve)."""
     plt = _pyplot()
     paths = []
     with plt.rc_context(_RC):
@@ -45,7 +46,28 @@ def write_pngs(report: Report, out: Path) -> list[Path]:
         path = out / "hypervolume.png"
         _hypervolume(plt, report.hypervolume, report.study, path)
         paths.append(path)
+        if report.supernet:
+            path = out / "supernet.png"
+            _supernet(plt, report.supernet, report.study, path)
+            paths.append(path)
     return paths
+
+
+def _supernet(plt, curve, study: str, path: Path) -> None:
+    fig, ax = plt.subplots(constrained_layout=True)
+    ax.plot(curve.evaluated, curve.accuracy_largest, marker="o", ms=3, lw=1.6, label="largest subnet")
+    ax.plot(curve.evaluated, curve.accuracy_smallest, marker="s", ms=3, lw=1.6, label="smallest subnet")
+    ax.set_xlabel("federated round")
+    ax.set_ylabel("held-out accuracy (pooled batch-norm statistics)")
+    loss = ax.twinx()
+    loss.plot(curve.rounds, curve.train_loss, color="0.5", ls=":", lw=1.2, label="training loss")
+    loss.set_ylabel("training loss")
+    lines = ax.get_lines() + loss.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
+    ax.set_title(f"{study}: supernet training ({curve.client_epochs:,} client-epochs)", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _slug(name: str) -> str:

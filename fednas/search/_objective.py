@@ -27,7 +27,7 @@ from fednas.objectives import objective_names
 from fednas.pipeline import Candidate, CandidateError
 from fednas.search._progress import Progress
 from fednas.search._recovery import WORKER_ATTR, beating, this_worker
-from fednas.train import TrainingDiverged
+from fednas.train import TrainingDiverged, resolve_device
 from search_spaces import SearchSpace, domain_from_config, with_compression
 
 __all__ = ["CandidateError", "TrialFailed", "TrialRunner", "metric_names"]
@@ -81,6 +81,7 @@ class TrialRunner:
     def _run(self, trial: optuna.Trial) -> tuple[float, ...]:
         self.threads_used = {self.cores.share()} if self.cores is not None else {torch.get_num_threads()}
         trial.set_user_attr(WORKER_ATTR, this_worker())
+        trial.set_user_attr("device", str(resolve_device(self.config.federation.device)))
         self._claim_slot(trial)
         self.progress.trial_started(trial.number)
         labels = self.space.suggest(trial, self.overrides)

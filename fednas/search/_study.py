@@ -135,6 +135,8 @@ def run_search(
                 with SubnetEvaluator(supernet_spec(config), supernet) as evaluator:
                     runner = SubnetTrialRunner(config, space, data, store, reporter, cores, evaluator=evaluator)
                     _optimize(study, runner, config, reporter)
+            elif config.study.fidelity == "halving":
+                _optimize_halving(study, TrialRunner(config, space, data, store, reporter, cores), reporter)
             else:
                 _optimize(study, TrialRunner(config, space, data, store, reporter, cores), config, reporter)
     if supernet_mode and not worker and _count(study, TrialState.COMPLETE) >= config.study.trials:
@@ -157,6 +159,12 @@ def _phase() -> Iterator[None]:
 
 def _prepare(config: StudyConfig) -> tuple[Any, Any]:
     """Everything that can be checked before the storage is touched: space, data, bounds."""
+    from fednas.train import resolve_device
+
+    try:
+        resolve_device(config.federation.device)
+    except ValueError as exc:
+        raise ConfigError(f"federation.device: {exc}") from None
     space = with_compression(get_search_space(config.space.name, config.space.options))
     data = federated_data(config.data, config.federation.num_clients, config.study.seed)
     _check_feasible(config, space, data)
@@ -304,6 +312,24 @@ def _optimize(study: optuna.Study, runner: TrialRunner, config: StudyConfig, rep
     except KeyboardInterrupt as exc:
         retried = _requeue_interrupted(study, runner.interrupted)
         raise SearchInterrupted(getattr(exc, "signum", signal.SIGINT), retried) from None
+    finally:
+        optuna_log.setLevel(level)
+
+
+def _optimize_halving(study: optuna.Study, runner: TrialRunner, reporter: Progress) -> None:
+    """Brackets of successive halving (``fednas.search._halving``) until ``study.trials`` candidates are
+    evaluated; Ctrl-C or SIGTERM fails the bracket's running trials, enqueues them again and stops."""
+    from fednas.search._halving import HalvingRunner, run_brackets
+
+    halving = HalvingRunner(runner)
+    optuna_log = logging.getLogger("optuna")
+    level = optuna_log.level
+    optuna_log.setLevel(logging.ERROR)
+    try:
+        with stop_at_safe_points():
+            run_brackets(study, halving, reporter)
+    except KeyboardInterrupt as exc:
+        raise SearchInterrupted(getattr(exc, "signum", signal.SIGINT), halving.requeue(study)) from None
     finally:
         optuna_log.setLevel(level)
 

@@ -7,7 +7,8 @@ a table or a plot stays cheap.
 
 from __future__ import annotations
 
-from fednas.study._front import hypervolume, knee_index, normalized_losses, pareto_mask, statuses, to_losses
+from fednas.study._front import (crowding_distance, hypervolume, knee_index, nondominated_ranks, normalized_losses,
+                                 pareto_mask, select_by_rank, statuses, to_losses)
 from fednas.study._picks import PICKS, pick_trial, weights_path
 from fednas.study._read import (CONFIG_ATTR, FINETUNE_ATTR, SUPERNET_ATTR, StudyView, config_from_stored, load_front,
                                 metric_direction, open_study, read_study, tier_fronts)
@@ -15,6 +16,9 @@ from fednas.study._record import TrialRecord, record_of
 from fednas.study._storage import StorageError, artifact_dir_for, artifact_store, open_storage, sqlite_path, study_names
 
 __all__ = [
+    "crowding_distance",
+    "nondominated_ranks",
+    "select_by_rank",
     "FINETUNE_ATTR",
     "SUPERNET_ATTR",
     "tier_fronts",

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["hypervolume", "knee_index", "normalized_losses", "pareto_mask", "statuses", "to_losses"]
+__all__ = ["crowding_distance", "hypervolume", "knee_index", "nondominated_ranks", "normalized_losses", "pareto_mask",
+           "select_by_rank", "statuses", "to_losses"]
 
 
 def to_losses(values: Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
@@ -42,6 +43,52 @@ def pareto_mask(values: Sequence[Sequence[float]], directions: Sequence[str]) ->
         dominated_by = np.all(loss <= loss[i], axis=1) & np.any(loss < loss[i], axis=1)
         mask[i] = not dominated_by.any()
     return mask
+
+
+def nondominated_ranks(values: Sequence[Sequence[float]], directions: Sequence[str]) -> np.ndarray:
+    """Non-dominated sorting (NSGA-II): 0 for the Pareto front, 1 for the front once it is removed, ..."""
+    loss = to_losses(values, directions)
+    ranks = np.full(len(loss), -1, dtype=int)
+    rank = 0
+    while (ranks < 0).any():
+        left = np.flatnonzero(ranks < 0)
+        mask = pareto_mask(loss[left], ["minimize"] * loss.shape[1])
+        ranks[left[mask]] = rank
+        rank += 1
+    return ranks
+
+
+def crowding_distance(values: Sequence[Sequence[float]]) -> np.ndarray:
+    """NSGA-II's crowding distance of each point within its set: the extremes of each objective are infinite."""
+    arr = np.asarray(values, dtype=float).reshape(len(values), -1) if len(values) else np.zeros((0, 1))
+    n = len(arr)
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(arr.shape[1]):
+        order = np.argsort(arr[:, j], kind="stable")
+        span = arr[order[-1], j] - arr[order[0], j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (arr[order[2:], j] - arr[order[:-2], j]) / span
+    return dist
+
+
+def select_by_rank(values: Sequence[Sequence[float]], directions: Sequence[str], keep: int) -> list[int]:
+    """Indices of the ``keep`` best points: by non-dominated rank, ties in the last rank broken by larger
+    crowding distance (then by index), as NSGA-II's survivor selection does."""
+    ranks = nondominated_ranks(values, directions)
+    chosen: list[int] = []
+    for rank in range(int(ranks.max()) + 1 if len(ranks) else 0):
+        members = np.flatnonzero(ranks == rank)
+        if len(chosen) + len(members) <= keep:
+            chosen += members.tolist()
+            continue
+        crowd = crowding_distance(to_losses([values[i] for i in members], directions))
+        order = sorted(range(len(members)), key=lambda k: (-crowd[k], members[k]))
+        chosen += [int(members[k]) for k in order[: keep - len(chosen)]]
+        break
+    return sorted(chosen)
 
 
 def statuses(trials: Sequence[Any], names: Sequence[str], directions: Sequence[str]) -> list[str]:

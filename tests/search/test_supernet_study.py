@@ -68,6 +68,13 @@ def test_supernet_study_end_to_end(tmp_path: Path, capsys) -> None:
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["origin"]["training"]["mode"] == "supernet"
     assert "fine-tuned by 1 federated rounds" in (out / "README.md").read_text()
+    # the report shows the supernet's training curve
+    from fednas.plot import build_report, write_pngs
+
+    report = build_report(view)
+    assert report.supernet.rounds == (1, 2, 3, 4) and report.supernet.evaluated == (2, 4)
+    assert report.supernet.client_epochs == 12
+    assert (tmp_path / "supernet.png") in write_pngs(report, tmp_path)
     # resuming a finished study does nothing more
     again = run_search(config, progress=False)
     assert again.completed == 5

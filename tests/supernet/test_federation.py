@@ -123,3 +123,22 @@ def test_resumed_supernet_training_equals_the_uninterrupted_run(tmp_path) -> Non
         np.testing.assert_array_equal(v, resumed.supernet.state[k], err_msg=k)
     assert resumed.rounds[-1].accuracy_largest == full.rounds[-1].accuracy_largest
     assert json.dumps(resumed.rounds[-1].bytes_by_tier) == json.dumps(full.rounds[-1].bytes_by_tier)
+
+
+def test_inplace_distillation_runs_on_the_nodes_and_changes_the_supernet(tmp_path, monkeypatch) -> None:
+    plain = run_supernet(_spec(tmp_path, "supernet.rounds=2"))
+    seen: list[str] = []
+    deliver = InProcessGrid._deliver
+
+    def spy(self, msg):
+        if msg.metadata.message_type == "train":
+            seen.append(str(msg.content["config"].get("inplace-kd-arch", "")))
+        return deliver(self, msg)
+
+    monkeypatch.setattr(InProcessGrid, "_deliver", spy)
+    spec = _spec(tmp_path, "supernet.rounds=2", "supernet.distill=true")
+    distilled = run_supernet(spec)
+    assert len(seen) == 6 and sum(bool(s) for s in seen) == 4  # the node given the smallest subnet has no inner one
+    assert len({s for s in seen if s}) == 1
+    key = "stem.0.weight"
+    assert not np.allclose(plain.supernet.state[key], distilled.supernet.state[key])
