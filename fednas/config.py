@@ -73,6 +73,12 @@ class StudySection:
     halving_bracket: int = 0
 
     def check(self) -> None:
+        _require(self.name.strip() != "" and "/" not in self.name, "study.name", "a non-empty name without '/'", self.name)
+        _require(self.trials >= 1, "study.trials", "an integer >= 1", self.trials)
+        _require(self.sampler in SAMPLERS, "study.sampler", f"one of {list(SAMPLERS)}", self.sampler)
+        _require(self.population_size >= 2, "study.population_size", "an integer >= 2", self.population_size)
+        _require(self.heartbeat >= 0, "study.heartbeat", "seconds >= 0 (0: off)", self.heartbeat)
+        _require(self.max_attempts >= 0, "study.max_attempts", "an integer >= 0 (0: 3 x trials + 10)", self.max_attempts)
         _require(self.mode in MODES, "study.mode", f"one of {list(MODES)}", self.mode)
         _require(self.fidelity in FIDELITIES, "study.fidelity", f"one of {list(FIDELITIES)}", self.fidelity)
         _require(self.halving_eta >= 2, "study.halving_eta", "an integer >= 2", self.halving_eta)
@@ -91,12 +97,6 @@ class StudySection:
     def bracket(self, rounds: int) -> int:
         """Candidates started together in one bracket of successive halving."""
         return self.halving_bracket or self.halving_eta ** len(self.rungs(rounds))
-        _require(self.name.strip() != "" and "/" not in self.name, "study.name", "a non-empty name without '/'", self.name)
-        _require(self.trials >= 1, "study.trials", "an integer >= 1", self.trials)
-        _require(self.sampler in SAMPLERS, "study.sampler", f"one of {list(SAMPLERS)}", self.sampler)
-        _require(self.population_size >= 2, "study.population_size", "an integer >= 2", self.population_size)
-        _require(self.heartbeat >= 0, "study.heartbeat", "seconds >= 0 (0: off)", self.heartbeat)
-        _require(self.max_attempts >= 0, "study.max_attempts", "an integer >= 0 (0: 3 x trials + 10)", self.max_attempts)
 
 
 @dataclass(frozen=True, kw_only=True)
