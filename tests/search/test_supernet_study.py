@@ -68,6 +68,11 @@ def test_supernet_study_end_to_end(tmp_path: Path, capsys) -> None:
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["origin"]["training"]["mode"] == "supernet"
     assert "fine-tuned by 1 federated rounds" in (out / "README.md").read_text()
+    # `fednas train` retrains a supernet trial's architecture from scratch, as for any study
+    best = max(view.trials, key=lambda t: t.objectives["accuracy"])
+    assert main(["train", "--study", "tiny", "--storage", config.storage, "--trial", str(best.number), "--rounds", "1",
+                 "--out", str(tmp_path / "retrained"), "--formats", "torchscript"]) == 0
+    assert json.loads((tmp_path / "retrained" / "metrics.json").read_text())["architecture"] == best.arch
     # the report shows the supernet's training curve
     from fednas.plot import build_report, write_pngs
 
