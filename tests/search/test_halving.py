@@ -85,3 +85,42 @@ def test_halving_study_promotes_by_nondominated_rank(tmp_path: Path) -> None:
 def test_halving_config_errors(tmp_path: Path, extra: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         _config(tmp_path, *extra)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_bracket_then_resume(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from fednas.testing import wait_for
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_STUDY)
+    storage = f"sqlite:///{tmp_path / 'halving.db'}"
+    sets = ["study.fidelity='halving'", "study.trials=6", "federation.rounds=3", "study.halving_min_rounds=1",
+            "data.limit=480"]
+    args = [sys.executable, "-m", "fednas", "search", str(path), "--storage", storage, "--quiet",
+            *[a for s in sets for a in ("--set", s)]]
+
+    def running() -> int:
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=storage).trials
+        except Exception:  # not created yet
+            return 0
+        return sum(t.state.name == "RUNNING" and "halving_bracket" in t.user_attrs for t in trials)
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: running() >= 3, poll=0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    from fednas.search._halving import count_evaluated
+
+    assert count_evaluated(study) == 6
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed and all(t.user_attrs.get("halving_bracket") is not None for t in failed)
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") is not None]
+    assert retried  # the killed bracket's candidates were enqueued again and evaluated

@@ -80,6 +80,10 @@ def test_supernet_study_end_to_end(tmp_path: Path, capsys) -> None:
     assert report.supernet.rounds == (1, 2, 3, 4) and report.supernet.evaluated == (2, 4)
     assert report.supernet.client_epochs == 12
     assert (tmp_path / "supernet.png") in write_pngs(report, tmp_path)
+    from fednas.plot import write_html
+
+    html = write_html(report, tmp_path / "report.html").read_text()
+    assert "Supernet training" in html and 'id="fig-supernet"' in html
     # resuming a finished study does nothing more
     again = run_search(config, progress=False)
     assert again.completed == 5
