@@ -136,6 +136,11 @@ class WeightSlice:
     def shape(self) -> tuple[int, ...]:
         return tuple(stop - start for start, stop in self.box)
 
+    @property
+    def index(self) -> tuple[slice, ...]:
+        """The box as an index: ``source_tensor[slice.index]`` is the subnet's tensor."""
+        return tuple(slice(start, stop) for start, stop in self.box)
+
 
 @dataclass(frozen=True)
 class Preset:

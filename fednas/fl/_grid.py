@@ -180,13 +180,11 @@ class Traffic:
         return self.download_bytes + self.upload_bytes
 
 
-class CountingGrid(Grid):
-    """Delegate to ``grid`` and count the bytes of every message's records each way."""
+class _Delegating(Grid):
+    """A grid decorator: everything goes to ``grid``; subclasses change what they wrap."""
 
-    def __init__(self, grid: Grid, on_exchange: Callable[[Exchange], None] | None = None) -> None:
+    def __init__(self, grid: Grid) -> None:
         self._grid = grid
-        self.traffic = Traffic()
-        self._on_exchange = on_exchange
 
     def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
@@ -202,6 +200,24 @@ class CountingGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+class CountingGrid(_Delegating):
+    """Delegate to ``grid`` and count the bytes of every message's records each way."""
+
+    def __init__(self, grid: Grid, on_exchange: Callable[[Exchange], None] | None = None) -> None:
+        super().__init__(grid)
+        self.traffic = Traffic()
+        self._on_exchange = on_exchange
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
@@ -262,24 +278,12 @@ class CountingGrid(Grid):
             ex.metrics = {k: v / total for k, v in weighted.items()}
 
 
-class NodeSubset(Grid):
+class NodeSubset(_Delegating):
     """Delegate to ``grid`` but show only ``node_ids`` (the nodes whose device tier can run the model)."""
 
     def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._nodes = sorted(node_ids)
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         live = set(self._grid.get_node_ids())
@@ -291,9 +295,3 @@ class NodeSubset(Grid):
         if outside:
             raise ValueError(f"message for node(s) {outside} outside this run's nodes")
         return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))

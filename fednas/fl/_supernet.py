@@ -34,7 +34,7 @@ from fednas.compress import from_torch, to_array_record, to_numpy
 from fednas.config import FederationConfig, SupernetConfig
 from fednas.fl._grid import CountingGrid, record_bytes
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
-from fednas.supernet import ALL, Pick, SliceAverage, SubnetSampler, Supernet, Tier, assign_tiers
+from fednas.supernet import Pick, SliceAverage, SubnetSampler, Supernet, Tier, admitting_nodes, assign_tiers
 from fednas.train import evaluate, resolve_device
 from search_spaces import Architecture, domain_from_config, get_search_space, with_compression
 
@@ -140,7 +140,7 @@ class SupernetFedAvg(FedAvg):
             time.sleep(1)
         rng = random.Random(derive_seed(self.seed, "supernet-round", server_round))
         sample = rng.sample(nodes, max(int(len(nodes) * self.fraction_train), self.min_train_nodes))
-        self.tier_of = assign_tiers(nodes, self.sampler.tiers if self.sampler.tiers != (ALL,) else ())
+        self.tier_of = assign_tiers(nodes, self.sampler.tiers)
         picks = self.sampler.assign(server_round, sample, self.tier_of, rng, self.rule)
         self.assigned, self.bytes_by_tier = {}, {}
         messages = []
@@ -205,12 +205,8 @@ def evaluate_subnet(grid: CountingGrid, supernet: Supernet, arch: Architecture, 
 
 
 def nodes_for(grid: Grid, tiers: tuple[Tier, ...], macs: int, params: int) -> list[int]:
-    """The nodes whose device tier can run a subnet of this size (all nodes without tiers)."""
-    nodes = sorted(grid.get_node_ids())
-    if not tiers:
-        return nodes
-    tier_of = assign_tiers(nodes, tiers)
-    return [n for n in nodes if tier_of[n].admits(macs, params)]
+    """The grid's nodes whose device tier can run a subnet of this size (all nodes without tiers)."""
+    return admitting_nodes(list(grid.get_node_ids()), tiers, macs, params)
 
 
 def run_supernet_server(grid: Grid, spec: RunSpec, *, start: tuple[Supernet, list[SupernetRound]] | None = None,

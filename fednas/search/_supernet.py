@@ -39,7 +39,7 @@ from fednas.fl._supernet import SupernetRound, supernet_of
 from fednas.search._objective import TrialRunner
 from fednas.search._progress import Progress
 from fednas.study import FINETUNE_ATTR, SUPERNET_ATTR, read_study, tier_fronts, weights_path
-from fednas.supernet import Supernet
+from fednas.supernet import Supernet, admitting_nodes
 
 __all__ = ["SubnetTrialRunner", "finetune_front", "supernet_spec", "train_supernet"]
 
@@ -53,7 +53,7 @@ def supernet_spec(config: StudyConfig) -> RunSpec:
 def _save(state: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
-    save_file({k: v for k, v in state.items()}, str(path), metadata=metadata)
+    save_file(dict(state), str(path), metadata=metadata)
 
 
 def _load_supernet(spec: RunSpec, store: Any, artifact: str, num_classes: int, in_channels: int) -> Supernet:
@@ -185,12 +185,8 @@ def finetune_front(study: optuna.Study, config: StudyConfig, store: Any, reporte
         t = members[number]
         candidate = pipeline.Candidate.of(t.arch, t.labels)
         macs, params = int(t.metrics["macs"]), int(t.metrics["params"])
-        ids = [1001 + i for i in range(config.federation.num_clients)]  # the in-process grid's node ids
-        if tiers:
-            from fednas.supernet import assign_tiers
-
-            tier_of = assign_tiers(ids, tiers)
-            ids = [n for n in ids if tier_of[n].admits(macs, params)]
+        ids = admitting_nodes([1001 + i for i in range(config.federation.num_clients)],  # the in-process grid's
+                              tiers, macs, params)
         fed = replace(config.federation, rounds=rounds, min_train_nodes=min(config.federation.min_train_nodes,
                                                                             len(ids)))
         spec = candidate.spec(config.data, fed, config.study.seed)

@@ -8,9 +8,10 @@ a node trains: device budgets and the sandwich rule). The Flower side is ``fedna
 
 from __future__ import annotations
 
-from fednas.supernet._sampling import ALL, Pick, RandomTrial, SubnetSampler, Tier, assign_tiers
+from fednas.supernet._sampling import ALL, Pick, RandomTrial, SubnetSampler, Tier, admitting_nodes, assign_tiers
 from fednas.supernet._distill import inplace_distillation_loss, shared_forward
 from fednas.supernet._weights import SliceAverage, Supernet
 
-__all__ = ["ALL", "Pick", "RandomTrial", "SliceAverage", "SubnetSampler", "Supernet", "Tier", "assign_tiers",
+__all__ = ["ALL", "Pick", "RandomTrial", "SliceAverage", "SubnetSampler", "Supernet", "Tier", "admitting_nodes",
+           "assign_tiers",
            "inplace_distillation_loss", "shared_forward"]

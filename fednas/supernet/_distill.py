@@ -21,10 +21,6 @@ from search_spaces import Architecture, build_model
 __all__ = ["inplace_distillation_loss", "shared_forward"]
 
 
-def _index(box: tuple[tuple[int, int], ...]) -> tuple[slice, ...]:
-    return tuple(slice(a, b) for a, b in box)
-
-
 def shared_forward(model: nn.Module, model_arch: Architecture, inner: Architecture, *, num_classes: int,
                    in_channels: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> inner(x)`` computed with views of ``model``'s parameters and buffers (gradients flow into them)."""
@@ -34,7 +30,7 @@ def shared_forward(model: nn.Module, model_arch: Architecture, inner: Architectu
     def forward(x: torch.Tensor) -> torch.Tensor:
         tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
         skeleton.train(model.training)
-        views = {s.key: tensors[s.source][_index(s.box)] for s in slices}
+        views = {s.key: tensors[s.source][s.index] for s in slices}
         return torch.func.functional_call(skeleton, views, (x,))
 
     return forward

@@ -22,7 +22,7 @@ from fednas.config import Tier, tier_counts
 from fednas.cost import count_macs, count_params
 from search_spaces import Architecture, Domain, SearchSpace, build_model
 
-__all__ = ["RandomTrial", "SubnetSampler", "Tier", "assign_tiers"]
+__all__ = ["RandomTrial", "SubnetSampler", "Tier", "admitting_nodes", "assign_tiers"]
 
 POOL = 96  # random members measured per tier to find the largest one within a budget
 
@@ -41,6 +41,12 @@ def assign_tiers(node_ids: list[int], tiers: tuple[Tier, ...]) -> dict[int, Tier
             out[n] = tier
         start += count
     return out
+
+
+def admitting_nodes(node_ids: list[int], tiers: tuple[Tier, ...], macs: int, params: int) -> list[int]:
+    """The node ids (ascending) whose device tier can run a model of this size (all of them without tiers)."""
+    tier_of = assign_tiers(node_ids, tiers)
+    return [n for n in sorted(node_ids) if tier_of[n].admits(macs, params)]
 
 
 class RandomTrial:

@@ -24,10 +24,6 @@ from search_spaces import Architecture, WeightSlice, arch_from_json, build_model
 __all__ = ["SliceAverage", "Supernet"]
 
 
-def _index(box: tuple[tuple[int, int], ...]) -> tuple[slice, ...]:
-    return tuple(slice(start, stop) for start, stop in box)
-
-
 @dataclass
 class Supernet:
     """The largest network of a space, as NumPy arrays by ``state_dict`` name.
@@ -59,7 +55,7 @@ class Supernet:
 
     def extract(self, sub: Architecture) -> dict[str, np.ndarray]:
         """``sub``'s state dict, copied out of the supernet's arrays."""
-        return {s.key: np.array(self.state[s.source][_index(s.box)], order="C", copy=True) for s in self.slices(sub)}
+        return {s.key: np.array(self.state[s.source][s.index], order="C", copy=True) for s in self.slices(sub)}
 
     def subnet(self, sub: Architecture) -> nn.Module:
         """An ordinary module of the family (``build_model(sub)``) holding the supernet's weights for ``sub``."""
@@ -111,7 +107,7 @@ class SliceAverage:
             if value.shape != s.shape:
                 raise ValueError(f"reply tensor {s.key}: shape {value.shape}, expected {s.shape}")
             base = self.supernet.state[s.source]
-            idx = _index(s.box)
+            idx = s.index
             if not np.issubdtype(base.dtype, np.floating):
                 counter = self._counters.setdefault(s.source, np.array(base, copy=True))
                 counter[idx] = np.maximum(counter[idx], value)
