@@ -9,6 +9,10 @@
   bumps a counter in the trial's system attrs every interval, and an observer fails the
   trial when the counter has not moved for three intervals of the observer's own clock,
   so no two machines' clocks are ever compared.
+* A RUNNING trial that no worker ever claimed (its process was killed between Optuna
+  creating it and the worker recording itself, before any heartbeat) is failed once this
+  process has watched it unclaimed for ``UNCLAIMED_GRACE`` seconds; without this, workers
+  waiting for the running trials to reach the target would wait for it forever.
 * A trial interrupted by Ctrl-C is marked FAIL by Optuna; it is enqueued again too, so the
   same command resumes with the same candidate.
 """
@@ -35,8 +39,11 @@ WORKER_ATTR = "worker"
 BEAT_ATTR = "fednas_heartbeat"  # [count, interval seconds], on storages without Optuna heartbeats
 GRACE_INTERVALS = 3
 MAX_RETRY = 2
+UNCLAIMED_GRACE = 30.0  # s; a worker claims its trial within milliseconds of Optuna creating it
 # (study id, trial id) -> (last beat seen, this process's monotonic time when it was first seen)
 _seen_beats: dict[tuple[int, int], tuple[object, float]] = {}
+# (study id, trial id) -> this process's monotonic time when it first saw the trial unclaimed
+_seen_unclaimed: dict[tuple[int, int], float] = {}
 
 
 def this_worker() -> str:
@@ -84,6 +91,9 @@ def recover_dead_workers(study: optuna.Study) -> list[int]:
     for trial, silent in _stale_heartbeats(study, running) + _silent_beats(study, running):
         worker = trial.user_attrs.get(WORKER_ATTR, "(unknown)")
         lost.setdefault(trial._trial_id, f"worker {worker} sent no heartbeat for {silent} s (host lost or process killed)")
+    for trial in _unclaimed(study, running):
+        lost.setdefault(trial._trial_id, f"no worker claimed the trial within {UNCLAIMED_GRACE:g} s "
+                                         "(its process stopped as the trial started)")
     recovered = []
     storage = study._storage
     for trial_id, reason in lost.items():
@@ -150,6 +160,22 @@ def beating(trial: optuna.Trial, interval: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def _unclaimed(study: optuna.Study, running: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The ``running`` trials with neither a worker nor any heartbeat that this process has seen
+    so for more than ``UNCLAIMED_GRACE`` s of its own clock."""
+    now = time.monotonic()
+    keys = {(study._study_id, t._trial_id): t for t in running
+            if WORKER_ATTR not in t.user_attrs and BEAT_ATTR not in t.system_attrs}
+    for key in [k for k in _seen_unclaimed if k[0] == study._study_id and k not in keys]:
+        del _seen_unclaimed[key]  # claimed or finished since
+    out = []
+    for key, trial in keys.items():
+        first = _seen_unclaimed.setdefault(key, now)
+        if now - first > UNCLAIMED_GRACE:
+            out.append(trial)
+    return out
 
 
 def _silent_beats(study: optuna.Study, running: list[FrozenTrial]) -> list[tuple[FrozenTrial, int]]:
