@@ -10,7 +10,7 @@ the exporters that need them.
 
 from __future__ import annotations
 
-from fednas.export._bundle import BundleResult, load_model, resolve_formats, write_bundle
+from fednas.export._bundle import BundleResult, check_bundle_out, load_model, resolve_formats, write_bundle
 from fednas.export._formats import DEFAULT_FORMATS, EXPORTERS, ONNX_TOLERANCE, ExportContext, ExportError, Exporter
 from fednas.export._source import PICKS, ModelSource, pick_trial, source_from_trial
 from fednas.export._train import train_architecture
@@ -25,6 +25,7 @@ __all__ = [
     "ExportError",
     "Exporter",
     "ModelSource",
+    "check_bundle_out",
     "load_model",
     "pick_trial",
     "resolve_formats",

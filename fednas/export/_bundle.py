@@ -21,14 +21,15 @@ import torch
 from torch import nn
 
 from fednas._errors import ConfigError
-from fednas._paths import ensure_writable_dir
+from fednas._paths import ensure_writable_dir, replaced_dir
 from fednas.compress import CALIBRATION_SAMPLES
 from fednas.export._formats import DEFAULT_FORMATS, EXPORTERS, ExportContext
 from fednas.export._source import ModelSource
-from fednas.models import ARCH_FILE, METRICS_FILE, WEIGHTS_FILE, load_model, trained_structure
+from fednas.models import (ARCH_FILE, MAX_BUNDLE_JSON_BYTES, METRICS_FILE, WEIGHTS_FILE, load_model,
+                           trained_structure)
 from search_spaces import CompressionSettings, CompressionSpace, get_search_space
 
-__all__ = ["BundleResult", "load_model", "resolve_formats", "write_bundle"]
+__all__ = ["BundleResult", "check_bundle_out", "load_model", "resolve_formats", "write_bundle"]
 
 CARD_FILE = "README.md"
 
@@ -73,6 +74,51 @@ def resolve_formats(formats: list[str] | None) -> tuple[list[str], dict[str, str
     return chosen, skipped
 
 
+_IDENTITY = ("trained", "study", "trial", "architecture")  # origin keys that say which model a bundle holds
+
+
+def check_bundle_out(out: str | Path, origin: dict[str, Any], flag: str = "--out") -> Path:
+    """Check that ``out`` may receive the bundle of the model ``origin`` describes.
+
+    It may when it does not exist, is empty, or holds an earlier bundle of the same model
+    (the same trial of the same study, or the same architecture trained again), which the
+    new bundle then replaces whole.
+
+    Raises:
+        ConfigError: ``out`` is a file, or a non-empty folder holding anything else.
+    """
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {folder}: is a file; expected a folder for the bundle")
+    if folder.is_dir() and any(folder.iterdir()):
+        old = _bundle_origin(folder)
+        if old is None:
+            raise ConfigError(f"{flag} {folder}: folder is not empty and holds no fednas bundle; "
+                              "expected a new or empty folder")
+        if any(old.get(k) != origin.get(k) for k in _IDENTITY):
+            raise ConfigError(f"{flag} {folder}: holds the bundle of {_describe_origin(old)}, not of "
+                              f"{_describe_origin(origin)}; expected a new or empty folder, or that model's own")
+    ensure_writable_dir(folder.parent if folder.parent != folder else folder, flag)
+    return folder
+
+
+def _bundle_origin(folder: Path) -> dict[str, Any] | None:
+    path = folder / METRICS_FILE
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_BUNDLE_JSON_BYTES:
+            return None
+        origin = json.loads(path.read_text(encoding="utf-8")).get("origin")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return origin if isinstance(origin, dict) else None
+
+
+def _describe_origin(origin: dict[str, Any]) -> str:
+    what = (f"trial {origin.get('trial')} of study {origin.get('study')!r}" if origin.get("trial") is not None
+            else f"architecture {origin.get('architecture')!r}")
+    return ("a training run of " if origin.get("trained") else "") + what
+
+
 def write_bundle(
     source: ModelSource,
     out: str | Path,
@@ -85,7 +131,8 @@ def write_bundle(
 
     Args:
         source: the model and its record (``source_from_trial`` or ``train_architecture``).
-        out: folder to write; existing bundle files are replaced.
+        out: folder to write: new, empty, or an earlier bundle of the same model, which is
+            replaced whole once the new bundle is complete (``check_bundle_out``).
         formats: names from ``EXPORTERS``; default: all whose libraries are installed.
         onnx_dynamo: force the dynamo (True) or TorchScript-based (False) ONNX exporter.
         calibration_samples: training images used to calibrate the int8 model.
@@ -94,13 +141,22 @@ def write_bundle(
         ConfigError: bad formats, an unwritable ``out``, weights that do not fit the architecture.
         ExportError: an exported file does not reproduce the PyTorch model.
     """
+    chosen, skipped = resolve_formats(formats)
+    final = check_bundle_out(out, source.origin)
+    with replaced_dir(final) as folder:
+        doc, records = _write(source, folder, chosen, skipped, onnx_dynamo, calibration_samples)
+    files = {"arch": final / ARCH_FILE, "weights": final / WEIGHTS_FILE, "metrics": final / METRICS_FILE,
+             "card": final / CARD_FILE, **{n: final / r["file"] for n, r in records.items()}}
+    return BundleResult(final, files, doc, skipped)
+
+
+def _write(source: ModelSource, folder: Path, chosen: list[str], skipped: dict[str, str], onnx_dynamo: bool | None,
+           calibration_samples: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     from safetensors.torch import save_file
 
     from fednas.fl import federated_data
     from fednas.train import evaluate
 
-    chosen, skipped = resolve_formats(formats)
-    folder = ensure_writable_dir(out)
     cfg = source.config
     data = federated_data(cfg.data, cfg.federation.num_clients, cfg.study.seed)
     train, test = data.train, data.test
@@ -123,9 +179,7 @@ def write_bundle(
     from fednas.export._card import render_card
 
     (folder / CARD_FILE).write_text(render_card(doc), encoding="utf-8")
-    files = {"arch": folder / ARCH_FILE, "weights": folder / WEIGHTS_FILE, "metrics": folder / METRICS_FILE,
-             "card": folder / CARD_FILE, **{n: folder / r["file"] for n, r in ctx.records.items()}}
-    return BundleResult(folder, files, doc, skipped)
+    return doc, ctx.records
 
 
 def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: int = 0) -> nn.Module:

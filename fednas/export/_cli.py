@@ -19,15 +19,14 @@ def _dynamo(args: argparse.Namespace) -> bool | None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from fednas._paths import ensure_writable_dir
     from fednas.config import default_storage
-    from fednas.export import resolve_formats, source_from_trial, write_bundle
+    from fednas.export import check_bundle_out, resolve_formats, source_from_trial, write_bundle
 
     storage = args.storage or default_storage(args.study)
     resolve_formats(args.formats)  # bad or unavailable formats fail before anything is read
     start = time.perf_counter()
     source = source_from_trial(storage, args.study, trial=args.trial, pick=args.pick)
-    ensure_writable_dir(args.out)
+    check_bundle_out(args.out, source.origin)
     print(f"trial {source.origin['trial']} of study {args.study!r}" + (f" ({args.pick})" if args.pick else ""))
     result = write_bundle(source, args.out, formats=args.formats, onnx_dynamo=_dynamo(args))
     _report(result, time.perf_counter() - start)
@@ -50,8 +49,7 @@ def _report(result: Any, seconds: float) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from fednas._interrupt import stop_at_safe_points
-    from fednas._paths import ensure_writable_dir
-    from fednas.export import train_architecture, write_bundle
+    from fednas.export import check_bundle_out, train_architecture, write_bundle
     from fednas.fl import FederationError
     from fednas.train import TrainingDiverged
 
@@ -59,7 +57,7 @@ def run_train(args: argparse.Namespace) -> int:
     rounds = args.rounds if args.rounds is not None else 3 * config.federation.rounds
     if rounds < 1:
         raise ConfigError(f"--rounds: expected an integer >= 1, got {rounds}")
-    ensure_writable_dir(args.out)
+    check_bundle_out(args.out, {"trained": True, **origin})
     if args.formats is not None:
         from fednas.export import resolve_formats
 

@@ -263,3 +263,50 @@ def test_train_from_a_stored_trial(study: dict, tmp_path: Path, capsys: pytest.C
     assert m["federation"]["rounds"] == 1 and len(m["rounds"]) == 1
     assert m["origin"]["from_trial"] == 0 and m["objectives"] == {}
     assert m["metrics"]["accuracy"] == pytest.approx(m["pytorch_accuracy"])
+
+
+def test_a_bundle_folder_is_never_shared_by_two_models(study: dict, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+    base = ["export", "--storage", study["storage"], "--study", "exp", "--onnx-exporter", "torchscript"]
+    assert main([*base, "--trial", "0", "--out", str(out), "--formats", "onnx,torchscript"]) == 0
+    first = {p.name: _digest(p) for p in out.iterdir()}
+    capsys.readouterr()
+    # another trial into it: refused, nothing touched
+    assert main([*base, "--trial", "1", "--out", str(out), "--formats", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the bundle of trial 0 of study 'exp', not of trial 1" in err and err.count("\n") == 1
+    assert {p.name: _digest(p) for p in out.iterdir()} == first
+    # the same trial again: replaced whole, so the TorchScript file of the first export is gone
+    assert main([*base, "--trial", "0", "--out", str(out), "--formats", "onnx"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(first) - {"model.torchscript.pt"})
+    assert json.loads((out / "metrics.json").read_text())["exports"].keys() == {"onnx"}
+    # a folder of other files, and a file, are refused
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    assert main([*base, "--trial", "0", "--out", str(junk)]) == 2
+    assert "holds no fednas bundle" in capsys.readouterr().err
+    assert [p.name for p in junk.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "junk"]  # no staging folders left
+
+
+def test_a_failed_export_leaves_the_earlier_bundle_whole(study: dict, tmp_path: Path, monkeypatch) -> None:
+    from fednas.export import _formats
+
+    out = tmp_path / "b"
+    base = ["export", "--storage", study["storage"], "--study", "exp", "--trial", "0", "--out", str(out),
+            "--onnx-exporter", "torchscript"]
+    assert main([*base, "--formats", "onnx"]) == 0
+    before = {p.name: _digest(p) for p in out.iterdir()}
+
+    def broken(self, ctx):
+        raise _formats.ExportError("simulated failure half-way")
+
+    monkeypatch.setattr(_formats.EXPORTERS["onnx"].__class__, "export", broken)
+    with pytest.raises(_formats.ExportError):
+        from fednas.export import source_from_trial, write_bundle
+
+        write_bundle(source_from_trial(study["storage"], "exp", trial=0), out, formats=["onnx"])
+    assert {p.name: _digest(p) for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
