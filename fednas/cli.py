@@ -131,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("fednas: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _search(args: argparse.Namespace, argv: list[str]) -> int:

@@ -30,7 +30,8 @@ from fednas.search._recovery import enqueue_retry, recover_dead_workers
 from fednas.search._supernet import SubnetTrialRunner, finetune_front, supernet_spec, train_supernet
 from fednas.fl import SubnetEvaluator
 from fednas import study as _study
-from fednas.study import CONFIG_ATTR, TrialRecord, artifact_dir_for, artifact_store, load_front, read_study, record_of, study_names
+from fednas.study import (CONFIG_ATTR, TrialRecord, artifact_dir_for, artifact_store, load_front, read_study,
+                          record_of, storage_file, study_names)
 from search_spaces import get_search_space, with_compression
 
 __all__ = ["check_study", "SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "open_storage", "run_search",
@@ -92,6 +93,24 @@ def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna
     return study
 
 
+def _record_artifacts_dir(study: optuna.Study, folder: Path, *, moved_with_storage: bool) -> None:
+    """Store where this search writes weights, so export and plot read the same place.
+
+    A study whose storage file was moved or copied writes beside its new location; the
+    folder stored before is kept in ``artifacts_dirs_before`` (its trials' weights may
+    still be there). Workers of a server storage without ``study.artifacts`` each write to
+    their own default folder, and the first one stored is kept.
+    """
+    here = str(folder.resolve())
+    stored = study.user_attrs.get("artifacts_dir")
+    if stored == here or (stored and not moved_with_storage):
+        return
+    if stored:
+        before = [d for d in [stored, *study.user_attrs.get("artifacts_dirs_before", [])] if d != here]
+        study.set_user_attr("artifacts_dirs_before", list(dict.fromkeys(before)))
+    study.set_user_attr("artifacts_dir", here)
+
+
 def run_search(
     config: StudyConfig, *, progress: bool = True, jobs: int = 1, prefix: str = "", worker: str = ""
 ) -> SearchResult:
@@ -114,8 +133,7 @@ def run_search(
     space, data = _prepare(config)
     study = _open_study(config, storage_url, worker)
     folder = Path(config.study.artifacts) if config.study.artifacts else artifact_dir_for(storage_url, config.study.name)
-    if "artifacts_dir" not in study.user_attrs:
-        study.set_user_attr("artifacts_dir", str(folder.resolve()))
+    _record_artifacts_dir(study, folder, moved_with_storage=bool(config.study.artifacts) or storage_file(storage_url) is not None)
     store = artifact_store(folder)
     supernet_mode = config.study.mode == "supernet"
     reporter = Progress(

@@ -74,7 +74,9 @@ def weights_path(view: StudyView, t: TrialRecord) -> Path:
     artifact = t.attrs.get("weights_artifact")
     if not artifact or not view.artifacts_dir:
         raise ConfigError(f"trial {t.number} of study {view.name!r} has no stored weights")
-    path = Path(view.artifacts_dir) / str(artifact)
-    if not path.is_file():
-        raise ConfigError(f"trial {t.number}: weights file {path} not found (study attribute artifacts_dir)")
-    return path
+    for folder in view.artifact_dirs or (view.artifacts_dir,):
+        path = Path(folder) / str(artifact)
+        if path.is_file():
+            return path
+    looked = ", ".join(view.artifact_dirs or (view.artifacts_dir,))
+    raise ConfigError(f"trial {t.number}: weights file {artifact} not found in {looked} (study attribute artifacts_dir)")

@@ -14,7 +14,7 @@ from fednas.config import StudyConfig, parse_config
 from fednas.objectives import OBJECTIVES
 from fednas.study._front import statuses
 from fednas.study._record import TrialRecord, record_of
-from fednas.study._storage import artifact_dir_for, open_storage, study_names
+from fednas.study._storage import artifact_dir_for, open_storage, storage_file, study_names
 
 __all__ = ["CONFIG_ATTR", "FINETUNE_ATTR", "SUPERNET_ATTR", "StudyView", "tier_fronts", "config_from_stored", "load_front", "metric_direction", "open_study",
            "read_study"]
@@ -40,8 +40,11 @@ class StudyView:
         records: every trial, by number.
         constraints: active upper bounds (metric name -> bound).
         config: the stored study config (None for studies made outside fednas).
-        artifacts_dir: folder of the study's artifact store ("" if none): the stored folder, or
-            the default one beside a SQLite/journal file when the study was moved there.
+        artifacts_dir: folder of the study's artifact store ("" if none): the first of
+            ``artifact_dirs`` that exists.
+        artifact_dirs: where a trial's artifacts may be, in order: the stored folder (where
+            the last search wrote), the folders it replaced (a study resumed after its storage
+            file was moved or copied), and the default one beside a SQLite/journal file.
         frozen: the COMPLETE trials as Optuna stores them (for ``optuna.importance``).
         supernet: a supernet study's phase 1 (``rounds``: one dict per round, the training curve;
             empty for a from-scratch study).
@@ -54,6 +57,7 @@ class StudyView:
     constraints: dict[str, int]
     config: StudyConfig | None
     artifacts_dir: str
+    artifact_dirs: tuple[str, ...] = ()
     frozen: tuple[FrozenTrial, ...] = field(default=(), repr=False)
     supernet: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -126,6 +130,7 @@ def read_study(storage: str, study_name: str) -> StudyView:
     all_trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     config = config_from_stored(attrs.get(CONFIG_ATTR))
     finetuned = attrs.get(FINETUNE_ATTR) or {}
+    dirs = _artifact_dirs(attrs, storage, study_name)
     return StudyView(
         name=study_name,
         storage=storage,
@@ -133,7 +138,8 @@ def read_study(storage: str, study_name: str) -> StudyView:
         records=tuple(_with_finetune(record_of(t, names), finetuned.get(str(t.number))) for t in all_trials),
         constraints=config.constraints.active() if config else {},
         config=config,
-        artifacts_dir=_artifacts_dir(str(attrs.get("artifacts_dir", "")), storage, study_name),
+        artifacts_dir=next(iter(dirs), str(attrs.get("artifacts_dir", ""))),
+        artifact_dirs=dirs,
         frozen=tuple(t for t in all_trials if t.state == TrialState.COMPLETE),
         supernet=dict(attrs.get(SUPERNET_ATTR) or {}),
     )
@@ -162,14 +168,13 @@ def _with_finetune(record: TrialRecord, finetune: dict[str, Any] | None) -> Tria
     return replace(record, metrics=metrics, attrs=attrs)
 
 
-def _artifacts_dir(stored: str, storage: str, name: str) -> str:
-    """The stored artifact folder; if it is gone, the default one beside the storage file (a moved study)."""
-    if stored and Path(stored).is_dir():
-        return stored
-    beside = artifact_dir_for(storage, name)
-    if beside.is_dir():
-        return str(beside.resolve())
-    return stored
+def _artifact_dirs(attrs: dict[str, Any], storage: str, name: str) -> tuple[str, ...]:
+    """The existing folders among the stored one, those it replaced and the default beside the storage file."""
+    before = attrs.get("artifacts_dirs_before")
+    candidates = [str(attrs.get("artifacts_dir", "")), *(before if isinstance(before, list) else [])]
+    if storage_file(storage) is not None:
+        candidates.append(str(artifact_dir_for(storage, name).resolve()))
+    return tuple(dict.fromkeys(str(d) for d in candidates if d and Path(str(d)).is_dir()))
 
 
 def load_front(storage: str, study_name: str, *, include_all: bool = False) -> list[TrialRecord]:

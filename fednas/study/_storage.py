@@ -12,7 +12,8 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-__all__ = ["StorageError", "artifact_dir_for", "artifact_store", "open_storage", "sqlite_path", "study_names"]
+__all__ = ["StorageError", "artifact_dir_for", "artifact_store", "open_storage", "sqlite_path", "storage_file",
+           "study_names"]
 
 
 class StorageError(ValueError):
@@ -120,9 +121,14 @@ def _journal_path(url: str) -> Path | None:
     return None
 
 
+def storage_file(url: str) -> Path | None:
+    """The file of a SQLite or journal storage URL; None for a database server."""
+    return sqlite_path(url) or _journal_path(url)
+
+
 def artifact_dir_for(url: str, study_name: str) -> Path:
     """Default artifact folder: beside a SQLite/journal file, else ``studies/artifacts/NAME``."""
-    local = sqlite_path(url) or _journal_path(url)
+    local = storage_file(url)
     if local is not None:
         return local.parent / f"{study_name}.artifacts"
     return Path("studies") / "artifacts" / study_name
