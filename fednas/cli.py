@@ -182,6 +182,11 @@ def _search(args: argparse.Namespace, argv: list[str]) -> int:
         for name, front in tier_fronts(read_study(result.storage, result.study_name)).items():
             print(f"\ndevice tier {name!r}: the front of the subnets it can run")
             print(_table(front, list(config.objectives)))
+    if not result.reached:
+        print(f"fednas: search stopped before study.trials = {config.study.trials} was reached: {result.completed} "
+              f"completed, {result.failed} failed, {result.pruned} pruned (study.max_attempts); see the reasons with "
+              f"fednas pareto --all --storage {result.storage} --study {result.study_name}", file=sys.stderr)
+        return 1
     return 0
 
 

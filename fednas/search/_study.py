@@ -42,10 +42,16 @@ TrialSummary = TrialRecord  # the name of earlier versions
 
 @dataclass(frozen=True)
 class SearchResult:
+    """What a search left in its study: completed trials, the front, and whether it reached ``study.trials``
+    (False when ``study.max_attempts`` trials were used up first, e.g. because every attempt failed)."""
+
     study_name: str
     storage: str
     completed: int
     front: list[TrialRecord]
+    reached: bool = True
+    failed: int = 0
+    pruned: int = 0
 
 
 def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna.storages.BaseStorage:
@@ -161,7 +167,14 @@ def run_search(
         with _phase():
             finetune_front(study, config, store, reporter)
     front = read_study(storage_url, config.study.name).front()
-    return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front)
+    if config.study.fidelity == "halving":
+        from fednas.search._halving import count_evaluated
+
+        reached = count_evaluated(study) >= config.study.trials
+    else:
+        reached = _count(study, TrialState.COMPLETE) >= config.study.trials
+    return SearchResult(config.study.name, storage_url, _count(study, TrialState.COMPLETE), front, reached,
+                        _count(study, TrialState.FAIL), _count(study, TrialState.PRUNED))
 
 
 @contextlib.contextmanager
@@ -186,7 +199,33 @@ def _prepare(config: StudyConfig) -> tuple[Any, Any]:
     space = with_compression(get_search_space(config.space.name, config.space.options))
     data = federated_data(config.data, config.federation.num_clients, config.study.seed)
     _check_feasible(config, space, data)
+    _check_teachers(config, data)
     return space, data
+
+
+def _check_teachers(config: StudyConfig, data: Any) -> None:
+    """Each ``kd_teacher`` bundle the space can choose loads and takes the data's images to its classes."""
+    value = config.space.labels.get("kd_teacher", "")
+    paths = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+    import torch
+
+    from fednas.models import load_model
+
+    for path in dict.fromkeys(p for p in paths if p):
+        try:
+            teacher = load_model(path)
+        except ValueError as exc:
+            raise ConfigError(f"space.labels.kd_teacher: {exc}") from None
+        try:
+            with torch.no_grad():
+                logits = teacher(data.train.x[:2])
+        except RuntimeError as exc:
+            shape = "x".join(str(n) for n in data.train.x.shape[1:])
+            raise ConfigError(f"space.labels.kd_teacher: {path}: the teacher does not take the data's "
+                              f"{shape} images ({str(exc).splitlines()[0]})") from None
+        if logits.shape[-1] != data.train.num_classes:
+            raise ConfigError(f"space.labels.kd_teacher: {path}: the teacher has {logits.shape[-1]} classes; "
+                              f"expected the data's {data.train.num_classes}")
 
 
 def check_study(config: StudyConfig) -> str:

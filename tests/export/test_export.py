@@ -310,3 +310,44 @@ def test_a_failed_export_leaves_the_earlier_bundle_whole(study: dict, tmp_path: 
         write_bundle(source_from_trial(study["storage"], "exp", trial=0), out, formats=["onnx"])
     assert {p.name: _digest(p) for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_an_exported_bundle_teaches_a_search_and_a_bad_teacher_is_a_config_error(
+    study: dict, bundle: dict, tiny_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import numpy as np
+
+    from fednas.config import load_config
+    from fednas.search import run_search
+
+    teacher = str(bundle["out"])
+    config = load_config(tiny_config, ["study.trials=1", "federation.rounds=1", "space.labels.kd_weight=0.5",
+                                       f"space.labels.kd_teacher='{teacher}'"])
+    result = run_search(config, progress=False)
+    assert result.completed == 1 and result.front[0].attrs["labels"]["kd_teacher"] == teacher
+    folder = tiny_config.parent
+    rgb = folder / "rgb.npz"
+    rng = np.random.default_rng(0)
+    np.savez(rgb, x_train=rng.random((64, 3, 28, 28), dtype=np.float32), y_train=rng.integers(0, 4, 64),
+             x_test=rng.random((16, 3, 28, 28), dtype=np.float32), y_test=rng.integers(0, 4, 16))
+    gray = folder / "gray4.npz"
+    np.savez(gray, x_train=rng.random((64, 1, 28, 28), dtype=np.float32), y_train=np.arange(64) % 4,
+             x_test=rng.random((16, 1, 28, 28), dtype=np.float32), y_test=np.arange(16) % 4)
+    cases = {
+        "/nonexistent/teacher": ["space.labels.kd_weight=0.5", "space.labels.kd_teacher='/nonexistent/teacher'"],
+        "does not take the data's 3x28x28 images": [
+            "space.labels.kd_weight=0.5", f"space.labels.kd_teacher='{teacher}'", "data.source='npz'",
+            f"data.path='{rgb}'", "data.limit=0"],
+        "the teacher has 10 classes; expected the data's 4": [
+            "space.labels.kd_weight=0.5", f"space.labels.kd_teacher='{teacher}'", "data.source='npz'",
+            f"data.path='{gray}'", "data.limit=0"],
+    }
+    for needle, sets in cases.items():
+        for check in (["--check"], []):
+            argv = ["search", str(tiny_config), "--study", "teach", *check]
+            for s in sets:
+                argv += ["--set", s]
+            assert main(argv) == 2, needle
+            err = capsys.readouterr().err
+            assert needle in err and err.count("\n") == 1 and "space.labels.kd_teacher" in err, err
+    assert not optuna.study.get_all_study_names(f"sqlite:///{folder / 'tiny.db'}").count("teach")

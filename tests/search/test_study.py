@@ -118,9 +118,15 @@ def test_failed_trials_keep_their_reason_and_the_search_goes_on(tiny_config: Pat
     config = load_config(tiny_config, ["federation.client_failure_rate=0.9", "federation.min_train_nodes=3",
                                        "study.max_attempts=2", "study.trials=1"])
     result = run_search(config, progress=False)
-    assert result.completed == 0
+    assert result.completed == 0 and not result.reached and result.failed == 2
     study = optuna.load_study(study_name="tiny", storage=config.storage)
     assert [t.state.name for t in study.trials] == ["FAIL", "FAIL"]  # the second attempt still ran
+    again = subprocess.run(  # the same command again: the attempts are used up, and the exit code says so
+        [sys.executable, "-m", "fednas", "search", str(tiny_config), "--quiet", "--set", "study.max_attempts=2",
+         "--set", "federation.client_failure_rate=0.9", "--set", "federation.min_train_nodes=3"],
+        capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1, again.stderr
+    assert "search stopped before study.trials = 3 was reached: 0 completed, 2 failed" in again.stderr
     for t in study.trials:
         assert "min_train_nodes=3" in t.user_attrs["fail_reason"]
     out = subprocess.run(
