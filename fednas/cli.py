@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fednas.config import DEFAULT_CONFIG
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("arch", help="architectures")
     asub = a.add_subparsers(dest="arch_command", required=True, metavar="ARCH_COMMAND")
     info = asub.add_parser("info", help="parameters, MACs and bytes of an architecture")
-    info.add_argument("arch", metavar="NAME|FILE.json")
+    info.add_argument("arch", metavar="NAME|FILE.json|BUNDLE", help="a preset, an architecture JSON file or a bundle folder")
     info.add_argument("--num-classes", type=int, default=None, help="default: the preset's (1000 for ImageNet ones), else 10")
     info.add_argument("--resolution", type=int, default=None, help="default: the preset's (224 for ImageNet ones), else 28")
     info.add_argument("--in-channels", type=int, default=None, help="default: the preset's (3 for RGB ones), else 1")
@@ -215,15 +216,28 @@ def _arch_info(args: argparse.Namespace) -> int:
     from fednas.cost import measure
     from search_spaces import PRESETS, Preset, build_model, load_architecture
 
-    arch = load_architecture(args.arch)
-    ref = PRESETS.get(str(args.arch)) or Preset("", lambda: arch)  # a file: 10 classes, 1x28x28
+    from fednas.models import bundle_input
+    from search_spaces import MAX_RESOLUTION
+
+    if Path(args.arch).is_dir():  # a bundle folder: its architecture, for the input it was trained on
+        arch, ref = bundle_input(args.arch)
+    else:
+        arch = load_architecture(args.arch)
+        ref = PRESETS.get(str(args.arch)) or Preset("", lambda: arch)  # a file: 10 classes, 1x28x28
     classes = args.num_classes if args.num_classes is not None else ref.num_classes
     res = args.resolution if args.resolution is not None else ref.resolution
     chans = args.in_channels if args.in_channels is not None else ref.in_channels
-    for flag, v in (("--num-classes", classes), ("--resolution", res), ("--in-channels", chans)):
-        if v < 1:
-            raise ValueError(f"{flag}: expected an integer >= 1, got {v}")
-    cost = measure(build_model(arch, num_classes=classes, in_channels=chans), in_channels=chans, resolution=res)
+    for flag, v, high in (("--num-classes", classes, 1_000_000), ("--resolution", res, MAX_RESOLUTION),
+                          ("--in-channels", chans, 16_384)):
+        if not 1 <= v <= high:
+            raise ValueError(f"{flag}: expected an integer in [1, {high:,}], got {v}")
+    if Path(args.arch).is_dir() and (classes, chans) == (ref.num_classes, ref.in_channels):
+        from fednas.models import load_model
+
+        model = load_model(args.arch)  # the trained structure: pruned channels, factorized layers
+    else:
+        model = build_model(arch, num_classes=classes, in_channels=chans)
+    cost = measure(model, in_channels=chans, resolution=res)
     info = {**cost.to_dict(), "num_classes": classes, "blocks": arch.num_blocks, "architecture": arch.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))

@@ -18,6 +18,7 @@ from typing import Any
 from fednas._errors import ConfigError
 from fednas.objectives import DIRECTIONS, OBJECTIVES
 from fednas.strategies import LEGACY_KEYS, STRATEGIES
+from search_spaces import MAX_RESOLUTION
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -226,7 +227,8 @@ class DataConfig:
     def check(self) -> None:
         _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", "a number in (0, 1)", self.test_fraction)
         _require(self.limit >= 0, "data.limit", "an integer >= 0 (0: all)", self.limit)
-        _require(self.resolution >= 0, "data.resolution", "an integer >= 0 (0: source default)", self.resolution)
+        _require(0 <= self.resolution <= MAX_RESOLUTION, "data.resolution",
+                 f"an integer in [0, {MAX_RESOLUTION}] (0: source default)", self.resolution)
         _require(self.alpha > 0 and math.isfinite(self.alpha), "data.alpha", "a number > 0", self.alpha)
         _require(self.shards_per_client >= 1, "data.shards_per_client", "an integer >= 1", self.shards_per_client)
         if self.source in ("idx", "npz", "imagefolder", "leaf", "torchvision"):

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from search_spaces import Architecture, CompressionSettings, arch_from_dict, arch_from_json, build_model
+from search_spaces import (MAX_RESOLUTION, Architecture, CompressionSettings, Preset, arch_from_dict, arch_from_json,
+                           build_model)
 
 __all__ = [
     "ARCH_FILE",
@@ -30,6 +31,7 @@ __all__ = [
     "load_model",
     "model_template",
     "pruned_template",
+    "bundle_input",
     "read_bundle",
     "trained_structure",
 ]
@@ -145,6 +147,23 @@ def read_bundle(path: str | Path) -> tuple[Architecture, dict[str, Any]]:
     return arch, doc
 
 
+def bundle_input(path: str | Path) -> tuple[Architecture, Preset]:
+    """A bundle folder's architecture and the input it was trained on (classes, channels, resolution).
+
+    Raises:
+        ValueError: a missing or malformed bundle file (one line naming it).
+    """
+    folder = Path(path)
+    arch, doc = read_bundle(folder)
+    try:
+        info = doc["input"]
+        ref = Preset(str(folder), lambda: arch, num_classes=int(info["num_classes"]),
+                     in_channels=int(info["in_channels"]), resolution=int(info["resolution"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{folder / METRICS_FILE}: malformed bundle input ({type(exc).__name__}: {exc})") from None
+    return arch, ref
+
+
 def load_model(path: str | Path) -> nn.Module:
     """The PyTorch model of a bundle folder written by ``fednas export``/``fednas train``, in eval mode.
 
@@ -164,15 +183,20 @@ def load_model(path: str | Path) -> nn.Module:
         info, labels = doc["input"], dict(doc.get("labels") or {})
         classes, channels = int(info["num_classes"]), int(info["in_channels"])
         prune_masks, resolution = str(doc.get("prune_masks") or ""), int(info.get("resolution", 0))
+        if not 0 <= resolution <= MAX_RESOLUTION:
+            raise ValueError(f"input.resolution: expected an integer in [0, {MAX_RESOLUTION}], got {resolution}")
         compression = CompressionSettings.from_labels(labels)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder}: malformed bundle ({type(exc).__name__}: {exc})") from None
+    try:  # sizes are checked before the weights are read
+        model = trained_structure(arch, compression, num_classes=classes, in_channels=channels,
+                                  resolution=resolution, prune_masks=prune_masks)
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"{folder}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{weights_path}: not a safetensors file ({exc})") from None
-    model = trained_structure(arch, compression, num_classes=classes, in_channels=channels, resolution=resolution,
-                              prune_masks=prune_masks)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

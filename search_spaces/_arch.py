@@ -36,6 +36,7 @@ __all__ = [
     "arch_from_json",
     "build_model",
     "check_int",
+    "check_size",
     "describe_arch",
     "make_divisible",
     "stages_record_from_dict",
@@ -55,6 +56,11 @@ MAX_CHANNELS = 16_384
 MAX_BLOCKS = 512
 MAX_KERNEL = 15
 MAX_EXPANSION = 16
+# Per-field bounds still multiply: a network is also bounded as a whole, counted on PyTorch's
+# "meta" device (shapes only, nothing allocated) before ``build_model`` builds it for real.
+# ResNet-152 has 60 M parameters, MobileNetV2 3.5 M; 100 M parameters are 400 MB of float32.
+MAX_PARAMS = 100_000_000
+MAX_RESOLUTION = 4096  # input side in pixels, where a file or a flag gives one
 
 
 class Architecture(ABC):
@@ -247,7 +253,25 @@ def build_model(arch: Architecture, *, num_classes: int = 1000, in_channels: int
                         f"{type(arch).__name__}")
     check_int("num_classes", num_classes, 1, 1_000_000)
     check_int("in_channels", in_channels, 1, MAX_CHANNELS)
+    check_size(arch, num_classes=num_classes, in_channels=in_channels)
     return arch.build(num_classes=num_classes, in_channels=in_channels)
+
+
+def check_size(arch: Architecture, *, num_classes: int, in_channels: int) -> int:
+    """The number of parameters of ``arch``'s network, counted without allocating them.
+
+    Raises:
+        ValueError: more than ``MAX_PARAMS``.
+    """
+    import torch
+
+    with torch.device("meta"):
+        shapes = arch.build(num_classes=num_classes, in_channels=in_channels)
+    params = sum(p.numel() for p in shapes.parameters())
+    if params > MAX_PARAMS:
+        raise ValueError(f"architecture: {params:,} parameters ({arch.describe()[:80]}); expected at most "
+                         f"{MAX_PARAMS:,} (search_spaces.MAX_PARAMS)")
+    return params
 
 
 def preset(name: str) -> Architecture:

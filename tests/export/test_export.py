@@ -351,3 +351,14 @@ def test_an_exported_bundle_teaches_a_search_and_a_bad_teacher_is_a_config_error
             err = capsys.readouterr().err
             assert needle in err and err.count("\n") == 1 and "space.labels.kd_teacher" in err, err
     assert not optuna.study.get_all_study_names(f"sqlite:///{folder / 'tiny.db'}").count("teach")
+
+
+def test_arch_info_of_a_bundle_uses_its_input_and_its_trained_model(bundle: dict,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["arch", "info", str(bundle["out"]), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    inp = bundle["metrics"]["input"]
+    assert info["num_classes"] == inp["num_classes"] and info["params"] == sum(
+        t.numel() for t in load_model(bundle["out"]).parameters())
+    assert main(["arch", "info", str(bundle["out"])]) == 0
+    assert f": {inp['in_channels']}x{inp['resolution']}x{inp['resolution']} -> " in capsys.readouterr().out
