@@ -108,6 +108,8 @@ def _add_plot_parsers(sub: argparse._SubParsersAction) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    from optuna.exceptions import StorageInternalError
+
     from fednas.config import ConfigError
     from fednas.data import DataError
     from fednas.study import StorageError
@@ -128,6 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _arch_info(args)
     except (ConfigError, DataError, StorageError, ValueError) as exc:
         print(f"fednas: error: {exc}", file=sys.stderr)
+        return 2
+    except StorageInternalError as exc:  # a database server refused a write (permissions, a full disk...)
+        cause = exc.__cause__
+        why = str(cause).splitlines()[0] if cause is not None and str(cause) else str(exc).splitlines()[0]
+        print(f"fednas: error: the storage refused a write ({why})", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("fednas: interrupted", file=sys.stderr)

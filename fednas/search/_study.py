@@ -31,7 +31,7 @@ from fednas.search._supernet import SubnetTrialRunner, finetune_front, supernet_
 from fednas.fl import SubnetEvaluator
 from fednas import study as _study
 from fednas.study import (CONFIG_ATTR, TrialRecord, artifact_dir_for, artifact_store, load_front, read_study,
-                          record_of, storage_file, study_names)
+                          probe_writable, record_of, storage_file, study_names)
 from search_spaces import get_search_space, with_compression
 
 __all__ = ["check_study", "SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "open_storage", "run_search",
@@ -137,6 +137,7 @@ def run_search(
     """
     storage_url = config.storage
     space, data = _prepare(config)
+    probe_writable(storage_url)
     study = _open_study(config, storage_url, worker)
     folder = Path(config.study.artifacts) if config.study.artifacts else artifact_dir_for(storage_url, config.study.name)
     _record_artifacts_dir(study, folder, moved_with_storage=bool(config.study.artifacts) or storage_file(storage_url) is not None)
@@ -235,6 +236,7 @@ def check_study(config: StudyConfig) -> str:
         ConfigError, DataError: the same one-line errors a search would raise.
     """
     space, data = _prepare(config)
+    probe_writable(config.storage)
     sizes = [len(s) for s in data.shards]
     return (
         f"{config.source or 'config'}: OK; {len(space.resolve())} labels, data {data.train.name or config.data.source} "

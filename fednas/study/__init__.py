@@ -13,8 +13,8 @@ from fednas.study._picks import PICKS, pick_trial, weights_path
 from fednas.study._read import (CONFIG_ATTR, FINETUNE_ATTR, SUPERNET_ATTR, StudyView, config_from_stored, load_front,
                                 metric_direction, open_study, read_study, tier_fronts)
 from fednas.study._record import TrialRecord, record_of
-from fednas.study._storage import (StorageError, artifact_dir_for, artifact_store, open_storage, sqlite_path,
-                                   storage_file, study_names)
+from fednas.study._storage import (StorageError, artifact_dir_for, artifact_store, open_storage,
+                                   probe_writable, sqlite_path, storage_file, study_names)
 
 __all__ = [
     "crowding_distance",
@@ -42,6 +42,7 @@ __all__ = [
     "pick_trial",
     "read_study",
     "record_of",
+    "probe_writable",
     "sqlite_path",
     "storage_file",
     "statuses",

@@ -12,8 +12,8 @@ from typing import Any
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-__all__ = ["StorageError", "artifact_dir_for", "artifact_store", "open_storage", "sqlite_path", "storage_file",
-           "study_names"]
+__all__ = ["StorageError", "artifact_dir_for", "artifact_store", "open_storage", "probe_writable", "sqlite_path",
+           "storage_file", "study_names"]
 
 
 class StorageError(ValueError):
@@ -21,9 +21,74 @@ class StorageError(ValueError):
 
 
 def sqlite_path(url: str) -> Path | None:
-    """File path of a ``sqlite:///`` URL, else None."""
+    """File path of a ``sqlite:///`` URL (also ``sqlite:///file:PATH?mode=...&uri=true``), else None."""
     prefix = "sqlite:///"
-    return Path(url[len(prefix) :]) if url.startswith(prefix) else None
+    if not url.startswith(prefix) or _in_memory(url):
+        return None
+    rest = url[len(prefix) :]
+    if rest.startswith("file:") and "uri=true" in rest.partition("?")[2]:
+        rest = rest[len("file:") :].partition("?")[0]
+    return Path(rest)
+
+
+def _in_memory(url: str) -> bool:
+    if not url.startswith("sqlite:"):
+        return False
+    rest = url[len("sqlite:") :].lstrip("/")
+    return rest == "" or rest.startswith((":memory:", "file::memory:")) or "mode=memory" in rest
+
+
+def _refuse_in_memory(url: str) -> None:
+    if _in_memory(url):
+        raise StorageError(f"{url}: an in-memory SQLite database keeps nothing once the command ends; "
+                           "expected a file, e.g. sqlite:///studies/NAME.db")
+
+
+def probe_writable(url: str) -> None:
+    """Check that a search can write to a SQLite or journal storage, writing nothing that stays.
+
+    A SQLite file creates a table inside a transaction and rolls it back (a read-only file,
+    folder or ``mode=ro`` URI fails); a journal file is opened for appending, or a file is created and
+    removed in its folder. Database servers are not probed (their errors come at the first write).
+
+    Raises:
+        StorageError: one line naming the URL and the reason.
+    """
+    _refuse_in_memory(url)
+    journal, db = _journal_path(url), sqlite_path(url)
+    try:
+        if journal is not None or (db is not None and not db.exists()):
+            path = journal if journal is not None else db
+            if path.exists():
+                with open(path, "ab"):
+                    pass
+            else:
+                folder = path.parent if str(path.parent) else Path(".")
+                if folder.exists():
+                    probe = folder / f".{path.name}.fednas-write-test"
+                    probe.write_bytes(b"")
+                    probe.unlink()
+            return
+        if db is not None:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url, connect_args={"timeout": 60})
+            try:
+                raw = engine.raw_connection()
+                try:
+                    cursor = raw.cursor()
+                    cursor.execute("BEGIN IMMEDIATE")
+                    cursor.execute("CREATE TABLE fednas_write_probe (x INTEGER)")  # undone below
+                    raw.rollback()
+                finally:
+                    raw.close()
+            finally:
+                engine.dispose()
+    except OSError as exc:
+        raise StorageError(f"{url}: cannot write there ({type(exc).__name__}: {exc.strerror or exc})") from None
+    except Exception as exc:  # SQLAlchemy/sqlite3 errors: "attempt to write a readonly database" and the like
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageError(f"{url}: cannot write to the database ({first})") from None
 
 
 def open_storage(url: str, *, create: bool = True, heartbeat: int = 0,
@@ -39,6 +104,7 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0,
     Raises:
         StorageError: naming the URL and what was expected.
     """
+    _refuse_in_memory(url)
     journal = _journal_path(url)
     if journal is not None:
         if not create and not journal.exists():

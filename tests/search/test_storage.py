@@ -39,3 +39,38 @@ def test_workers_creating_one_new_sqlite_study_together_all_open_it(tmp_path: Pa
     failures = [o for o in outcomes if o[1] != "ok"]
     assert not failures, failures[:3]
     assert all((tmp_path / f"round{r}.db").exists() for r in range(ROUNDS))
+
+
+def test_storages_a_search_cannot_write_are_one_line_errors_and_nothing_is_written(
+    tiny_config: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import hashlib
+
+    from fednas.cli import main
+
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    monkeypatch.chdir(run)
+    assert main(["search", str(tiny_config), "--quiet", "--set", "study.trials=1", "--set", "federation.rounds=1"]) == 0
+    capsys.readouterr()
+    db = tiny_config.parent / "tiny.db"
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    folder_before = sorted(p.name for p in tiny_config.parent.iterdir())
+    cases = {  # /proc refuses new files even to root, so these hold in CI as root too
+        f"sqlite:///file:{db}?mode=ro&uri=true": "cannot write to the database (attempt to write a readonly database)",
+        "journal:/proc/fednas-j.log": "cannot write there",
+        "sqlite:////proc/fednas.db": "cannot write there",
+        "sqlite:///": "in-memory SQLite database keeps nothing",
+        "sqlite://": "in-memory SQLite database keeps nothing",
+        "sqlite:///:memory:": "in-memory SQLite database keeps nothing",
+    }
+    for url, needle in cases.items():
+        for check in ([], ["--check"]):
+            assert main(["search", str(tiny_config), "--quiet", "--storage", url, "--set", "study.trials=2", *check]) == 2
+            err = capsys.readouterr().err
+            assert needle in err and url in err and err.count("\n") == 1, (url, err)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    assert sorted(p.name for p in tiny_config.parent.iterdir()) == folder_before
+    assert list(run.iterdir()) == []  # no artifacts folder in the current one
+    # reading a read-only storage still works
+    assert main(["pareto", "--storage", f"sqlite:///file:{db}?mode=ro&uri=true", "--study", "tiny"]) == 0
