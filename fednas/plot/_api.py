@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,29 @@ def plot_study(storage: str, study: str, out: str | Path, *, objectives: list[st
     return PlotResult(report, html, tuple(pngs))
 
 
+def _check_address(host: str, port: int) -> None:
+    """``host:port`` can be listened on: a port in range, a known host, nothing listening there yet.
+
+    Raises:
+        ConfigError: one line naming the flag and the reason.
+    """
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"--port: expected an integer in [1, 65535], got {port!r}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(f"--host {host}: cannot resolve it ({exc})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)  # no SO_REUSEADDR: a port another server listens on is refused
+        except OSError as exc:
+            why = "in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({why})") from None
+
+
 def run_dashboard(storage: str, *, study: str | None = None, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard on ``storage`` (with the study's artifacts) until interrupted.
 
@@ -62,5 +87,6 @@ def run_dashboard(storage: str, *, study: str | None = None, host: str = "127.0.
         if folder and Path(folder).is_dir():
             artifacts = FileSystemArtifactStore(folder)
             break
+    _check_address(host, port)
     print(f"optuna-dashboard on {storage} at http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
     optuna_dashboard.run_server(st, host=host, port=port, artifact_store=artifacts)

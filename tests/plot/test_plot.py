@@ -226,3 +226,18 @@ def test_dashboard_serves_the_study(study: dict) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_dashboard_address_errors_are_one_line_before_any_url(study: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("optuna_dashboard")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = {str(port): f"--port {port}: cannot listen on 127.0.0.1:{port} (in use)",
+                 "99999": "--port: expected an integer in [1, 65535], got 99999",
+                 "0": "--port: expected an integer in [1, 65535], got 0"}
+        for value, needle in cases.items():
+            assert main(["dashboard", "--storage", study["storage"], "--port", value]) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and needle in err and err.count("\n") == 1, err
