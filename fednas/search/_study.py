@@ -31,7 +31,7 @@ from fednas.search._supernet import SubnetTrialRunner, finetune_front, supernet_
 from fednas.fl import SubnetEvaluator
 from fednas import study as _study
 from fednas.study import (CONFIG_ATTR, TrialRecord, artifact_dir_for, artifact_store, load_front, read_study,
-                          probe_writable, record_of, storage_file, study_names)
+                          StorageError, probe_writable, record_of, storage_file, study_names)
 from search_spaces import get_search_space, with_compression
 
 __all__ = ["check_study", "SearchInterrupted", "SearchResult", "TrialSummary", "load_front", "open_storage", "run_search",
@@ -79,14 +79,7 @@ def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna
     n_existing = 0
     if name in study_names(storage):
         stored = optuna.load_study(study_name=name, storage=storage)
-        stored_names = stored.user_attrs.get("objectives")
-        if stored_names is not None and stored_names != list(config.objectives):
-            raise ConfigError(
-                f"objectives: study {name!r} in {storage_url} was created with {stored_names}; "
-                f"got {list(config.objectives)} (use another --study name)"
-            )
-        if [d.name.lower() for d in stored.directions] != directions:
-            raise ConfigError(f"objectives: directions differ from the stored study {name!r}")
+        _check_resumable(config, stored, storage_url)
         n_existing = len(stored.trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -97,6 +90,70 @@ def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna
         study.set_user_attr("objectives", list(config.objectives))
         study.set_user_attr(CONFIG_ATTR, config.to_dict())
     return study
+
+
+# What may differ when a study is resumed: how long and how it searches, where it writes, which
+# device it uses, and the bounds (stored anew). Everything else decides what a trial's figures mean.
+RESUMABLE_CHANGES = {"study": ("storage", "trials", "sampler", "population_size", "max_attempts", "artifacts",
+                               "heartbeat"),
+                     "federation": ("device",), "constraints": None}
+
+
+def _check_stored(config: StudyConfig) -> None:
+    """``--check``: the config may resume the study already in its storage (objectives, data, space...)."""
+    try:
+        storage = _study.open_storage(config.storage, create=False)
+    except StorageError:
+        return  # no storage yet: a new study
+    name = config.study.name
+    if name not in study_names(storage):
+        return
+    _check_resumable(config, optuna.load_study(study_name=name, storage=storage), config.storage, store=False)
+
+
+def _check_resumable(config: StudyConfig, stored: optuna.Study, storage_url: str, *, store: bool = True) -> None:
+    """Refuse a resume whose data, space, federation or seed differ from the stored study's; store the rest.
+
+    Raises:
+        ConfigError: naming the first key that differs, the stored value and the new one.
+    """
+    from fednas.study import config_from_stored
+
+    name = stored.study_name
+    stored_names = stored.user_attrs.get("objectives")
+    if stored_names is not None and stored_names != list(config.objectives):
+        raise ConfigError(f"objectives: study {name!r} in {storage_url} was created with {stored_names}; "
+                          f"got {list(config.objectives)} (use another --study name)")
+    if [d.name.lower() for d in stored.directions] != list(config.objectives.values()):
+        raise ConfigError(f"objectives: directions differ from the stored study {name!r}")
+
+    try:
+        before = config_from_stored(stored.user_attrs.get(CONFIG_ATTR))
+    except ConfigError:
+        return  # a stored config this version cannot read: nothing to compare with
+    if before is None:
+        return
+    old, new = before.to_dict(), config.to_dict()
+    for section, keys in RESUMABLE_CHANGES.items():
+        for d in (old, new):
+            if keys is None:
+                d.pop(section, None)
+            else:
+                d[section] = {k: v for k, v in d[section].items() if k not in keys}
+    for key, was, now in _differences(old, new):
+        raise ConfigError(f"{key}: study {name!r} in {storage_url} was made with {was!r}; got {now!r} "
+                          "(a resumed study keeps its data, space, federation and seed; use another --study name)")
+    if store and stored.user_attrs.get(CONFIG_ATTR) != config.to_dict():
+        stored.set_user_attr(CONFIG_ATTR, config.to_dict())  # the new trials' target, sampler, bounds
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(old) + [k for k in new if k not in old]:
+            out += _differences(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if old == new else [(prefix, old, new)]
 
 
 def _record_artifacts_dir(study: optuna.Study, folder: Path, *, moved_with_storage: bool) -> None:
@@ -237,6 +294,7 @@ def check_study(config: StudyConfig) -> str:
     """
     space, data = _prepare(config)
     probe_writable(config.storage)
+    _check_stored(config)
     sizes = [len(s) for s in data.shards]
     return (
         f"{config.source or 'config'}: OK; {len(space.resolve())} labels, data {data.train.name or config.data.source} "

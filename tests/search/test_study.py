@@ -153,3 +153,32 @@ def test_same_config_and_seed_give_identical_trials(tiny_config: Path, tmp_path:
     for a, b in zip(*runs):
         assert a[0] == b[0] and a[1] == b[1]
         assert [r["accuracy"] for r in a[2]] == [r["accuracy"] for r in b[2]]
+
+
+def test_a_resume_with_other_data_or_federation_is_refused_and_bounds_are_stored(
+    tiny_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fednas.cli import main
+    from fednas.search._study import CONFIG_ATTR
+
+    base = ["study.trials=1", "federation.rounds=1"]
+    config = load_config(tiny_config, base)
+    run_search(config, progress=False)
+    study = optuna.load_study(study_name="tiny", storage=config.storage)
+    stored = study.user_attrs[CONFIG_ATTR]
+    for change, key in (("data.limit=300", "data.limit"), ("federation.lr=0.5", "federation.lr"),
+                        ("study.seed=7", "study.seed"), ("space.labels.s2_kernel=7", "space.labels.s2_kernel")):
+        with pytest.raises(ConfigError, match=rf"^{key}: study 'tiny' in .* was made with .*; got "):
+            run_search(load_config(tiny_config, [*base, change]), progress=False)
+        argv = ["search", str(tiny_config), "--check", "--quiet"]
+        for s in [*base, change]:
+            argv += ["--set", s]
+        assert main(argv) == 2 and key in capsys.readouterr().err
+    assert optuna.load_study(study_name="tiny", storage=config.storage).user_attrs[CONFIG_ATTR] == stored
+    assert len(study.trials) == 1
+    # how long, how and where it searches, and the bounds, may change; the stored config follows
+    again = load_config(tiny_config, ["study.trials=2", "federation.rounds=1", "study.sampler='tpe'",
+                                      "constraints.max_macs=10000000", "federation.device='cpu'"])
+    assert run_search(again, progress=False).completed == 2
+    now = optuna.load_study(study_name="tiny", storage=config.storage).user_attrs[CONFIG_ATTR]
+    assert now["study"]["sampler"] == "tpe" and now["constraints"]["max_macs"] == 10_000_000
