@@ -31,6 +31,7 @@ __all__ = [
     "load_model",
     "model_template",
     "pruned_template",
+    "Preprocess",
     "bundle_input",
     "read_bundle",
     "trained_structure",
@@ -164,11 +165,59 @@ def bundle_input(path: str | Path) -> tuple[Architecture, Preset]:
     return arch, ref
 
 
-def load_model(path: str | Path) -> nn.Module:
+class Preprocess(nn.Module):
+    """A bundle's input pipeline as a module: raw pixels ``[N, C, H, W]`` (any size, the source's
+    value range, e.g. 0-255) to the standardized square images the model was trained on.
+
+    ``x = (pixel - offset) * scale``, resized to ``resolution`` (bilinear, antialiased, as
+    ``fednas.data.load_dataset`` does), then ``(x - mean[c]) / std[c]``.
+    """
+
+    def __init__(self, *, offset: float, scale: float, mean: list[float], std: list[float], resolution: int) -> None:
+        super().__init__()
+        self.offset, self.scale, self.resolution = float(offset), float(scale), int(resolution)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.ndim != 4 or pixels.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"expected images [N, {self.mean.shape[1]}, H, W], got {tuple(pixels.shape)}")
+        x = (pixels.float() - self.offset) * self.scale
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = torch.nn.functional.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear",
+                                                align_corners=False, antialias=True)
+        return (x - self.mean) / self.std
+
+    @classmethod
+    def from_input(cls, info: dict[str, Any], where: str = "metrics.json") -> Preprocess:
+        """From a bundle's ``input`` record.
+
+        Raises:
+            ValueError: the record has no normalization (a bundle written before fednas kept it).
+        """
+        norm = info.get("normalization") if isinstance(info, dict) else None
+        channels = int(info["in_channels"]) if isinstance(info, dict) and "in_channels" in info else 0
+        try:
+            mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+            if len(mean) != channels or len(std) != channels or min(std) <= 0:
+                raise ValueError(f"mean/std: expected {channels} values each, std > 0")
+            return cls(offset=float(norm["pixel_offset"]), scale=float(norm["pixel_scale"]), mean=mean, std=std,
+                       resolution=int(info["resolution"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: input.normalization: expected pixel_offset, pixel_scale, mean and std "
+                             f"(bundles from before fednas recorded them have none) ({exc})") from None
+
+
+def load_model(path: str | Path, *, preprocess: bool = False) -> nn.Module:
     """The PyTorch model of a bundle folder written by ``fednas export``/``fednas train``, in eval mode.
 
     Reads ``arch.json``, ``metrics.json`` (input channels, classes, compression labels and
     pruning masks) and ``model.safetensors``; nothing is unpickled.
+
+    Args:
+        path: the bundle folder.
+        preprocess: return ``nn.Sequential(Preprocess, model)``, which takes raw pixels of any
+            size in the data source's range (e.g. 0-255) instead of standardized images.
 
     Raises:
         ValueError: a missing or malformed bundle file (one line naming it).
@@ -202,4 +251,6 @@ def load_model(path: str | Path) -> nn.Module:
     except RuntimeError as exc:
         raise ValueError(f"{weights_path}: weights do not fit {folder / ARCH_FILE} "
                          f"({str(exc).splitlines()[0]})") from None
+    if preprocess:
+        return nn.Sequential(Preprocess.from_input(info, str(folder / METRICS_FILE)), model).eval()
     return model.eval()

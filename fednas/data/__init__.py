@@ -16,6 +16,7 @@ _API = {
     "ArrayDataset": "fednas.data._dataset",
     "DataError": "fednas.data._errors",
     "LOADERS": "fednas.data._sources",
+    "Normalization": "fednas.data._dataset",
     "load_dataset": "fednas.data._load",
     "PARTITIONERS": "fednas.data._partition",
     "label_skew": "fednas.data._partition",

@@ -92,11 +92,14 @@ def stratified_split(y: np.ndarray, test_fraction: float, rng: np.random.Generat
     return np.flatnonzero(mask).astype(np.int64), test
 
 
-def to_unit(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def to_unit(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Maps both splits to float32 in [0, 1] with one affine map chosen from the train split.
 
     Integer images are divided by 255 (or by their maximum if larger); float images already in
     [0, 1] are kept, those in [0, 255] divided by 255, anything else min-max scaled.
+
+    Returns:
+        The two splits and the map ``(offset, scale)``: ``unit = (pixel - offset) * scale``.
     """
     lo, hi = (float(x_train.min()), float(x_train.max())) if x_train.size else (0.0, 1.0)
     if np.issubdtype(x_train.dtype, np.integer):
@@ -113,11 +116,12 @@ def to_unit(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.nda
             x -= np.float32(lo)
         x *= np.float32(scale)
         out.append(x)
-    return out[0], out[1]
+    return out[0], out[1], (lo, scale)
 
 
-def standardize(x_train: np.ndarray, x_test: np.ndarray) -> None:
-    """Standardizes both float32 splits in place per channel with the train mean/std."""
+def standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Standardizes both float32 splits in place per channel with the train mean/std; returns (means, stds)."""
+    means, stds = [], []
     for c in range(x_train.shape[1]):
         mean, std = 0.0, 1.0
         if x_train.size:  # torch reduces a strided view without the full-size temporaries numpy makes
@@ -129,6 +133,9 @@ def standardize(x_train: np.ndarray, x_test: np.ndarray) -> None:
         for x in (x_train, x_test):
             x[:, c] -= np.float32(mean)
             x[:, c] /= np.float32(std)
+        means.append(mean)
+        stds.append(std)
+    return tuple(means), tuple(stds)
 
 
 def limit_test_size(limit: int, test_fraction: float) -> int:

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from fednas.data._errors import DataError
 
-__all__ = ["ArrayDataset"]
+__all__ = ["ArrayDataset", "Normalization"]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How a source's pixels became a dataset's inputs, to do the same on a device.
+
+    ``input[c] = ((pixel - offset) * scale - mean[c]) / std[c]``, after resizing the
+    ``[0, 1]`` image to the dataset's square resolution (bilinear, antialiased).
+    """
+
+    offset: float = 0.0
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pixel_offset": self.offset, "pixel_scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,6 +43,8 @@ class ArrayDataset:
         num_classes: Number of classes of the source (not only those present in this split).
         groups: Optional int array ``[N]``: the natural owner of each sample (e.g. a LEAF user).
         name: A human-readable name of the source.
+        normalization: how the source's pixels were mapped to ``x`` (None: made in memory).
+        class_names: label ``i``'s name where the source has names (an image folder's sub-folders).
     """
 
     x: torch.Tensor
@@ -32,6 +52,8 @@ class ArrayDataset:
     num_classes: int
     groups: np.ndarray | None = None
     name: str = ""
+    normalization: Normalization | None = None
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         x, y = self.x, self.y
@@ -84,4 +106,5 @@ class ArrayDataset:
             raise DataError(f"subset: indices span [{idx.min()}, {idx.max()}]; expected [0, {len(self)})")
         t = torch.from_numpy(idx)
         groups = None if self.groups is None else self.groups[idx]
-        return ArrayDataset(self.x[t], self.y[t], self.num_classes, groups, self.name)
+        return ArrayDataset(self.x[t], self.y[t], self.num_classes, groups, self.name, self.normalization,
+                            self.class_names)

@@ -14,8 +14,12 @@ _GRAY_MODES = {"1", "L", "LA"}
 DEFAULT_RESOLUTION = 32
 
 
+def _classes(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _scan(folder: Path) -> list[tuple[Path, int]]:
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _classes(folder)
     if not classes:
         raise DataError(f"{folder}: has no class sub-folders; expected one sub-folder of images per class")
     files = []
@@ -63,4 +67,5 @@ def load_imagefolder(req: LoadRequest) -> RawData:
     x = np.stack([_read(p, mode, resolution, Image) for p, _ in files])
     x = x[:, None] if mode == "L" else x.transpose(0, 3, 1, 2)
     y = np.array([label for _, label in files], dtype=np.int64)
-    return RawData(np.ascontiguousarray(x), y, name=req.name or folder.name)
+    return RawData(np.ascontiguousarray(x), y, name=req.name or folder.name,
+                   class_names=tuple(p.name for p in _classes(folder)))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from fednas.data._arrays import (as_nchw, check_labels, limit_test_size, standardize, stratified_split,
                                  stratified_take, to_unit)
-from fednas.data._dataset import ArrayDataset
+from fednas.data._dataset import ArrayDataset, Normalization
 from fednas.data._errors import DataError
 from fednas.data._source import LoadRequest, RawData
 from fednas.data._sources import LOADERS
@@ -110,14 +110,17 @@ def load_dataset(source: str = "mnist5k", *, path: str | None = None, test_fract
         raise DataError(f"source '{source}': train split is empty; expected at least one sample")
     num_classes = int(max(train.y.max(), test.y.max(initial=0))) + 1
     train, test = _limit(train, test, limit, req)
-    x_train, x_test = to_unit(train.x, test.x)
+    x_train, x_test, (offset, scale) = to_unit(train.x, test.x)
     x_train, x_test = _resize(x_train, resolution), _resize(x_test, resolution)
-    standardize(x_train, x_test)
+    norm = Normalization(offset, scale, *standardize(x_train, x_test))
+    names = tuple(raw.class_names) if len(raw.class_names) == num_classes else ()
     label = raw.name or source
-    return _dataset(x_train, train, num_classes, label), _dataset(x_test, test, num_classes, label)
+    return (_dataset(x_train, train, num_classes, label, norm, names),
+            _dataset(x_test, test, num_classes, label, norm, names))
 
 
-def _dataset(x: np.ndarray, part: _Part, num_classes: int, name: str) -> ArrayDataset:
+def _dataset(x: np.ndarray, part: _Part, num_classes: int, name: str, norm: Normalization,
+             class_names: tuple[str, ...]) -> ArrayDataset:
     groups = None if part.groups is None else np.asarray(part.groups, dtype=np.int64)
     return ArrayDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(part.y.copy()),
-                        num_classes, groups, name)
+                        num_classes, groups, name, norm, class_names)

@@ -46,3 +46,4 @@ class RawData:
     groups_train: np.ndarray | None = None
     groups_test: np.ndarray | None = None
     name: str = ""
+    class_names: tuple[str, ...] = ()  # label i's name, where the source has names (imagefolder)

@@ -163,7 +163,7 @@ def _write(source: ModelSource, folder: Path, chosen: list[str], skipped: dict[s
     model = _model(source, train.num_classes, train.in_channels, train.resolution)
     start = time.perf_counter()
     (folder / ARCH_FILE).write_text(source.arch.to_json(indent=2) + "\n", encoding="utf-8")
-    info = _input_info(train.in_channels, train.resolution, train.num_classes)
+    info = _input_info(train)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE),
               metadata={"arch": source.arch.to_json(), "input": json.dumps(info)})
     _, torch_acc = evaluate(model, test.x, test.y)
@@ -193,11 +193,16 @@ def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: 
     return model.eval()
 
 
-def _input_info(channels: int, resolution: int, classes: int) -> dict[str, Any]:
+def _input_info(train: Any) -> dict[str, Any]:
+    """The input the model takes, and how a device makes it from an image (``fednas.models.Preprocess``)."""
+    channels, resolution = train.in_channels, train.resolution
+    norm = train.normalization.to_dict() if train.normalization is not None else None
     return {"shape": [channels, resolution, resolution], "in_channels": channels, "resolution": resolution,
-            "num_classes": classes, "dtype": "float32", "layout": "NCHW",
-            "preprocessing": "pixels scaled to [0, 1], resized to the resolution, then standardized per channel "
-                             "with the training split's mean and std (fednas.data.load_dataset)"}
+            "num_classes": train.num_classes, "dtype": "float32", "layout": "NCHW",
+            "normalization": norm, "class_names": list(train.class_names) or None,
+            "preprocessing": "pixels mapped to [0, 1] as (pixel - pixel_offset) * pixel_scale, resized to the "
+                             "resolution (bilinear, antialiased), then (x - mean[c]) / std[c] per channel with the "
+                             "training split's mean and std; fednas.load_model(DIR, preprocess=True) does it"}
 
 
 def _compression(source: ModelSource) -> dict[str, Any]:

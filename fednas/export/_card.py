@@ -98,7 +98,22 @@ def _training(doc: dict[str, Any]) -> str:
     fed = ", ".join([f"{k}={_n(f[k])}" for k in keys if k in f]
                     + [f"{k}={_n(v)}" for k, v in (f.get("strategy_options") or {}).items()])
     return (f"## Data and federation\n\n- data: {data}\n- federation: {fed}\n- seed: {doc['seed']}\n"
-            f"- input: {doc['input']['layout']} {doc['input']['dtype']}, {doc['input']['preprocessing']}")
+            f"- input: {doc['input']['layout']} {doc['input']['dtype']}, {doc['input']['preprocessing']}"
+            + _normalization(doc["input"]))
+
+
+def _normalization(info: dict[str, Any]) -> str:
+    norm, names = info.get("normalization"), info.get("class_names")
+    out = ""
+    if norm:
+        vals = lambda xs: "[" + ", ".join(f"{v:.6g}" for v in xs) + "]"  # noqa: E731
+        out += (f"\n- normalization: pixel_offset {norm['pixel_offset']:g}, pixel_scale {norm['pixel_scale']:.6g}, "
+                f"mean {vals(norm['mean'])}, std {vals(norm['std'])}")
+    else:
+        out += "\n- normalization: not recorded (a bundle from before fednas kept it)"
+    if names:
+        out += "\n- classes (label order): " + ", ".join(f"{i} {n}" for i, n in enumerate(names))
+    return out
 
 
 def _files(doc: dict[str, Any]) -> str:
@@ -142,11 +157,13 @@ def _rounds(doc: dict[str, Any]) -> str:
 def _loading(doc: dict[str, Any]) -> str:
     shape = ", ".join(str(s) for s in doc["input"]["shape"])
     out = ["## How to load", "", "```python", "import fednas", "",
-           'model = fednas.load_model("path/to/this/folder")   # torch.nn.Module in eval mode', "```"]
+           'model = fednas.load_model("path/to/this/folder")   # torch.nn.Module in eval mode, standardized input',
+           'model = fednas.load_model("path/to/this/folder", preprocess=True)   # raw pixels of any size',
+           "```"]
     if "onnx" in doc["exports"]:
         out += ["", "```python", "import numpy as np, onnxruntime as ort", "",
                 'session = ort.InferenceSession("model.onnx")   # or model.int8.onnx',
-                f"x = np.zeros((1, {shape}), dtype=np.float32)   # standardized images",
+                f"x = np.zeros((1, {shape}), dtype=np.float32)   # standardized: see normalization above",
                 'logits = session.run(None, {"input": x})[0]', "```"]
     if "torchscript" in doc["exports"]:
         out += ["", "TorchScript: `torch.jit.load(\"model.torchscript.pt\")` (no fednas needed)."]

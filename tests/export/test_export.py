@@ -362,3 +362,54 @@ def test_arch_info_of_a_bundle_uses_its_input_and_its_trained_model(bundle: dict
         t.numel() for t in load_model(bundle["out"]).parameters())
     assert main(["arch", "info", str(bundle["out"])]) == 0
     assert f": {inp['in_channels']}x{inp['resolution']}x{inp['resolution']} -> " in capsys.readouterr().out
+
+
+def test_a_bundle_records_its_normalization_and_class_names_and_load_model_applies_them(
+    tiny_config: Path, tmp_path: Path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from fednas.config import load_config
+    from fednas.data import load_dataset
+    from fednas.export import source_from_trial, write_bundle
+    from fednas.search import run_search
+
+    images = tmp_path / "pets"
+    rng = np.random.default_rng(0)
+    raw = {}
+    for k, name in enumerate(("cat", "dog", "eel")):
+        (images / name).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(rng.normal(60 + 60 * k, 40, (28, 28)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(images / name / f"{i:02d}.png")
+            raw[(name, i)] = pixels
+    sets = ["study.trials=1", "federation.rounds=1", "data.source='imagefolder'", f"data.path='{images}'",
+            "data.resolution=28", "data.limit=0"]
+    config = load_config(tiny_config, sets)
+    result = run_search(config, progress=False)
+    out = tmp_path / "bundle"
+    write_bundle(source_from_trial(result.storage, "tiny", trial=0), out, formats=[])
+    info = json.loads((out / "metrics.json").read_text())["input"]
+    assert info["class_names"] == ["cat", "dog", "eel"]
+    train, _ = load_dataset("imagefolder", path=str(images), resolution=28, seed=config.study.seed)
+    norm = info["normalization"]
+    assert norm["mean"] == pytest.approx(list(train.normalization.mean)) and norm["pixel_scale"] == pytest.approx(1 / 255)
+    assert "0 cat, 1 dog, 2 eel" in (out / "README.md").read_text()
+    # raw pixels through load_model(preprocess=True) == standardized images through the plain model
+    plain, piped = load_model(out), load_model(out, preprocess=True)
+    batch = torch.from_numpy(np.stack([raw[("dog", i)] for i in range(4)])[:, None].astype(np.float32))
+    standardized = (batch / 255 - norm["mean"][0]) / norm["std"][0]
+    with torch.no_grad():
+        torch.testing.assert_close(piped(batch), plain(standardized), rtol=1e-4, atol=1e-5)
+        big = torch.nn.functional.interpolate(batch, size=(56, 56), mode="nearest")
+        assert piped(big).shape == (4, 3)  # any size is resized to the trained resolution
+    with pytest.raises(ValueError, match=r"expected images \[N, 1, H, W\]"):
+        piped(torch.zeros(1, 3, 28, 28))
+    # a bundle from before normalization was recorded: the plain model loads, preprocess says why not
+    doc = json.loads((out / "metrics.json").read_text())
+    doc["input"].pop("normalization")
+    (out / "metrics.json").write_text(json.dumps(doc))
+    load_model(out)
+    with pytest.raises(ValueError, match="input.normalization: expected pixel_offset"):
+        load_model(out, preprocess=True)
