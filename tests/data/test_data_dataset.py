@@ -16,7 +16,7 @@ def _dataset(n: int = 6) -> ArrayDataset:
 
 
 def test_public_interface():
-    assert set(data.__all__) == {"ArrayDataset", "DataError", "LOADERS", "PARTITIONERS", "label_skew",
+    assert set(data.__all__) == {"ArrayDataset", "DataError", "LOADERS", "Normalization", "PARTITIONERS", "label_skew",
                                  "load_dataset", "partition"}
     assert set(LOADERS) == {"mnist5k", "idx", "npz", "imagefolder", "leaf", "torchvision"}
     assert issubclass(DataError, ValueError)
