@@ -180,7 +180,7 @@ def _tiers(value: Any, num_clients: int) -> list[dict[str, Any]]:
     if out:
         total = sum(t["share"] for t in out)
         _require(abs(total - 1.0) < 1e-6, "federation.tiers", "shares that sum to 1", round(total, 6))
-        for t, n in zip(out, tier_counts([t["share"] for t in out], num_clients)):
+        for t, n in zip(out, tier_counts([t["share"] for t in out], num_clients) if num_clients else []):
             if n == 0:
                 raise ConfigError(f"federation.tiers: tier {t['name']!r} (share {t['share']}) gets none of the "
                                   f"{num_clients} clients; expected a share of at least one client")
@@ -263,7 +263,8 @@ class FederationConfig:
     def check(self) -> None:
         for key in ("client_failure_rate", "client_dropout_rate"):
             _require(0.0 <= getattr(self, key) < 1.0, f"federation.{key}", "a fraction in [0, 1)", getattr(self, key))
-        _require(self.num_clients >= 1, "federation.num_clients", "an integer >= 1", self.num_clients)
+        _require(self.num_clients >= 0, "federation.num_clients",
+                 "an integer >= 1 (0: one client per user of the data, partition 'natural')", self.num_clients)
         _require(self.rounds >= 1, "federation.rounds", "an integer >= 1", self.rounds)
         _require(self.strategy in STRATEGIES, "federation.strategy", f"one of {list(STRATEGIES)}", self.strategy)
         spec = STRATEGIES[self.strategy]
@@ -276,12 +277,14 @@ class FederationConfig:
             if why:
                 raise ConfigError(f"federation.{self.strategy}.{key}: {why}")
         _require(0.0 < self.fraction_train <= 1.0, "federation.fraction_train", "a number in (0, 1]", self.fraction_train)
-        _require(
-            1 <= self.min_train_nodes <= self.num_clients,
-            "federation.min_train_nodes",
-            f"an integer in [1, num_clients={self.num_clients}]",
-            self.min_train_nodes,
-        )
+        if self.num_clients:  # 0: checked once the data has said how many users it has
+            _require(
+                1 <= self.min_train_nodes <= self.num_clients,
+                "federation.min_train_nodes",
+                f"an integer in [1, num_clients={self.num_clients}]",
+                self.min_train_nodes,
+            )
+        _require(self.min_train_nodes >= 1, "federation.min_train_nodes", "an integer >= 1", self.min_train_nodes)
         _require(self.local_epochs >= 1, "federation.local_epochs", "an integer >= 1", self.local_epochs)
         _require(self.local_steps >= 0, "federation.local_steps", "an integer >= 0 (0: no limit)", self.local_steps)
         _require(self.batch_size >= 2, "federation.batch_size", "an integer >= 2", self.batch_size)
@@ -371,7 +374,31 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: {exc}") from None
     for note in notes:
         print(f"fednas: warning: {path}: {note}", file=sys.stderr)
+    if config.federation.num_clients == 0:
+        config = _clients_from_data(doc, config, path)
     return config
+
+
+def _clients_from_data(doc: dict[str, Any], config: StudyConfig, path: Path) -> StudyConfig:
+    """``num_clients = 0`` (partition "natural"): one client per user of the training split."""
+    from fednas.data import DataError, load_dataset
+
+    d = config.data
+    try:
+        train, _ = load_dataset(d.source, path=d.path or None, test_fraction=d.test_fraction, seed=config.study.seed,
+                                limit=d.limit or None, resolution=d.resolution or None, name=d.name or None)
+    except DataError as exc:
+        raise ConfigError(f"{path}: data: {exc}") from None
+    if train.groups is None:
+        raise ConfigError(f"{path}: data.partition: 'natural' needs a source with users (e.g. leaf); "
+                          f"source {d.source!r} has none")
+    users = len(set(train.groups.tolist()))
+    doc = {**doc, "federation": {**_table(doc, "federation"), "num_clients": users}}
+    try:
+        return parse_config(doc, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc} (federation.num_clients = {users}: the data's users, "
+                          "partition 'natural')") from None
 
 
 def apply_overrides(doc: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
@@ -410,10 +437,13 @@ def parse_config(doc: dict[str, Any], *, source: str = "", deprecations: list[st
     if unknown:
         raise ConfigError(f"unknown section {unknown[0]!r}; valid: {', '.join(_TOP_LEVEL)}")
     parts: dict[str, Any] = {}
+    natural = _table(doc, "data").get("partition") == "natural"
     for name, cls in _SECTIONS.items():
         table = _table(doc, name)
         if name == "federation":
             table = _strategy_options(table, deprecations if deprecations is not None else [])
+            if natural and "num_clients" not in table:
+                table = {**table, "num_clients": 0}  # one client per user: counted from the data
         parts[name] = _build(cls, table, name)
         parts[name].check()
     parts["objectives"] = _objectives(_table(doc, "objectives") or {"accuracy": "maximize", "macs": "minimize"})
@@ -440,7 +470,7 @@ def _build(cls: type, table: dict[str, Any], section: str) -> Any:
             kwargs[key] = value
         elif key == "tiers":
             clients = table.get("num_clients", FederationConfig.num_clients)
-            kwargs[key] = _tiers(value, clients if isinstance(clients, int) and clients > 0 else 1)
+            kwargs[key] = _tiers(value, clients if isinstance(clients, int) and clients >= 0 else 1)
         else:
             kwargs[key] = _coerce(value, known[key].type, f"{section}.{key}")
     return cls(**kwargs)
@@ -568,6 +598,9 @@ def _cross_check(config: StudyConfig) -> None:
         raise ConfigError(f"data.partition: expected one of {sorted(PARTITIONERS)}, got {config.data.partition!r}")
     if config.data.source == "torchvision" and not config.data.name:
         raise ConfigError("data.name: expected a torchvision dataset class name (e.g. 'MNIST') for source 'torchvision'")
+    if config.federation.num_clients == 0 and config.data.partition != "natural":
+        raise ConfigError(f"federation.num_clients: 0 (one client per user) needs data.partition = 'natural'; "
+                          f"got partition {config.data.partition!r}")
     _check_pruning(config)
     _check_mode(config)
     bad = [name for name in config.constraints.active() if name not in OBJECTIVES]

@@ -92,3 +92,29 @@ def test_not_json_and_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"empty: no \*\.json files"):
         load_dataset("leaf", path=str(tmp_path / "empty"))
+
+
+def test_natural_partition_takes_the_number_of_clients_from_the_data(tmp_path, tiny_config) -> None:
+    from fednas.cli import main
+    from fednas.config import ConfigError, load_config
+    from fednas.fl import federated_data
+
+    text = tiny_config.read_text()
+    tiny_config.write_text(text.replace("num_clients = 3\n", ""))
+    assert "num_clients" not in tiny_config.read_text()
+    users = {f"user{k}": 6 + k for k in range(5)}
+    write(tmp_path / "leaf" / "all.json", leaf_doc(users, side=8))
+    sets = ["data.source='leaf'", f"data.path='{tmp_path / 'leaf'}'", "data.partition='natural'"]
+    config = load_config(tiny_config, [*sets, "federation.min_train_nodes=5"])
+    assert config.federation.num_clients == 5  # no num_clients given: one client per user
+    data = federated_data(config.data, config.federation.num_clients, config.study.seed)
+    owners = [set(data.train.groups[shard].tolist()) for shard in data.shards]
+    assert len(owners) == 5 and all(len(o) == 1 for o in owners) and set().union(*owners) == set(range(5))
+    with pytest.raises(ConfigError, match=r"federation.min_train_nodes: expected an integer in \[1, num_clients=5\].*"
+                                          r"the data's users"):
+        load_config(tiny_config, [*sets, "federation.min_train_nodes=6"])
+    explicit = load_config(tiny_config, [*sets, "federation.num_clients=2"])  # fewer clients: users dealt out
+    assert explicit.federation.num_clients == 2
+    with pytest.raises(ConfigError, match="needs data.partition = 'natural'"):
+        load_config(tiny_config, ["federation.num_clients=0"])
+    assert main(["search", str(tiny_config), "--check", *[a for s in sets for a in ("--set", s)]]) == 0
