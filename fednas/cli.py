@@ -269,14 +269,14 @@ def _table(trials: list, objectives: list[str], show_state: bool = False) -> str
         return "(no completed trials)"
     extra = [m for m in ("params", "macs", "comm_bytes") if m not in objectives]
     extra += [m for m in ("accuracy_finetuned",) if any(m in t.metrics for t in trials)]  # supernet studies
-    from search_spaces import CompressionSettings, describe_arch
+    from search_spaces import describe_arch
 
     head = ["#"] + (["state"] if show_state else []) + objectives + extra + ["compression", "architecture"]
     rows = []
     for t in trials:
         row = [str(t.number)] + ([t.state] if show_state else [])
         row += [_cell(t.objectives.get(o, "")) for o in objectives] + [_cell(t.metrics.get(m, "")) for m in extra]
-        row.append(CompressionSettings.from_labels(t.labels).describe())
+        row.append(t.compression)
         row.append(describe_arch(t.arch) if t.arch else t.reason)
         if show_state and t.reason and t.arch:
             row[-1] += f"  ({t.reason})"

@@ -104,7 +104,8 @@ class CompressionSettings:
         return self.prune_method != "none"
 
     def describe(self) -> str:
-        """Compact form for tables, e.g. ``q4 up, q8 down, lr0.5, kd0.3``; ``-`` when all are off."""
+        """Compact form for tables, e.g. ``q4 up, q8 down, rank 0.5, kd 0.3, prune l1 50% @r2``; ``-`` when all
+        are off (``c``: per-channel scales; ``kd ... bundle``: an exported teacher)."""
         parts = []
         for side, short in (("uplink", "up"), ("downlink", "down")):
             codec = getattr(self, f"{side}_codec")
@@ -114,11 +115,11 @@ class CompressionSettings:
             elif codec == "topk":
                 parts.append(f"top{_num(100 * self.uplink_topk)}% {short}")
         if self.lowrank_on:
-            parts.append(f"lr{_num(self.lowrank_ratio)}")
+            parts.append(f"rank {_num(self.lowrank_ratio)}")
         if self.kd_on:
-            parts.append(f"kd{_num(self.kd_weight)}" + ("*" if self.kd_teacher else ""))
+            parts.append(f"kd {_num(self.kd_weight)}" + (" bundle" if self.kd_teacher else ""))
         if self.prune_on:
-            parts.append(f"{self.prune_method}{_num(100 * self.prune_sparsity)}%@r{self.prune_round}")
+            parts.append(f"prune {self.prune_method} {_num(100 * self.prune_sparsity)}% @r{self.prune_round}")
         return ", ".join(parts) or "-"
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from fednas._errors import ConfigError
 from fednas._format import number
 from fednas.objectives import OBJECTIVES
+from fednas.plot._style import STATUS_STYLE
 from fednas.study import StudyView, TrialRecord, hypervolume, normalized_losses, statuses, to_losses
 from search_spaces import describe_arch as describe
 
@@ -127,6 +128,13 @@ class FrontData:
 
     axes: tuple[Axis, ...]
     points: tuple[PlotPoint, ...]
+    partial: bool = False  # the plotted objectives are some of the study's: the front is theirs only
+
+    def label(self, status: str) -> str:
+        """The legend text of a status ("Pareto front", or "front of these 2 objectives" on a projection)."""
+        if status == "front" and self.partial:
+            return f"front of these {len(self.axes)} objectives"
+        return STATUS_STYLE[status]["label"]
 
     @property
     def front(self) -> list[PlotPoint]:
@@ -151,7 +159,7 @@ def front_data(view: StudyView, names: list[str]) -> FrontData:
     points = tuple(
         PlotPoint(t.number, tuple(t.values[n] for n in names), s, hover_text(t)) for t, s in zip(view.trials, status)
     )
-    return FrontData(axes, points)
+    return FrontData(axes, points, partial=len(set(names)) < len(view.objectives))
 
 
 def projections(view: StudyView, names: list[str]) -> list[FrontData]:
@@ -184,7 +192,10 @@ def parallel_data(view: StudyView) -> ParallelData:
     """Objectives first, then every searched label, one line per COMPLETE trial."""
     trials = view.trials
     names = [n for n in view.objectives if all(n in t.values for t in trials)]
-    dims = [Dimension(n, tuple(t.values[n] for t in trials)) for n in names]
+    dims = []
+    for n in names:  # objectives in their display units, titled like the scatter axes
+        axis = axis_for(n, view.direction(n), [t.values[n] for t in trials])
+        dims.append(Dimension(axis.short, tuple(t.values[n] * axis.scale for t in trials)))
     labels = list(dict.fromkeys(k for t in trials for k in t.searched))
     for label in labels:
         raw = [t.searched.get(label) for t in trials]
@@ -366,7 +377,8 @@ def build_report(view: StudyView, objectives: list[str] | None = None) -> Report
     study_names = list(view.objectives)
     status = statuses(view.trials, study_names, [view.direction(n) for n in study_names])
     table = tuple(
-        {"number": t.number, **{n: t.values[n] for n in study_names}, "arch": describe(t.arch)}
+        {"number": t.number, **{n: t.values[n] for n in study_names}, "compression": t.compression,
+         "arch": describe(t.arch)}
         for t, s in zip(view.trials, status) if s == "front"
     )
     return Report(

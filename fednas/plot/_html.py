@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fednas.objectives import OBJECTIVES
 from fednas.plot._data import FrontData, HypervolumeHistory, Importances, ParallelData, Report
 from fednas.plot._style import STATUS_ORDER, STATUS_STYLE
 
@@ -129,7 +130,7 @@ def _traces_2d(go: Any, data: FrontData) -> list[Any]:
             style = STATUS_STYLE[status]
             traces.append(go.Scatter(
                 x=[p.coords[0] * ax_x.scale for p in pts], y=[p.coords[1] * ax_y.scale for p in pts],
-                mode="markers", name=style["label"], hovertext=[p.hover for p in pts], hoverinfo="text",
+                mode="markers", name=data.label(status), hovertext=[p.hover for p in pts], hoverinfo="text",
                 marker={"color": style["color"], "symbol": style["plotly_symbol"], "size": 9,
                         "line": {"width": 1.5, "color": style["color"]}}))
     return traces
@@ -137,8 +138,9 @@ def _traces_2d(go: Any, data: FrontData) -> list[Any]:
 
 def _scatter2d(go: Any, data: FrontData, title: str) -> Any:
     fig = go.Figure(_traces_2d(go, data))
-    fig.update_layout(title=title, xaxis_title=data.axes[0].label, yaxis_title=data.axes[1].label,
-                      legend={"orientation": "h", "y": -0.25})
+    ax_y = data.axes[1]  # two lines: a long title would run past a small panel's height
+    fig.update_layout(title=title, xaxis_title=data.axes[0].label, yaxis_title=f"{ax_y.title}<br>{ax_y.hint}",
+                      legend={"orientation": "h", "y": -0.3}, margin={"l": 80, "r": 30, "t": 50, "b": 70})
     return fig
 
 
@@ -152,12 +154,12 @@ def _main_figure(go: Any, data: FrontData, study: str) -> Any:
             style = STATUS_STYLE[status]
             traces.append(go.Scatter3d(
                 x=[p.coords[0] * data.axes[0].scale for p in pts], y=[p.coords[1] * data.axes[1].scale for p in pts],
-                z=[p.coords[2] * data.axes[2].scale for p in pts], mode="markers", name=style["label"],
+                z=[p.coords[2] * data.axes[2].scale for p in pts], mode="markers", name=data.label(status),
                 hovertext=[p.hover for p in pts], hoverinfo="text",
                 marker={"color": style["color"], "symbol": "x" if status == "infeasible" else "circle",
                         "size": 5 if status == "dominated" else 6, "opacity": 0.6 if status == "dominated" else 1.0}))
     fig = go.Figure(traces)
-    fig.update_layout(title=f"{study}: Pareto front", scene={
+    fig.update_layout(title=f"{study}: Pareto front", legend={"x": 0.0, "y": 1.0, "xanchor": "left"}, scene={
         "xaxis_title": data.axes[0].short, "yaxis_title": data.axes[1].short, "zaxis_title": data.axes[2].short,
         "camera": {"eye": {"x": 1.7, "y": 1.7, "z": 1.2}}})
     return fig
@@ -177,7 +179,9 @@ def _parallel(go: Any, data: ParallelData) -> Any:
     fig = go.Figure(go.Parcoords(
         line={"color": [code[s] for s in data.statuses], "colorscale": colors, "cmin": 0, "cmax": 2},
         dimensions=dims))
-    fig.update_layout(margin={"l": 80, "r": 80, "t": 90, "b": 40})
+    # slanted titles: a dozen dimensions side by side would otherwise overlap
+    fig.update_traces(labelangle=-30, labelside="top", selector={"type": "parcoords"})
+    fig.update_layout(margin={"l": 80, "r": 120, "t": 150, "b": 40})
     return fig
 
 
@@ -235,15 +239,24 @@ def _importances(go: Any, imp: Importances, fig_div: Any) -> str:
 def _front_table(report: Report) -> str:
     e = html.escape
     names = list(report.objectives)
-    head = "".join(f"<th>{e(h)}</th>" for h in ["trial", *names, "architecture"])
+    head = "".join(f"<th>{e(h)}</th>" for h in ["trial", *[_unit_title(n) for n in names], "compression",
+                                                   "architecture"])
     rows = []
     for row in report.front_table:
-        cells = [str(row["number"])] + [_fmt(row[n]) for n in names] + [e(row["arch"])]
+        cells = ([str(row["number"])] + [_fmt(n, row[n]) for n in names]
+                 + [e(row.get("compression", "-")), e(row["arch"])])
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _fmt(v: float) -> str:
-    if float(v).is_integer() and abs(v) >= 1000:
+def _unit_title(name: str) -> str:
+    unit = OBJECTIVES[name].unit if name in OBJECTIVES else ""
+    return f"{name} ({ {'fraction': '%', 'B': 'bytes'}.get(unit, unit)})" if unit else name
+
+
+def _fmt(name: str, v: float) -> str:
+    if name in OBJECTIVES and OBJECTIVES[name].unit == "fraction":
+        return f"{100 * v:.2f}"
+    if float(v).is_integer():
         return f"{int(v):,}"
     return f"{v:.4f}"

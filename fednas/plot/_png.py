@@ -64,10 +64,17 @@ def _supernet(plt, curve, study: str, path: Path) -> None:
     loss.set_ylabel("training loss")
     lines = ax.get_lines() + loss.get_lines()
     ax.legend(lines, [ln.get_label() for ln in lines], loc="center right")
-    ax.set_title(f"{study}: supernet training ({curve.client_epochs:,} client-epochs)", fontsize=11)
+    _title(ax, f"{study}: supernet training ({curve.client_epochs:,} client-epochs)")
     ax.grid(True, alpha=0.3)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _title(ax, text: str, width: int = 52) -> None:
+    """A title wrapped to the figure's width (long objective lists would be clipped on both sides)."""
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(text, width)) or text, fontsize=11)
 
 
 def _slug(name: str) -> str:
@@ -85,9 +92,10 @@ def _projection(plt, data: FrontData, study: str, path: Path) -> None:
         xs = [p.coords[0] * ax_x.scale for p in pts]
         ys = [p.coords[1] * ax_y.scale for p in pts]
         if status == "dominated":
-            ax.scatter(xs, ys, s=28, facecolors="none", edgecolors=style["color"], label=style["label"], zorder=2)
+            ax.scatter(xs, ys, s=28, facecolors="none", edgecolors=style["color"], label=data.label(status), zorder=2)
         else:
-            ax.scatter(xs, ys, s=34, c=style["color"], marker=style["mpl_marker"], label=style["label"], zorder=3)
+            ax.scatter(xs, ys, s=34, c=style["color"], marker=style["mpl_marker"], label=data.label(status),
+                       zorder=3)
     front = data.front
     if len(front) > 1:
         xs = [p.coords[0] * ax_x.scale for p in front]
@@ -98,7 +106,7 @@ def _projection(plt, data: FrontData, study: str, path: Path) -> None:
         ax.step(xs, ys, where=where, color=STATUS_STYLE["front"]["color"], lw=1.2, alpha=0.7, zorder=1)
     ax.set_xlabel(f"{ax_x.title}\n{ax_x.hint}")
     ax.set_ylabel(f"{ax_y.title}\n{ax_y.hint}")
-    ax.set_title(f"{study}: {ax_x.name} vs {ax_y.name}")
+    _title(ax, f"{study}: {ax_x.name} vs {ax_y.name}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", frameon=True)
     fig.savefig(path)
@@ -118,7 +126,7 @@ def _hypervolume(plt, hv: HypervolumeHistory, study: str, path: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume (objectives scaled to [0, 1])")
-    ax.set_title(f"{study}: hypervolume of {', '.join(hv.objectives)}", fontsize=11)
+    _title(ax, f"{study}: hypervolume of {', '.join(hv.objectives)}")
     ax.grid(True, alpha=0.3)
     fig.savefig(path)
     plt.close(fig)

@@ -53,6 +53,16 @@ class TrialRecord:
         return self.labels
 
     @property
+    def compression(self) -> str:
+        """The compression labels in short (``q8 up, prune l1 50% @r1``; ``-`` when none are on)."""
+        from search_spaces import CompressionSettings
+
+        try:
+            return CompressionSettings.from_labels(self.labels).describe()
+        except (TypeError, ValueError):
+            return "?"
+
+    @property
     def complete(self) -> bool:
         return self.state == TrialState.COMPLETE.name
 

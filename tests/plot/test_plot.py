@@ -58,6 +58,10 @@ def test_plot_writes_the_report_and_paper_figures(study: dict, plots: Path) -> N
     for heading in ("Pareto front", "Pairwise projections", "Parallel coordinates", "Hypervolume history",
                     "Parameter importances", "Front members"):
         assert f"<h2>{heading}</h2>" in page
+    table = page[page.index("<h2>Front members</h2>"):]
+    for header in ("accuracy (%)", "macs (MACs)", "comm_bytes (bytes)", "compression", "architecture"):
+        assert f"<th>{header}</th>" in table, header
+    assert "front of these 2 objectives" in page  # three objectives: each projection marks its own pair's front
     # three completed trials are too few for importances: the report says so instead of failing
     assert "need at least 5 completed trials; this study has 3" in page
     view = read_study(study["storage"], "pics")

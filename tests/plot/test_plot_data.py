@@ -102,7 +102,9 @@ def test_report_data_marks_infeasible_trials_and_the_feasible_front(tmp_path: Pa
     assert [tuple(a.name for a in d.axes) for d in report.pairs] == [("accuracy", "macs")]
     # parallel coordinates: objectives then the searched labels; categorical ones get tick labels
     dims = {d.name: d for d in report.parallel.dimensions}
-    assert list(dims) == ["accuracy", "macs", "s1_kernel", "s1_depth", "s1_se"]
+    assert list(dims) == ["accuracy (%)", "macs (kMACs)", "s1_kernel", "s1_depth", "s1_se"]  # units, as the axes
+    assert dims["accuracy (%)"].values[0] == pytest.approx(100 * view.trials[0].values["accuracy"])
+    assert all(row["compression"] == "-" for row in report.front_table)  # the table's compression column
     assert dims["s1_se"].ticks == ((0.0, "false"), (1.0, "true"))
     assert set(report.parallel.statuses) <= {"front", "dominated", "infeasible"}
     assert report.parallel.statuses.count("infeasible") == len(infeasible)
@@ -146,3 +148,31 @@ def test_objective_choice_is_checked(tmp_path: Path) -> None:
     empty.set_user_attr("objectives", ["accuracy"])
     with pytest.raises(ConfigError, match="no completed trials"):
         build_report(read_study(f"sqlite:///{tmp_path / 's.db'}", "none"))
+
+
+def test_every_axis_names_its_quantity_and_unit_and_projections_say_whose_front(tmp_path: Path) -> None:
+    from fednas.objectives import OBJECTIVES
+
+    for name, obj in OBJECTIVES.items():
+        for values in ([0.5], [5e2], [5e4], [5e7], [5e9]):
+            axis = axis_for(name, obj.direction, values)
+            assert axis.label.startswith(obj.title + " ("), axis.label
+            if obj.unit:  # a unit of its own: never a bare count
+                assert "count" not in axis.label and "thousands" not in axis.label, axis.label
+            if obj.unit == "fraction":
+                assert axis.short == f"{name} (%)" and axis.scale == 100
+            if obj.unit == "B":
+                assert axis.short.endswith("B)"), axis.short
+    url = make_study(tmp_path / "s.db", 6)
+    study = optuna.load_study(study_name="synthetic", storage=url)
+    study.set_user_attr("objectives", ["accuracy", "macs"])
+    report = build_report(read_study(url, "synthetic"))
+    assert not report.pairs[0].partial and report.pairs[0].label("front") == "Pareto front"
+    from dataclasses import replace
+
+    from fednas.plot._data import projections
+
+    view = read_study(url, "synthetic")
+    wide = replace(view, objectives={**view.objectives, "comm_bytes": "minimize"})
+    pairs = projections(wide, ["accuracy", "macs"])
+    assert len(pairs) == 3 and all(p.partial and p.label("front") == "front of these 2 objectives" for p in pairs)

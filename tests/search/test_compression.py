@@ -117,7 +117,7 @@ def test_settings_round_trip_through_run_config() -> None:
     assert RunSpec.from_run_config(spec.to_run_config()) == spec
     old = RunSpec(DataConfig(), FederationConfig(), 1, preset("mobilenet_micro").to_dict())
     assert RunSpec.from_run_config(old.to_run_config()).compression == CompressionSettings()
-    assert settings.describe() == "top5% up, lr0.5, kd0.3" and CompressionSettings().describe() == "-"
+    assert settings.describe() == "top5% up, rank 0.5, kd 0.3" and CompressionSettings().describe() == "-"
 
 
 # --------------------------------------------------------------------------- federated pruning
@@ -220,4 +220,4 @@ def test_pruning_settings_accepted(tiny_config: Path) -> None:
     assert config.space.labels["prune_method"] == ["none", "l1", "l2", "fpgm"]
     settings = CompressionSettings(prune_method="fpgm", prune_sparsity=0.25, prune_round=2)
     assert CompressionSettings.from_json(settings.to_json()) == settings
-    assert settings.describe() == "fpgm25%@r2"
+    assert settings.describe() == "prune fpgm 25% @r2"
