@@ -23,7 +23,10 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    import fednas
+
     p = argparse.ArgumentParser(prog="fednas", description="Federated neural architecture search.")
+    p.add_argument("--version", action="version", version=f"fednas {fednas.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("search", help="run or resume a study")

@@ -43,3 +43,10 @@ def test_arch_info_errors_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -
 def test_console_script_help() -> None:
     out = subprocess.run([sys.executable, "-m", "fednas", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "search" in out.stdout and "pareto" in out.stdout
+
+
+def test_version() -> None:
+    import fednas
+
+    out = subprocess.run([sys.executable, "-m", "fednas", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"fednas {fednas.__version__}"

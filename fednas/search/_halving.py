@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from fednas.fl import ServerOutcome
 from fednas.objectives import OBJECTIVES
 from fednas.pipeline import Candidate, CandidateError
 from fednas.search._objective import TrialFailed, TrialRunner
+from fednas.search._progress import objective_text
 from fednas.search._recovery import WORKER_ATTR, beating, enqueue_retry, this_worker
 from fednas.study import select_by_rank
 from fednas.train import resolve_device
@@ -99,9 +101,11 @@ class HalvingRunner:
         with contextlib.ExitStack() as beats:
             for _ in range(size):
                 checkpoint()
-                trial = study.ask()
+                with warnings.catch_warnings():  # this module beats for asked trials itself (``beating``)
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                    trial = study.ask()
                 self.running.append(trial.number)
-                beats.enter_context(beating(trial, cfg.study.heartbeat))
+                beats.enter_context(beating(trial, cfg.study.heartbeat, asked=True))
                 trial.set_user_attr("halving_bracket", self.running[0])
                 member = self._start(study, trial)
                 if member is not None:
@@ -111,7 +115,7 @@ class HalvingRunner:
                 fed = replace(cfg.federation, rounds=rung - done)
                 seg = replace(cfg, federation=fed)
                 for m in list(members):
-                    r.progress.trial_started(m.trial.number)
+                    r.progress.trial_started(m.trial.number, first_round=done + 1)
                     try:
                         outcome = pipeline.federate(m.candidate, seg, on_round=r._on_round, initial=m.state)
                     except TrialFailed as exc:
@@ -202,14 +206,20 @@ class HalvingRunner:
         r._set_constraints(m.trial, result.metrics)
         r._store_weights(m.trial, result.state)
         values = [float(result.metrics[name]) for name in self.config.objectives]
-        study.tell(m.trial, values)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            study.tell(m.trial, values)
         self.running.remove(m.trial.number)
-        r.progress.trial_finished("COMPLETE", " ".join(f"{k}={v:.4g}" for k, v in zip(self.config.objectives, values)))
+        r.progress.trial_finished("COMPLETE", objective_text(dict(zip(self.config.objectives, values))),
+                                  number=m.trial.number)
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, why: str) -> None:
-        study.tell(trial, state=state)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            study.tell(trial, state=state)
         self.running.remove(trial.number)
-        self.runner.progress.trial_finished(state.name, why)
+        evaluated = state == TrialState.PRUNED and HALVING_ATTR in study._storage.get_trial(trial._trial_id).user_attrs
+        self.runner.progress.trial_finished(state.name, why, number=trial.number, counted=evaluated)
 
     def requeue(self, study: optuna.Study) -> list[int]:
         """After an interrupt: fail this bracket's RUNNING trials and enqueue their candidates again."""

@@ -39,23 +39,31 @@ class Progress:
         self.trained_seconds = 0.0
         self.trained = 0
         self.trial_number = -1
-        self.round = 0
+        self.round = self.round_offset = 0
 
-    def trial_started(self, number: int) -> None:
-        self.trial_number, self.round, self.trial_start = number, 0, time.perf_counter()
+    def trial_started(self, number: int, first_round: int = 1) -> None:
+        """A trial (or, in successive halving, a trial's next rung from ``first_round``) starts."""
+        self.trial_number, self.trial_start = number, time.perf_counter()
+        self.round, self.round_offset = first_round - 1, first_round - 1
 
     def round_done(self, record: RoundRecord) -> None:
-        self.round = record.round
+        self.round = record.round + self.round_offset
         self._emit(
-            f"round {record.round}/{self.rounds} acc={record.accuracy:.4f} "
+            f"round {self.round}/{self.rounds} acc={record.accuracy:.4f} "
             f"loss={record.loss:.3f} bytes={_mb(record.download_bytes + record.upload_bytes)}"
         )
 
-    def trial_finished(self, state: str, summary: str) -> None:
+    def trial_finished(self, state: str, summary: str, *, number: int | None = None,
+                       counted: bool | None = None) -> None:
+        """A trial ended; its line stays on the terminal. ``number``: the trial, when it is not the one
+        running; ``counted``: it counts towards the target (default: COMPLETE ones do)."""
+        if number is not None:
+            self.trial_number = number
         if state == "COMPLETE":
-            self.done += 1
             self.trained += 1
             self.trained_seconds += time.perf_counter() - self.trial_start
+        if state == "COMPLETE" if counted is None else counted:
+            self.done += 1
         self.finished_here += 1
         self._emit(f"{state.lower()} {summary}", final=True)
 
@@ -90,6 +98,14 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def objective_text(values: dict[str, float]) -> str:
+    """``accuracy=0.9120 macs=35,576``: a finished trial's objectives, as every status line shows them."""
+    from fednas._format import number
+
+    return " ".join(f"{k}={number(float(v), fixed=True) if isinstance(v, (int, float)) and not isinstance(v, bool) else v}"
+                    for k, v in values.items())
 
 
 def _mb(n: int) -> str:

@@ -128,14 +128,18 @@ def _has_optuna_heartbeats(storage: optuna.storages.BaseStorage) -> bool:
 
 
 @contextmanager
-def beating(trial: optuna.Trial, interval: float) -> Iterator[None]:
-    """Within the block, beat for ``trial`` every ``interval`` s (storages without Optuna heartbeats).
+def beating(trial: optuna.Trial, interval: float, *, asked: bool = False) -> Iterator[None]:
+    """Within the block, beat for ``trial`` every ``interval`` s.
 
     A daemon thread bumps the trial's ``fednas_heartbeat`` system attr; it stops when the
-    block ends. Nothing happens for ``interval <= 0`` or where Optuna beats already (RDB).
+    block ends. Nothing happens for ``interval <= 0``. On storages with Optuna heartbeats
+    (RDB) Optuna beats inside ``study.optimize``; a trial made by ``study.ask`` (``asked``,
+    successive halving's brackets) gets Optuna's own heartbeat from this thread instead, so
+    Optuna's stale-trial check covers it too.
     """
     storage, trial_id = trial.study._storage, trial._trial_id
-    if interval <= 0 or _has_optuna_heartbeats(storage):
+    optuna_beats = _has_optuna_heartbeats(storage)
+    if interval <= 0 or (optuna_beats and not asked):
         yield
         return
     stop = threading.Event()
@@ -144,7 +148,12 @@ def beating(trial: optuna.Trial, interval: float) -> Iterator[None]:
         count = 0
         while True:
             try:
-                storage.set_trial_system_attr(trial_id, BEAT_ATTR, [count, interval])
+                if optuna_beats:
+                    if storage.get_trial(trial_id).state.is_finished():
+                        return
+                    storage.record_heartbeat(trial_id)
+                else:
+                    storage.set_trial_system_attr(trial_id, BEAT_ATTR, [count, interval])
             except UpdateFinishedTrialError:
                 return
             except Exception:  # a busy or briefly unreachable storage: try again next interval

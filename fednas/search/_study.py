@@ -19,13 +19,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from fednas._cores import LocalWorkers
-from fednas._format import number
 from fednas._interrupt import Interrupted, checkpoint, requested_signal, stop_at_safe_points
 from fednas._seeds import derive_seed
 from fednas.config import ConfigError, StudyConfig
 from fednas.fl import federated_data
 from fednas.search._objective import TrialFailed, TrialRunner
-from fednas.search._progress import Progress
+from fednas.search._progress import Progress, objective_text
 from fednas.search._recovery import enqueue_retry, recover_dead_workers
 from fednas.search._supernet import SubnetTrialRunner, finetune_front, supernet_spec, train_supernet
 from fednas.fl import SubnetEvaluator
@@ -476,10 +475,7 @@ def _requeue_interrupted(study: optuna.Study, number: int | None) -> list[int]:
 def _report(reporter: Progress, config: StudyConfig):
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         s = summarize(trial, config.objectives)
-        if s.objectives:
-            text = " ".join(f"{k}={_fmt(v)}" for k, v in s.objectives.items())
-        else:
-            text = s.reason
+        text = objective_text(s.objectives) if s.objectives else s.reason
         reporter.trial_finished(trial.state.name, text)
 
     return callback
@@ -493,6 +489,3 @@ def summarize(trial: FrozenTrial, objectives: dict[str, str] | list[str]) -> Tri
     """Flatten a trial: values by objective name, labels (searched and fixed), metrics (``fednas.study.record_of``)."""
     return record_of(trial, list(objectives))
 
-
-def _fmt(v: Any) -> str:
-    return number(v, fixed=True) if isinstance(v, float) else str(v)
