@@ -132,12 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_plot(args) if args.command == "plot" else run_dashboard_command(args)
         return _arch_info(args)
     except (ConfigError, DataError, StorageError, ValueError) as exc:
-        print(f"fednas: error: {exc}", file=sys.stderr)
+        print(f"fednas: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except StorageInternalError as exc:  # a database server refused a write (permissions, a full disk...)
         cause = exc.__cause__
         why = str(cause).splitlines()[0] if cause is not None and str(cause) else str(exc).splitlines()[0]
-        print(f"fednas: error: the storage refused a write ({why})", file=sys.stderr)
+        print(f"fednas: error: the storage refused a write ({_one_line(why)})", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("fednas: interrupted", file=sys.stderr)
@@ -147,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def _one_line(text: str) -> str:
+    """An error message on one line: line breaks a file or flag brought in are shown escaped."""
+    return "".join(ch.encode("unicode_escape").decode("ascii") if ch in _LINE_BREAKS else ch for ch in text)
 
 
 def _search(args: argparse.Namespace, argv: list[str]) -> int:

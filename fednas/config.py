@@ -346,6 +346,9 @@ _SECTIONS = {
 _TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation", "supernet")
 
 
+MAX_CONFIG_BYTES = 1_000_000  # a study TOML is a few kB
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """Read, override and validate a study TOML file.
 
@@ -357,6 +360,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """
     path = Path(path)
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; expected a study TOML file of at most "
+                              f"{MAX_CONFIG_BYTES:,} bytes")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; expected a study TOML file") from None

@@ -143,8 +143,14 @@ def read_bundle(path: str | Path) -> tuple[Architecture, dict[str, Any]]:
         doc = json.loads(metrics_path.read_text(encoding="utf-8"))
         info = doc["input"]
         int(info["num_classes"]), int(info["in_channels"])
+        for key, kind in (("labels", dict), ("prune_masks", str), ("input", dict)):
+            if doc.get(key) is not None and not isinstance(doc[key], kind):
+                raise TypeError(f"{key}: expected a JSON {'object' if kind is dict else 'string'}, got "
+                                f"{type(doc[key]).__name__}")
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{folder}: malformed bundle ({type(exc).__name__}: {exc})") from None
+    except RecursionError:
+        raise ValueError(f"{folder}: malformed bundle (JSON nested too deeply)") from None
     return arch, doc
 
 

@@ -104,6 +104,8 @@ def load_architecture(ref: str | Path) -> Architecture:
         raise ValueError(f"{path}: file not found; expected an architecture JSON file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: not a JSON architecture ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply; expected an architecture object") from None
     try:
         return arch_from_dict(data)
     except (TypeError, ValueError) as exc:

@@ -12,6 +12,7 @@ from fednas.data._source import LoadRequest, RawData
 _EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 _GRAY_MODES = {"1", "L", "LA"}
 DEFAULT_RESOLUTION = 32
+MAX_IMAGE_PIXELS = 50_000_000  # per file, from its header before decoding: a 12 MP photo is far below
 
 
 def _classes(folder: Path) -> list[Path]:
@@ -32,23 +33,32 @@ def _scan(folder: Path) -> list[tuple[Path, int]]:
     return files
 
 
+def _unreadable(image_module) -> tuple[type[BaseException], ...]:
+    return (OSError, ValueError, SyntaxError, image_module.DecompressionBombError)
+
+
 def _read(path: Path, mode: str, resolution: int, image_module) -> np.ndarray:
     try:
         with image_module.open(path) as img:
             img = img.convert(mode).resize((resolution, resolution), image_module.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError) as exc:
+    except _unreadable(image_module) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); expected a readable image file") from None
 
 
 def _modes(files: list[tuple[Path, int]], image_module) -> set[str]:
+    """The images' modes, from their headers; sizes are bounded before any image is decoded."""
     modes = set()
     for path, _ in files:
         try:
             with image_module.open(path) as img:  # opening reads only the header
                 modes.add(img.mode)
-        except (OSError, ValueError) as exc:
+                width, height = img.size
+        except _unreadable(image_module) as exc:
             raise DataError(f"{path}: cannot be read as an image ({exc}); expected a readable image file") from None
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(f"{path}: {width}x{height} pixels; expected an image of at most {MAX_IMAGE_PIXELS:,} "
+                            "pixels (fednas.data bound)")
     return modes
 
 

@@ -14,12 +14,24 @@ from fednas.data._source import LoadRequest, RawData
 _SPLIT_STREAM = 2  # random stream used for the per-user train/test split
 
 
+MAX_LEAF_FILE_BYTES = 2 * 2**30  # per JSON file; LEAF's FEMNIST files are a few hundred MB each
+
+
 def _read_json(path: Path) -> dict:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc}); expected a LEAF .json file") from None
+    if size > MAX_LEAF_FILE_BYTES:
+        raise DataError(f"{path}: {size:,} bytes; expected a LEAF .json file of at most {MAX_LEAF_FILE_BYTES:,} "
+                        "bytes (split it into several files)")
     try:
         with path.open(encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot be read as JSON ({exc}); expected a LEAF .json file") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; expected a LEAF .json file") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("user_data"), dict):
         raise DataError(f"{path}: no 'user_data' object; expected LEAF JSON with 'users' and 'user_data'")
     return doc
@@ -49,6 +61,9 @@ def _merge(files: list[Path], users: dict[str, int]) -> tuple[np.ndarray, np.nda
         if not isinstance(names, list):
             raise DataError(f"{path}: 'users' is {type(names).__name__}; expected a list of user names")
         for user in names:
+            if not isinstance(user, str):
+                raise DataError(f"{path}: 'users' holds {type(user).__name__} {str(user)[:40]}; expected user names "
+                                "(strings)")
             if user not in doc["user_data"]:
                 raise DataError(f"{path}: user '{user}' is listed in 'users' but has no 'user_data' entry")
             x, y = _user_arrays(path, user, doc["user_data"][user])

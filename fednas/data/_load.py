@@ -18,6 +18,7 @@ from fednas.data._sources import LOADERS
 __all__ = ["LOADERS", "load_dataset"]
 
 _SPLIT_STREAM, _LIMIT_STREAM = 0, 1  # independent random streams derived from ``seed``
+MAX_CLASSES = 1_000_000  # the classifier a label set implies is built from it (search_spaces.build_model's bound)
 
 
 class _Part(NamedTuple):
@@ -109,6 +110,9 @@ def load_dataset(source: str = "mnist5k", *, path: str | None = None, test_fract
     if len(train.y) == 0:
         raise DataError(f"source '{source}': train split is empty; expected at least one sample")
     num_classes = int(max(train.y.max(), test.y.max(initial=0))) + 1
+    if num_classes > MAX_CLASSES:
+        raise DataError(f"source '{source}': labels reach {num_classes - 1:,}; expected class ids in "
+                        f"[0, {MAX_CLASSES:,}) (labels are class indices 0, 1, ...)")
     train, test = _limit(train, test, limit, req)
     x_train, x_test, (offset, scale) = to_unit(train.x, test.x)
     x_train, x_test = _resize(x_train, resolution), _resize(x_test, resolution)

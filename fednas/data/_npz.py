@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
@@ -15,7 +16,36 @@ _SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _EXPECTED = "expected arrays 'x' and 'y', or 'x_train', 'y_train', 'x_test' and 'y_test'"
 
 
+MAX_ARRAY_BYTES = 4 * 2**30  # per array; Fashion-MNIST's training images are 47 MB as uint8
+
+
+def _check_size(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> None:
+    """The array's header (shape, dtype) against the bound and the bytes the archive holds, before numpy
+    allocates it: a header may claim terabytes in a file of a few bytes."""
+    member = f"{key}.npy"
+    try:
+        info = archive.zip.getinfo(member)
+        with archive.zip.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except KeyError:
+        return  # numpy reports the missing key itself
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: key '{key}' has no valid .npy header ({exc}); expected a numeric array") from None
+    if dtype.hasobject:
+        return  # refused below: it would need pickle
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise DataError(f"{path}: key '{key}' has shape {shape} ({nbytes:,} bytes); expected at most "
+                        f"{MAX_ARRAY_BYTES:,} bytes per array (fednas.data bound)")
+    if nbytes > info.file_size:
+        raise DataError(f"{path}: key '{key}' claims shape {shape} ({nbytes:,} bytes) but holds "
+                        f"{info.file_size:,}; the archive is truncated or corrupt")
+
+
 def _array(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> np.ndarray:
+    _check_size(archive, path, key)
     try:
         return archive[key]
     except ValueError as exc:  # object arrays need pickle, which we never allow

@@ -108,7 +108,7 @@ def _bundle_origin(folder: Path) -> dict[str, Any] | None:
         if not path.is_file() or path.stat().st_size > MAX_BUNDLE_JSON_BYTES:
             return None
         origin = json.loads(path.read_text(encoding="utf-8")).get("origin")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     return origin if isinstance(origin, dict) else None
 

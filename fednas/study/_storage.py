@@ -107,6 +107,8 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0,
     _refuse_in_memory(url)
     journal = _journal_path(url)
     if journal is not None:
+        if not str(journal) or journal.is_dir():
+            raise StorageError(f"{url}: is a folder; expected journal:PATH naming a journal file")
         if not create and not journal.exists():
             raise StorageError(f"{url}: no such journal file")
         try:
@@ -115,7 +117,11 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0,
             raise StorageError(f"{url}: cannot create folder {journal.parent} ({exc.strerror})") from None
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise StorageError(f"{url}: cannot be read as a journal file ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     db = sqlite_path(url)
     if db is not None:
         if not create and not db.exists():
