@@ -117,7 +117,10 @@ def _train_inputs(args: argparse.Namespace) -> tuple[Any, StudyConfig, dict[str,
         bundle_labels = dict(doc.get("labels") or {})
     else:
         arch, bundle_labels = load_architecture(ref), {}
-    settings = flwr_run_compression(config, bundle_labels)
+    try:
+        settings = flwr_run_compression(config, bundle_labels)
+    except ValueError as exc:  # a bundle's stored labels (the config's own were checked when it was read)
+        raise ConfigError(f"{Path(ref) / 'metrics.json' if bundle_labels else ref}: labels: {exc}") from None
     off = settings == CompressionSettings()
     candidate = Candidate(arch, settings, bundle_labels if off else {**bundle_labels, **settings.to_dict()})
     return candidate, config, {"architecture": targets[0], "config": config_path,
