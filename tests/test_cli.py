@@ -50,3 +50,22 @@ def test_version() -> None:
 
     out = subprocess.run([sys.executable, "-m", "fednas", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == f"fednas {fednas.__version__}"
+
+
+def test_pareto_all_takes_its_columns_from_the_objectives_when_trial_0_failed(tmp_path, capsys) -> None:
+    import optuna
+
+    from search_spaces import preset
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="s", storage=url, directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "macs"])
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={}, distributions={},
+                                              user_attrs={"fail_reason": "boom", "macs": 5, "params": 1}))
+    arch = preset("mobilenet_micro").to_dict()
+    study.add_trial(optuna.trial.create_trial(values=[0.5, 100], params={}, distributions={},
+                                              user_attrs={"accuracy": 0.5, "macs": 100, "arch": arch, "labels": {}}))
+    for fmt, header in (("table", None), ("csv", None)):
+        assert main(["pareto", "--storage", url, "--study", "s", "--all", "--format", fmt]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert "accuracy" in first and "macs" in first and "state" in first, first

@@ -60,8 +60,8 @@ def test_signal_between_trials_stops_without_failing_anything(tiny_config, tmp_p
     config = _config(tiny_config, tmp_path)
     real = Progress.trial_finished
 
-    def trial_finished(self, state, summary):
-        real(self, state, summary)
+    def trial_finished(self, state, summary, **kwargs):
+        real(self, state, summary, **kwargs)
         os.kill(os.getpid(), signal.SIGINT)  # after the first trial was recorded COMPLETE
 
     monkeypatch.setattr(Progress, "trial_finished", trial_finished)
