@@ -17,7 +17,8 @@ from typing import Any
 
 from fednas._errors import ConfigError
 from fednas.objectives import DIRECTIONS, OBJECTIVES
-from fednas.strategies import LEGACY_KEYS, STRATEGIES
+from fednas.attacks import ATTACKS
+from fednas.strategies import LEGACY_KEYS, MIN_REPLIES, STRATEGIES
 from search_spaces import MAX_RESOLUTION
 
 if sys.version_info >= (3, 11):
@@ -251,6 +252,10 @@ class FederationConfig:
     bn_recalibration: str = "final"
     client_failure_rate: float = 0.0
     client_dropout_rate: float = 0.0
+    # malicious clients (fednas.attacks): which attack, the seeded share of clients, its strength (0: the default)
+    attack: str = "none"
+    attack_fraction: float = 0.0
+    attack_strength: float = 0.0
     device: str = "auto"
     # constructor keywords of the strategy (``[federation.<strategy>]``), defaults filled in
     strategy_options: dict[str, float] = field(default_factory=dict)
@@ -294,6 +299,55 @@ class FederationConfig:
         _require(DEVICE_NAME.fullmatch(self.device) is not None, "federation.device",
                  "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
         _require(self.bn_recalibration in BN_MODES, "federation.bn_recalibration", f"one of {list(BN_MODES)}", self.bn_recalibration)
+        self._check_attack()
+        self._check_robust_rule()
+
+    def attackers(self) -> int:
+        """How many clients are malicious: ``attack_fraction`` of ``num_clients``, rounded, at least one."""
+        if self.attack == "none" or not self.num_clients:
+            return 0
+        return max(1, round(self.attack_fraction * self.num_clients))
+
+    def strength(self) -> float:
+        return self.attack_strength or ATTACKS[self.attack].default_strength
+
+    def _check_attack(self) -> None:
+        _require(self.attack in ATTACKS, "federation.attack", f"one of {list(ATTACKS)}", self.attack)
+        _require(0.0 <= self.attack_fraction < 1.0, "federation.attack_fraction", "a fraction in [0, 1)",
+                 self.attack_fraction)
+        _require(self.attack_strength >= 0 and math.isfinite(self.attack_strength), "federation.attack_strength",
+                 "a number >= 0 (0: the attack's default)", self.attack_strength)
+        if self.attack == "none":
+            _require(self.attack_fraction == 0, "federation.attack_fraction", "0 without federation.attack",
+                     self.attack_fraction)
+            return
+        _require(self.attack_fraction > 0, "federation.attack_fraction",
+                 f"a fraction in (0, 1) with federation.attack = {self.attack!r}", self.attack_fraction)
+        if self.attack == "label_flip":
+            _require(self.strength() <= 1.0, "federation.attack_strength",
+                     "a fraction of labels in (0, 1] for label_flip", self.attack_strength)
+        if self.num_clients:
+            _require(self.attackers() < self.num_clients, "federation.attack_fraction",
+                     f"a share that leaves at least one honest client of {self.num_clients}", self.attack_fraction)
+
+    def sampled_per_round(self) -> int:
+        """Nodes a round samples when all are up (Flower's FedAvg: the fraction, at least ``min_train_nodes``)."""
+        return max(int(self.fraction_train * self.num_clients), self.min_train_nodes)
+
+    def _check_robust_rule(self) -> None:
+        if self.strategy not in MIN_REPLIES or not self.num_clients:
+            return
+        f = int(self.strategy_options.get("num_malicious_nodes", STRATEGIES[self.strategy].defaults()
+                                          .get("num_malicious_nodes", 0)))
+        n, need = self.sampled_per_round(), MIN_REPLIES[self.strategy](f)
+        if n < need:
+            raise ConfigError(f"federation.{self.strategy}.num_malicious_nodes: {f} needs at least {need} replies per "
+                              f"round; a round samples {n} (federation.num_clients={self.num_clients}, "
+                              f"fraction_train={self.fraction_train:g}, min_train_nodes={self.min_train_nodes})")
+        select = self.strategy_options.get("num_nodes_to_select")
+        if self.strategy == "multikrum" and select is not None and select > n - f:
+            raise ConfigError(f"federation.multikrum.num_nodes_to_select: {select:g} is more than the {n - f} "
+                              f"updates left after {f} malicious ones of the {n} a round samples")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LEGACY_KEYS", "STRATEGIES", "OptionSpec", "StrategySpec", "get_strategy", "register_strategy"]
+__all__ = ["LEGACY_KEYS", "MIN_REPLIES", "STRATEGIES", "OptionSpec", "StrategySpec", "get_strategy",
+           "register_strategy"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,14 @@ class OptionSpec:
     high: float = math.inf
     low_open: bool = False  # (low, ...] instead of [low, ...]
     high_open: bool = False
+    integer: bool = False
 
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not allowed, or None."""
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return f"expected a finite number, got {value!r}"
+        if self.integer and value != int(value):
+            return f"expected an integer in {self.describe()}, got {value!r}"
         too_low = value <= self.low if self.low_open else value < self.low
         too_high = value >= self.high if self.high_open else value > self.high
         if too_low or too_high:
@@ -110,8 +114,24 @@ for _spec in (
     _fedopt("flwr.serverapp.strategy:FedAdam", "server-side Adam on the averaged update"),
     _fedopt("flwr.serverapp.strategy:FedYogi", "server-side Yogi on the averaged update"),
     _fedopt("flwr.serverapp.strategy:FedAdagrad", "server-side Adagrad on the averaged update"),
+    # Byzantine-robust rules; num_malicious_nodes is the number of attackers a rule is built to withstand
+    StrategySpec("krum", "flwr.serverapp.strategy:Krum", {"num_malicious_nodes": OptionSpec(1, integer=True)},
+                 "Krum: the one update closest to its n - f - 2 nearest neighbours (Blanchard et al., 2017)"),
+    StrategySpec("multikrum", "flwr.serverapp.strategy:MultiKrum", {
+        "num_malicious_nodes": OptionSpec(1, integer=True), "num_nodes_to_select": OptionSpec(2, low=1, integer=True)},
+        "Multi-Krum: the average of the m updates Krum scores best"),
+    StrategySpec("bulyan", "flwr.serverapp.strategy:Bulyan", {"num_malicious_nodes": OptionSpec(1, integer=True)},
+                 "Bulyan: Krum selection, then a coordinate-wise trimmed mean (El Mhamdi et al., 2018)"),
+    StrategySpec("fedmedian", "flwr.serverapp.strategy:FedMedian", {},
+                 "coordinate-wise median of the updates (Yin et al., 2018)"),
+    StrategySpec("fedtrimmedavg", "flwr.serverapp.strategy:FedTrimmedAvg", {
+        "beta": OptionSpec(0.2, low=0.0, high=0.5, high_open=True)},
+        "coordinate-wise mean without the beta largest and smallest values"),
 ):
     register_strategy(_spec)
+
+# Least number of replies each robust rule needs for f = num_malicious_nodes attackers.
+MIN_REPLIES = {"krum": lambda f: 2 * f + 3, "multikrum": lambda f: 2 * f + 3, "bulyan": lambda f: 4 * f + 3}
 
 # Flat [federation] keys of fednas <= 0.1 -> (strategy, option).
 LEGACY_KEYS: dict[str, tuple[str, str]] = {

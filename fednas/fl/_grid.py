@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from fednas._interrupt import checkpoint
+from fednas.fl._attacks import ATTACKER_KEY
 
 __all__ = ["CountingGrid", "InProcessGrid", "NodeSubset", "Traffic", "record_bytes"]
 
@@ -159,6 +160,7 @@ class Exchange:
     seconds: float = 0.0
     error_reasons: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    attackers: int = 0  # replies from malicious clients (``federation.attack``)
 
 
 @dataclass
@@ -269,6 +271,7 @@ class CountingGrid(_Delegating):
                 continue
             ex.upload_bytes += record_bytes(r.content)
             for metrics in r.content.metric_records.values():
+                ex.attackers += int(metrics.get(ATTACKER_KEY, 0) or 0)
                 w = float(metrics.get("num-examples", 1))
                 total += w
                 for k, v in metrics.items():

@@ -41,7 +41,9 @@ def strategy_kwargs(fed: FederationConfig) -> tuple[type[FedAvg], dict[str, Any]
     """
     spec = get_strategy(fed.strategy)
     cls = spec.load()
-    kwargs = {**sampling_kwargs(fed), **spec.defaults(), **fed.strategy_options}
+    options = {k: int(v) if k in spec.options and spec.options[k].integer else v
+               for k, v in {**spec.defaults(), **fed.strategy_options}.items()}
+    kwargs = {**sampling_kwargs(fed), **options}
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(k for k in kwargs if k not in params)
     if unknown:

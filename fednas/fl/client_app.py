@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from fednas._seeds import derive_seed
 from fednas.compress import from_torch, make_downlink_mod, make_uplink_mod, to_torch
+from fednas.fl._attacks import ATTACKER_KEY, attack_update, flip_labels, malicious_partitions
 from fednas.fl._faults import fault_mod
 from fednas.fl._pruning import MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
@@ -95,11 +96,16 @@ def train_fn(msg: Message, context: Context) -> Message:
     )
     round_ = int(cfg.get("server-round", 0))
     seed = derive_seed(spec.seed, round_, pid)
+    malicious = fed.attack != "none" and pid in malicious_partitions(fed, spec.seed)
+    received = {k: v.detach().clone() for k, v in model.state_dict().items()} if malicious else {}
+    y = shard.y
+    if malicious and fed.attack == "label_flip":
+        y = flip_labels(shard.y, data.train.num_classes, fed.strength(), seed)
     kd = spec.compression
     if kd.kd_on:
         from fednas.compress import train_with_teacher
 
-        result = train_with_teacher(model, _teacher(model, kd), shard.x, shard.y, local, seed=seed,
+        result = train_with_teacher(model, _teacher(model, kd), shard.x, y, local, seed=seed,
                                     temperature=kd.kd_temperature, weight=kd.kd_weight)
     elif "inplace-kd-arch" in cfg:  # a supernet round: also train a smaller subnet inside this one
         from fednas.supernet import inplace_distillation_loss
@@ -108,11 +114,15 @@ def train_fn(msg: Message, context: Context) -> Message:
         loss = inplace_distillation_loss(model, arch_from_json(str(cfg["arch"])),
                                          arch_from_json(str(cfg["inplace-kd-arch"])),
                                          num_classes=data.train.num_classes, in_channels=data.train.in_channels)
-        result = train(model, shard.x, shard.y, local, seed=seed, loss_fn=loss)
+        result = train(model, shard.x, y, local, seed=seed, loss_fn=loss)
     else:
-        result = train(model, shard.x, shard.y, local, seed=seed)
-    metrics = MetricRecord({"train_loss": result.loss, "num-examples": result.examples})
-    content = RecordDict({"arrays": from_torch(model.state_dict()), "metrics": metrics})
+        result = train(model, shard.x, y, local, seed=seed)
+    state = model.state_dict()
+    if malicious:
+        state = attack_update(fed.attack, fed.strength(), received, state, seed)
+    metrics = MetricRecord({"train_loss": result.loss, "num-examples": result.examples,
+                            **({ATTACKER_KEY: float(malicious)} if fed.attack != "none" else {})})
+    content = RecordDict({"arrays": from_torch(state), "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 

@@ -60,6 +60,7 @@ class RoundRecord:
     failures: int
     dropped: int
     seconds: float
+    attackers: int = 0  # replies from malicious clients (``federation.attack``)
 
 
 @dataclass
@@ -268,6 +269,7 @@ def _round_record(rnd: int, acc: float, loss: float, train_ex: Exchange, new: li
         failures=train_ex.errors,
         dropped=train_ex.sent - train_ex.replies,
         seconds=sum(e.seconds for e in new),
+        attackers=train_ex.attackers,
     )
 
 

@@ -1,0 +1,123 @@
+"""Malicious clients (federation.attack) and the Byzantine-robust rules that are meant to withstand them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fednas.config import ConfigError, DataConfig, FederationConfig, parse_config
+from fednas.fl import RunSpec, federated_data, run_federation
+from fednas.fl._attacks import attack_update, flip_labels, malicious_partitions
+from fednas.fl.client_app import derive_seed
+from fednas.fl.server_app import initial_model
+from fednas.train import TrainConfig, train
+from search_spaces import preset
+
+DATA = DataConfig(limit=180, alpha=0.5)
+
+
+def _spec(**fed) -> RunSpec:
+    federation = FederationConfig(**{"num_clients": 3, "rounds": 1, "bn_recalibration": "off", "min_train_nodes": 2,
+                                     **fed})
+    return RunSpec(DATA, federation, 7, preset("mobilenet_micro").to_dict())
+
+
+def test_the_malicious_clients_are_a_seeded_share() -> None:
+    fed = FederationConfig(num_clients=10, attack="sign_flip", attack_fraction=0.3)
+    chosen = malicious_partitions(fed, seed=1)
+    assert len(chosen) == 3 and chosen <= set(range(10)) and chosen == malicious_partitions(fed, seed=1)
+    assert any(malicious_partitions(fed, seed=s) != chosen for s in range(2, 6))
+    assert len(malicious_partitions(FederationConfig(num_clients=10, attack="gaussian", attack_fraction=0.01), 0)) == 1
+    assert malicious_partitions(FederationConfig(num_clients=10), 0) == frozenset()
+
+
+def test_each_attack_changes_the_float_weights_as_documented_and_nothing_else() -> None:
+    received = {"w": torch.zeros(4), "n": torch.tensor(3)}
+    trained = {"w": torch.tensor([1.0, -1.0, 2.0, 0.0]), "n": torch.tensor(4)}
+    assert torch.equal(attack_update("sign_flip", 2.0, received, trained, 0)["w"], torch.tensor([-2.0, 2.0, -4.0, 0.0]))
+    assert torch.equal(attack_update("scaling", 10.0, received, trained, 0)["w"], 10 * trained["w"])
+    noisy = attack_update("gaussian", 0.5, {"w": torch.zeros(20_000)}, {"w": torch.ones(20_000)}, 3)["w"]
+    assert abs(float(noisy.mean())) < 0.02 and abs(float(noisy.std()) - 0.5) < 0.02  # noise, not the update
+    for attack in ("sign_flip", "scaling", "gaussian", "label_flip", "none"):
+        assert torch.equal(attack_update(attack, 2.0, received, trained, 0)["n"], trained["n"])  # counters honest
+    assert attack_update("label_flip", 1.0, received, trained, 0) is trained
+    y = torch.arange(10) % 5
+    flipped = flip_labels(y, 5, 0.4, seed=0)
+    assert int((flipped != y).sum()) <= 4 and torch.equal(flipped[flipped != y], 4 - y[flipped != y])
+    assert torch.equal(flip_labels(y, 5, 1.0, 0), 4 - y)
+
+
+def _by_hand(spec: RunSpec) -> dict[str, torch.Tensor]:
+    """One FedAvg round without Flower, the malicious clients sending what fednas.fl._attacks says."""
+    data = federated_data(spec.data, spec.federation.num_clients, spec.seed)
+    global_model = initial_model(spec, data)
+    fed = spec.federation
+    bad = malicious_partitions(fed, spec.seed)
+    local = TrainConfig(epochs=fed.local_epochs, batch_size=fed.batch_size, lr=fed.lr, momentum=fed.momentum)
+    states, weights = [], []
+    for pid in range(fed.num_clients):
+        shard, seed = data.client(pid), derive_seed(spec.seed, 1, pid)
+        model = copy.deepcopy(global_model)
+        y = flip_labels(shard.y, data.train.num_classes, fed.strength(), seed) if (
+            pid in bad and fed.attack == "label_flip") else shard.y
+        res = train(model, shard.x, y, local, seed=seed)
+        state = model.state_dict()
+        if pid in bad:
+            state = attack_update(fed.attack, fed.strength(), global_model.state_dict(), state, seed)
+        states.append(state)
+        weights.append(res.examples)
+    total = sum(weights)
+    return {k: sum(s[k].double() * (w / total) for s, w in zip(states, weights)) for k in states[0]}
+
+
+@pytest.mark.parametrize("attack", ["label_flip", "sign_flip", "gaussian", "scaling"])
+def test_a_federation_under_attack_aggregates_what_the_attackers_send(attack: str) -> None:
+    spec = _spec(attack=attack, attack_fraction=0.34)
+    outcome = run_federation(spec)
+    got, expected = outcome.arrays.to_torch_state_dict(), _by_hand(spec)
+    for k, v in expected.items():
+        if got[k].dtype.is_floating_point:
+            torch.testing.assert_close(got[k].double(), v, rtol=1e-5, atol=1e-5, msg=k)
+    assert [r.attackers for r in outcome.rounds] == [1]
+    clean = run_federation(_spec()).arrays.to_torch_state_dict()
+    assert any(not torch.allclose(clean[k], got[k]) for k in clean if clean[k].dtype.is_floating_point)
+
+
+def _deviation(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].dtype.is_floating_point)
+
+
+def test_each_robust_rule_discards_an_obvious_outlier() -> None:
+    base = {"num_clients": 7, "min_train_nodes": 7}
+    clean = run_federation(_spec(**base)).arrays.to_torch_state_dict()
+    attacked = {"attack": "scaling", "attack_strength": 1000.0, "attack_fraction": 0.14}
+    plain = _deviation(run_federation(_spec(**base, **attacked)).arrays.to_torch_state_dict(), clean)
+    assert plain > 5.0  # FedAvg follows the boosted update
+    for rule in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg"):
+        spec = _spec(**base, **attacked, strategy=rule)
+        robust = _deviation(run_federation(spec).arrays.to_torch_state_dict(), clean)
+        assert robust < plain / 20, (rule, robust, plain)
+
+
+def _config(**federation) -> dict:
+    return {"federation": {"num_clients": 6, **federation}}
+
+
+@pytest.mark.parametrize(("federation", "message"), [
+    ({"attack": "poison", "attack_fraction": 0.2}, "federation.attack: expected one of"),
+    ({"attack": "sign_flip"}, "federation.attack_fraction: expected a fraction in (0, 1) with federation.attack"),
+    ({"attack_fraction": 0.2}, "federation.attack_fraction: expected 0 without federation.attack"),
+    ({"attack": "label_flip", "attack_fraction": 0.2, "attack_strength": 2.0}, "federation.attack_strength"),
+    ({"attack": "gaussian", "attack_fraction": 0.99}, "leaves at least one honest client"),
+    ({"strategy": "bulyan"}, "federation.bulyan.num_malicious_nodes: 1 needs at least 7 replies per round"),
+    ({"strategy": "krum", "krum": {"num_malicious_nodes": 2}}, "needs at least 7 replies"),
+    ({"strategy": "krum", "krum": {"num_malicious_nodes": 1.5}}, "federation.krum.num_malicious_nodes: expected an integer"),
+    ({"strategy": "multikrum", "multikrum": {"num_nodes_to_select": 6}}, "federation.multikrum.num_nodes_to_select"),
+    ({"strategy": "fedtrimmedavg", "fedtrimmedavg": {"beta": 0.5}}, "federation.fedtrimmedavg.beta"),
+])
+def test_impossible_combinations_name_the_keys(federation: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_config(**federation))
+    assert message in str(info.value), str(info.value)
