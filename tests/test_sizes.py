@@ -77,8 +77,9 @@ def test_cli_and_bundles_refuse_absurd_sizes_in_one_line(tmp_path: Path, tiny_co
     ]
     for argv, needle in cases:
         assert main(argv) == 2, argv
-        err = capsys.readouterr().err
+        out, err = capsys.readouterr()
         assert needle in err and err.count("\n") == 1, err
+        assert "training" not in out  # refused before the run is announced
     assert not (tmp_path / "out").exists()
     # a bundle whose arch.json or metrics.json was edited to absurd sizes
     bundle = tmp_path / "bundle"

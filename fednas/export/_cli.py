@@ -63,6 +63,13 @@ def run_train(args: argparse.Namespace) -> int:
         from fednas.export import resolve_formats
 
         resolve_formats(args.formats)
+    from fednas.fl import federated_data
+    from fednas.pipeline import build
+
+    try:  # an architecture that cannot be built for this data is refused before the run is announced
+        build(candidate, federated_data(config.data, config.federation.num_clients, config.study.seed))
+    except CandidateError as exc:
+        raise ConfigError(f"{origin['architecture']}: {exc}") from None
     comp = candidate.compression.describe()
     print(f"training {origin['architecture']} for {rounds} rounds on {config.data.source} "
           f"({config.federation.num_clients} clients, {config.federation.strategy}"
