@@ -54,7 +54,7 @@ DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # whether it exists here is c
 SUBNET_RULES = ("sandwich", "random")
 # compression labels that change how a candidate is trained: a supernet study inherits weights instead
 TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "kd_weight": 0.0,
-                   "prune_method": "none"}
+                   "prune_method": "none", "aggregation": ""}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,6 +259,8 @@ class FederationConfig:
     device: str = "auto"
     # constructor keywords of the strategy (``[federation.<strategy>]``), defaults filled in
     strategy_options: dict[str, float] = field(default_factory=dict)
+    # every ``[federation.<strategy>]`` sub-table given, for the rules a trial's ``aggregation`` label may pick
+    rule_options: dict[str, dict[str, float]] = field(default_factory=dict)
     # device tiers (``[[federation.tiers]]``, supernet studies): dicts of ``Tier``'s fields
     tiers: list[dict[str, Any]] = field(default_factory=list)
 
@@ -329,6 +331,26 @@ class FederationConfig:
         if self.num_clients:
             _require(self.attackers() < self.num_clients, "federation.attack_fraction",
                      f"a share that leaves at least one honest client of {self.num_clients}", self.attack_fraction)
+
+    def for_rule(self, name: str) -> FederationConfig:
+        """This federation aggregated by strategy ``name`` (a trial's ``aggregation`` label), with its options
+        from its ``[federation.<name>]`` sub-table or its defaults.
+
+        Raises:
+            ConfigError: an unknown name, or options the federation cannot meet (as for ``strategy``).
+        """
+        from dataclasses import replace
+
+        if not name or name == self.strategy:
+            return self
+        _require(name in STRATEGIES, "space.labels.aggregation", f"strategy names from {list(STRATEGIES)}", name)
+        options = {**STRATEGIES[name].defaults(), **self.rule_options.get(name, {})}
+        other = replace(self, strategy=name, strategy_options=options)
+        try:
+            other.check()
+        except ConfigError as exc:
+            raise ConfigError(f"space.labels.aggregation = {name!r}: {exc}") from None
+        return other
 
     def sampled_per_round(self) -> int:
         """Nodes a round samples when all are up (Flower's FedAvg: the fraction, at least ``min_train_nodes``)."""
@@ -526,7 +548,7 @@ def _build(cls: type, table: dict[str, Any], section: str) -> Any:
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"{section}.{key}: unknown key; valid: {', '.join(_public(known))}")
-        if key == "strategy_options":
+        if key in ("strategy_options", "rule_options"):
             kwargs[key] = value
         elif key == "tiers":
             clients = table.get("num_clients", FederationConfig.num_clients)
@@ -537,7 +559,8 @@ def _build(cls: type, table: dict[str, Any], section: str) -> Any:
 
 
 def _public(known: dict[str, Any]) -> list[str]:
-    return [k for k in known if k != "strategy_options"] + (["<strategy> (a sub-table)"] if "strategy_options" in known
+    return [k for k in known if k not in ("strategy_options", "rule_options")] + (
+        ["<strategy> (a sub-table)"] if "strategy_options" in known
                                                              else [])
 
 
@@ -552,6 +575,10 @@ def _strategy_options(table: dict[str, Any], deprecations: list[str]) -> dict[st
     if not isinstance(strategy, str) or strategy not in STRATEGIES:
         raise ConfigError(f"federation.strategy: expected one of {list(STRATEGIES)}, got {_show(strategy)}")
     chosen: dict[str, Any] = {}
+    rules: dict[str, dict[str, Any]] = {}
+    stored_rules = table.pop("rule_options", None)  # a config stored by this version
+    if isinstance(stored_rules, dict):
+        rules.update({k: dict(v) for k, v in stored_rules.items() if k in STRATEGIES and isinstance(v, dict)})
     stored = table.pop("strategy_options", None)  # a config stored by this version
     if stored is not None:
         if not isinstance(stored, dict):
@@ -577,12 +604,14 @@ def _strategy_options(table: dict[str, Any], deprecations: list[str]) -> dict[st
             if key not in spec.options:
                 raise ConfigError(f"federation.{name}.{key}: unknown option of strategy {name!r}; valid: "
                                   f"{', '.join(spec.options) or 'none'}")
+        rules[name] = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in sub.items()}
         if name == strategy:
             chosen.update(sub)
     for key, value in list(chosen.items()):
         if key in STRATEGIES[strategy].options and (isinstance(value, int) and not isinstance(value, bool)):
             chosen[key] = float(value)
     table["strategy_options"] = {**STRATEGIES[strategy].defaults(), **chosen}
+    table["rule_options"] = rules
     return table
 
 
@@ -662,6 +691,9 @@ def _cross_check(config: StudyConfig) -> None:
         raise ConfigError(f"federation.num_clients: 0 (one client per user) needs data.partition = 'natural'; "
                           f"got partition {config.data.partition!r}")
     _check_pruning(config)
+    for rule in _label_values(config.space.labels.get("aggregation")):
+        if isinstance(rule, str):
+            config.federation.for_rule(rule)  # each rule a trial may pick can run this federation
     _check_mode(config)
     bad = [name for name in config.constraints.active() if name not in OBJECTIVES]
     if bad:  # pragma: no cover - the schema only has known names

@@ -46,6 +46,9 @@ class CompressionSettings:
             scores computed by the clients on their data and summed by the server).
         prune_sparsity: share of output channels removed per layer, in (0, 0.9].
         prune_round: the server prunes after aggregating this round (1 <= prune_round < rounds).
+        aggregation: the ``federation.strategy`` that aggregates this candidate's run ("": the
+            study's own), e.g. a Byzantine-robust rule; its options come from its
+            ``[federation.<name>]`` sub-table.
     """
 
     uplink_codec: str = "none"
@@ -62,6 +65,7 @@ class CompressionSettings:
     prune_method: str = "none"
     prune_sparsity: float = 0.5
     prune_round: int = 1
+    aggregation: str = ""
 
     @classmethod
     def from_labels(cls, labels: dict[str, Any]) -> CompressionSettings:
@@ -120,6 +124,8 @@ class CompressionSettings:
             parts.append(f"kd {_num(self.kd_weight)}" + (" bundle" if self.kd_teacher else ""))
         if self.prune_on:
             parts.append(f"prune {self.prune_method} {_num(100 * self.prune_sparsity)}% @r{self.prune_round}")
+        if self.aggregation:
+            parts.append(f"agg {self.aggregation}")
         return ", ".join(parts) or "-"
 
 
@@ -187,6 +193,7 @@ class CompressionSpace(SearchSpace):
             "prune_method": Choice(PRUNE_METHODS),
             "prune_sparsity": _OpenLowRange(0.0, 0.9),
             "prune_round": Range(1, 1_000_000),
+            "aggregation": _Text(),
         }
 
     def decode(self, values: dict[str, Any]) -> CompressionSettings:

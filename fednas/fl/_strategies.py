@@ -62,6 +62,8 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
     Raises:
         ValueError: unknown strategy name (listing the valid ones), option or codec.
     """
+    if compression is not None and compression.aggregation:  # the trial's own rule (``aggregation`` label)
+        fed = fed.for_rule(compression.aggregation)
     cls, kwargs = strategy_kwargs(fed)
     if compression is not None and compression.codecs_on:
         from fednas.compress import codecs_for, compressed

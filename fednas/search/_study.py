@@ -95,7 +95,7 @@ def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna
 # device it uses, and the bounds (stored anew). Everything else decides what a trial's figures mean.
 RESUMABLE_CHANGES = {"study": ("storage", "trials", "sampler", "population_size", "max_attempts", "artifacts",
                                "heartbeat"),
-                     "federation": ("device",), "constraints": None}
+                     "federation": ("device", "rule_options"), "constraints": None}
 
 
 def _check_stored(config: StudyConfig) -> None:

@@ -121,3 +121,28 @@ def test_impossible_combinations_name_the_keys(federation: dict, message: str) -
     with pytest.raises(ConfigError) as info:
         parse_config(_config(**federation))
     assert message in str(info.value), str(info.value)
+
+
+def test_the_aggregation_rule_is_a_label_with_its_options_from_its_sub_table() -> None:
+    from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
+
+    from fednas.fl._strategies import make_strategy
+    from search_spaces import CompressionSettings
+
+    doc = {"federation": {"num_clients": 6, "fedtrimmedavg": {"beta": 0.3}},
+           "space": {"labels": {"aggregation": ["fedavg", "fedmedian", "fedtrimmedavg"]}}}
+    config = parse_config(doc)
+    assert config.federation.strategy == "fedavg"
+    trimmed = make_strategy(config.federation, CompressionSettings(aggregation="fedtrimmedavg"))
+    assert isinstance(trimmed, FedTrimmedAvg) and trimmed.beta == 0.3
+    assert isinstance(make_strategy(config.federation, CompressionSettings(aggregation="fedmedian")), FedMedian)
+    from fednas.study import config_from_stored
+
+    assert config_from_stored(config.to_dict()).federation.rule_options == config.federation.rule_options  # stored
+    assert CompressionSettings(aggregation="fedmedian").describe() == "agg fedmedian"
+    for labels, message in ((["nope"], "space.labels.aggregation: expected strategy names"),
+                            (["bulyan"], "space.labels.aggregation = 'bulyan': federation.bulyan.num_malicious_nodes")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"federation": {"num_clients": 6}, "space": {"labels": {"aggregation": labels}}})
+    with pytest.raises(ConfigError, match="space.labels.aggregation"):
+        parse_config({"study": {"mode": "supernet"}, "space": {"labels": {"aggregation": ["fedmedian"]}}})
