@@ -234,10 +234,11 @@ def _arch_info(args: argparse.Namespace) -> int:
     from fednas.cost import measure
     from search_spaces import PRESETS, Preset, build_model, load_architecture
 
-    from fednas.models import bundle_input
-    from search_spaces import MAX_RESOLUTION
+    from fednas.models import bundle_input, load_model
+    from search_spaces import MAX_CHANNELS, MAX_CLASSES, MAX_RESOLUTION
 
-    if Path(args.arch).is_dir():  # a bundle folder: its architecture, for the input it was trained on
+    bundle = Path(args.arch).is_dir()
+    if bundle:  # a bundle folder: its architecture, for the input it was trained on
         arch, ref = bundle_input(args.arch)
     else:
         arch = load_architecture(args.arch)
@@ -245,13 +246,11 @@ def _arch_info(args: argparse.Namespace) -> int:
     classes = args.num_classes if args.num_classes is not None else ref.num_classes
     res = args.resolution if args.resolution is not None else ref.resolution
     chans = args.in_channels if args.in_channels is not None else ref.in_channels
-    for flag, v, high in (("--num-classes", classes, 1_000_000), ("--resolution", res, MAX_RESOLUTION),
-                          ("--in-channels", chans, 16_384)):
+    for flag, v, high in (("--num-classes", classes, MAX_CLASSES), ("--resolution", res, MAX_RESOLUTION),
+                          ("--in-channels", chans, MAX_CHANNELS)):
         if not 1 <= v <= high:
             raise ValueError(f"{flag}: expected an integer in [1, {high:,}], got {v}")
-    if Path(args.arch).is_dir() and (classes, chans) == (ref.num_classes, ref.in_channels):
-        from fednas.models import load_model
-
+    if bundle and (classes, chans) == (ref.num_classes, ref.in_channels):
         model = load_model(args.arch)  # the trained structure: pruned channels, factorized layers
     else:
         model = build_model(arch, num_classes=classes, in_channels=chans)

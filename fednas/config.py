@@ -235,6 +235,17 @@ class DataConfig:
         if self.source in ("idx", "npz", "imagefolder", "leaf", "torchvision"):
             _require(self.path != "", "data.path", f"a file or folder for source {self.source!r}", self.path)
 
+    def datasets(self, seed: int) -> tuple[Any, Any]:
+        """The (train, test) datasets this section names, read once per process (``shared_dataset``).
+
+        Raises:
+            DataError: a missing or malformed source.
+        """
+        from fednas.data._load import shared_dataset
+
+        return shared_dataset(self.source, path=self.path or None, test_fraction=self.test_fraction, seed=seed,
+                              limit=self.limit or None, resolution=self.resolution or None, name=self.name or None)
+
 
 @dataclass(frozen=True, kw_only=True)
 class FederationConfig:
@@ -359,14 +370,14 @@ class FederationConfig:
     def _check_robust_rule(self) -> None:
         if self.strategy not in MIN_REPLIES or not self.num_clients:
             return
-        f = int(self.strategy_options.get("num_malicious_nodes", STRATEGIES[self.strategy].defaults()
-                                          .get("num_malicious_nodes", 0)))
+        options = {**STRATEGIES[self.strategy].defaults(), **self.strategy_options}
+        f = int(options["num_malicious_nodes"])
         n, need = self.sampled_per_round(), MIN_REPLIES[self.strategy](f)
         if n < need:
             raise ConfigError(f"federation.{self.strategy}.num_malicious_nodes: {f} needs at least {need} replies per "
                               f"round; a round samples {n} (federation.num_clients={self.num_clients}, "
                               f"fraction_train={self.fraction_train:g}, min_train_nodes={self.min_train_nodes})")
-        select = self.strategy_options.get("num_nodes_to_select")
+        select = options.get("num_nodes_to_select")
         if self.strategy == "multikrum" and select is not None and select > n - f:
             raise ConfigError(f"federation.multikrum.num_nodes_to_select: {select:g} is more than the {n - f} "
                               f"updates left after {f} malicious ones of the {n} a round samples")
@@ -463,12 +474,11 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _clients_from_data(doc: dict[str, Any], config: StudyConfig, path: Path) -> StudyConfig:
     """``num_clients = 0`` (partition "natural"): one client per user of the training split."""
-    from fednas.data import DataError, load_dataset
+    from fednas.data import DataError
 
     d = config.data
     try:
-        train, _ = load_dataset(d.source, path=d.path or None, test_fraction=d.test_fraction, seed=config.study.seed,
-                                limit=d.limit or None, resolution=d.resolution or None, name=d.name or None)
+        train, _ = d.datasets(config.study.seed)
     except DataError as exc:
         raise ConfigError(f"{path}: data: {exc}") from None
     if train.groups is None:

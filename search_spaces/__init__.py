@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import mobilenet, resnet
-from ._arch import (FAMILIES, MAX_PARAMS, MAX_RESOLUTION, PRESETS, Architecture, Family, Preset, WeightSlice,
+from ._arch import (FAMILIES, MAX_CHANNELS, MAX_CLASSES, MAX_PARAMS, MAX_RESOLUTION, PRESETS, Architecture, Family, Preset, WeightSlice,
                     arch_from_dict, arch_from_json, build_model, describe_arch, get_family, preset, register_family)
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike, domain_from_config, extreme
 from .compression import CompressionSettings, CompressionSpace, JointSpace, with_compression
@@ -26,6 +26,8 @@ register_family(resnet.FAMILY)
 
 __all__ = [
     "FAMILIES",
+    "MAX_CHANNELS",
+    "MAX_CLASSES",
     "MAX_PARAMS",
     "MAX_RESOLUTION",
     "PRESETS",

@@ -53,6 +53,7 @@ __all__ = [
 # ResNet/MobileNet stay far below them), small enough that a hostile file cannot make
 # ``build`` allocate gigabytes. Checked by the records' ``__post_init__``.
 MAX_CHANNELS = 16_384
+MAX_CLASSES = 1_000_000
 MAX_BLOCKS = 512
 MAX_KERNEL = 15
 MAX_EXPANSION = 16
@@ -251,7 +252,7 @@ def build_model(arch: Architecture, *, num_classes: int = 1000, in_channels: int
     if not isinstance(arch, Architecture):
         raise TypeError(f"arch: expected an architecture record (MobileNetArch, ResNetArch, ...), got "
                         f"{type(arch).__name__}")
-    check_int("num_classes", num_classes, 1, 1_000_000)
+    check_int("num_classes", num_classes, 1, MAX_CLASSES)
     check_int("in_channels", in_channels, 1, MAX_CHANNELS)
     check_size(arch, num_classes=num_classes, in_channels=in_channels)
     return arch.build(num_classes=num_classes, in_channels=in_channels)

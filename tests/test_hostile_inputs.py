@@ -13,6 +13,7 @@ CI runs; ``FEDNAS_HOSTILE_LOG=FILE`` appends one JSON line per command run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,8 +159,14 @@ def _check(worker: Worker, world: dict[str, Any], kind: str, argv: list[str], cw
     return r
 
 
-def _scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="fednas-hostile-"))
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A fresh folder for one generated case, removed afterwards (also when the case fails)."""
+    tmp = Path(tempfile.mkdtemp(prefix="fednas-hostile-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- values
@@ -246,12 +254,11 @@ def big_mobilenets(draw: st.DrawFn) -> bytes:
 def test_architecture_json(worker: Worker, world: dict[str, Any], data: st.DataObject) -> None:
     base = data.draw(st.sampled_from(_arch_docs()))
     text = data.draw(st.one_of(_json_text(base), big_mobilenets()))
-    tmp = _scratch()
-    path = tmp / "arch.json"
-    path.write_bytes(text)
-    _check(worker, world, "arch.json", ["arch", "info", str(path)], tmp)
-    _check(worker, world, "arch.json", ["arch", "info", str(path), "--resolution", "32", "--json"], tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        path = tmp / "arch.json"
+        path.write_bytes(text)
+        _check(worker, world, "arch.json", ["arch", "info", str(path)], tmp)
+        _check(worker, world, "arch.json", ["arch", "info", str(path), "--resolution", "32", "--json"], tmp)
 
 
 def _safetensors(header: dict[str, Any], payload: bytes = b"", length: int | None = None) -> bytes:
@@ -273,25 +280,24 @@ safetensors_files = st.one_of(
 @SETTINGS
 @given(data=st.data())
 def test_bundles(worker: Worker, world: dict[str, Any], data: st.DataObject) -> None:
-    tmp = _scratch()
-    bundle = tmp / "bundle"
-    shutil.copytree(world["bundle"], bundle)
-    which = data.draw(st.sampled_from(["arch.json", "metrics.json", "model.safetensors", "missing"]))
-    if which == "arch.json":
-        (bundle / which).write_bytes(data.draw(_json_text(json.loads((bundle / which).read_text()))))
-    elif which == "metrics.json":
-        doc = json.loads((bundle / which).read_text())
-        (bundle / which).write_bytes(data.draw(_json_text({"input": doc["input"], "labels": doc["labels"],
-                                                           "prune_masks": doc.get("prune_masks", "")})))
-    elif which == "model.safetensors":
-        (bundle / which).write_bytes(data.draw(safetensors_files))
-    else:
-        (bundle / data.draw(st.sampled_from(["arch.json", "metrics.json", "model.safetensors"]))).unlink()
-    _check(worker, world, f"bundle {which}", ["arch", "info", str(bundle)], tmp)
-    _check(worker, world, f"bundle {which}", ["train", str(bundle), str(world["config"]), "--rounds", "1",
-                                              "--set", "data.limit=60", "--out", str(tmp / "out"), "--formats", ""],
-           tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        bundle = tmp / "bundle"
+        shutil.copytree(world["bundle"], bundle)
+        which = data.draw(st.sampled_from(["arch.json", "metrics.json", "model.safetensors", "missing"]))
+        if which == "arch.json":
+            (bundle / which).write_bytes(data.draw(_json_text(json.loads((bundle / which).read_text()))))
+        elif which == "metrics.json":
+            doc = json.loads((bundle / which).read_text())
+            (bundle / which).write_bytes(data.draw(_json_text({"input": doc["input"], "labels": doc["labels"],
+                                                               "prune_masks": doc.get("prune_masks", "")})))
+        elif which == "model.safetensors":
+            (bundle / which).write_bytes(data.draw(safetensors_files))
+        else:
+            (bundle / data.draw(st.sampled_from(["arch.json", "metrics.json", "model.safetensors"]))).unlink()
+        _check(worker, world, f"bundle {which}", ["arch", "info", str(bundle)], tmp)
+        _check(worker, world, f"bundle {which}", ["train", str(bundle), str(world["config"]), "--rounds", "1",
+                                                  "--set", "data.limit=60", "--out", str(tmp / "out"), "--formats", ""],
+               tmp)
 
 
 # --------------------------------------------------------------------------- data files
@@ -340,35 +346,35 @@ def _check_data(worker: Worker, world: dict[str, Any], kind: str, tmp: Path, sou
 @SETTINGS
 @given(data=st.data())
 def test_npz(worker: Worker, world: dict[str, Any], data: st.DataObject) -> None:
-    tmp = _scratch()
-    path = tmp / "data.npz"
-    how = data.draw(st.sampled_from(["near-valid", "near-valid", "arrays", "arrays", "crafted", "garbage"]))
-    if how == "near-valid":  # a usable dataset in some dtype and layout, sometimes with one thing wrong
-        n, side = data.draw(st.integers(30, 80)), data.draw(st.sampled_from([1, 4, 8, 28]))
-        shape = data.draw(st.sampled_from([(n, side, side), (n, 1, side, side), (n, side, side, 3), (n, side * side)]))
-        dtype = data.draw(st.sampled_from(["uint8", "float32", "float64", "int64", "bool", "float16"]))
-        rng = np.random.default_rng(n)
-        x = (rng.random(shape) * (255 if dtype in ("uint8", "int64") else 1)).astype(dtype)
-        classes = data.draw(st.integers(1, 5))
-        y = data.draw(st.sampled_from(["ok", "ok", "negative", "float", "short", "huge"]))
-        labels = {"ok": np.arange(n) % classes, "negative": np.arange(n) % classes - 1,
-                  "float": (np.arange(n) % classes) + 0.5, "short": np.arange(n - 1) % classes,
-                  "huge": np.full(n, 2**40)}[y]
-        np.savez(path, x=x, y=labels)
-        how = f"near-valid y={y}"
-    elif how == "arrays":
-        keys = data.draw(st.lists(st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "z"]),
-                                  unique=True, max_size=5))
-        arrs = {k: data.draw(arrays(label=k.startswith("y"))) for k in keys}
-        (np.savez_compressed if data.draw(st.booleans()) else np.savez)(path, **arrs)
-    elif how == "crafted":
-        shape = tuple(data.draw(st.lists(st.sampled_from([1, 28, 10**5, 10**9, 2**40]), min_size=1, max_size=4)))
-        _crafted_npz(path, shape, data.draw(st.booleans()))
-    else:
-        path.write_bytes(data.draw(st.binary(max_size=400)))
-    _check_data(worker, world, f"npz {how}", tmp, "npz", path,
-                data.draw(st.sampled_from([(), ("--set", "data.resolution=8"), ("--set", "data.partition='iid'")])))
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        path = tmp / "data.npz"
+        how = data.draw(st.sampled_from(["near-valid", "near-valid", "arrays", "arrays", "crafted", "garbage"]))
+        if how == "near-valid":  # a usable dataset in some dtype and layout, sometimes with one thing wrong
+            n, side = data.draw(st.integers(30, 80)), data.draw(st.sampled_from([1, 4, 8, 28]))
+            shape = data.draw(st.sampled_from([(n, side, side), (n, 1, side, side), (n, side, side, 3),
+                                               (n, side * side)]))
+            dtype = data.draw(st.sampled_from(["uint8", "float32", "float64", "int64", "bool", "float16"]))
+            rng = np.random.default_rng(n)
+            x = (rng.random(shape) * (255 if dtype in ("uint8", "int64") else 1)).astype(dtype)
+            classes = data.draw(st.integers(1, 5))
+            y = data.draw(st.sampled_from(["ok", "ok", "negative", "float", "short", "huge"]))
+            labels = {"ok": np.arange(n) % classes, "negative": np.arange(n) % classes - 1,
+                      "float": (np.arange(n) % classes) + 0.5, "short": np.arange(n - 1) % classes,
+                      "huge": np.full(n, 2**40)}[y]
+            np.savez(path, x=x, y=labels)
+            how = f"near-valid y={y}"
+        elif how == "arrays":
+            keys = data.draw(st.lists(st.sampled_from(["x", "y", "x_train", "y_train", "x_test", "y_test", "z"]),
+                                      unique=True, max_size=5))
+            arrs = {k: data.draw(arrays(label=k.startswith("y"))) for k in keys}
+            (np.savez_compressed if data.draw(st.booleans()) else np.savez)(path, **arrs)
+        elif how == "crafted":
+            shape = tuple(data.draw(st.lists(st.sampled_from([1, 28, 10**5, 10**9, 2**40]), min_size=1, max_size=4)))
+            _crafted_npz(path, shape, data.draw(st.booleans()))
+        else:
+            path.write_bytes(data.draw(st.binary(max_size=400)))
+        _check_data(worker, world, f"npz {how}", tmp, "npz", path,
+                    data.draw(st.sampled_from([(), ("--set", "data.resolution=8"), ("--set", "data.partition='iid'")])))
 
 
 def _png(width: int, height: int, mode: str = "L", idat: bytes | None = None) -> bytes:
@@ -401,27 +407,26 @@ def image_files(draw: st.DrawFn) -> bytes:
 @SETTINGS
 @given(data=st.data())
 def test_image_folders(worker: Worker, world: dict[str, Any], data: st.DataObject) -> None:
-    tmp = _scratch()
-    root = tmp / "images"
-    root.mkdir()
-    if data.draw(st.booleans()):  # a usable folder: classes of real images of mixed sizes and modes
-        for c in range(data.draw(st.integers(2, 3))):
-            (root / f"class{c}").mkdir()
-            for i in range(data.draw(st.integers(8, 14))):
-                (root / f"class{c}" / f"{i}.png").write_bytes(
-                    _png(data.draw(st.integers(4, 40)), data.draw(st.integers(4, 40)),
-                         data.draw(st.sampled_from(["L", "RGB"]))))
-    for c in range(data.draw(st.integers(0, 3))):
-        folder = root / data.draw(st.sampled_from([f"class{c}", f".hidden{c}", f"c {c} ü"]))
-        folder.mkdir(exist_ok=True)
-        for i in range(data.draw(st.integers(0, 4))):
-            ext = data.draw(st.sampled_from([".png", ".jpg", ".txt", ".PNG"]))
-            (folder / f"{i}{ext}").write_bytes(data.draw(image_files()))
-    if data.draw(st.booleans()):
-        (root / "loose.png").write_bytes(_png(8, 8))
-    _check_data(worker, world, "imagefolder", tmp, "imagefolder", root,  # noqa: E501
-                data.draw(st.sampled_from([(), ("--set", "data.resolution=16")])))
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        root = tmp / "images"
+        root.mkdir()
+        if data.draw(st.booleans()):  # a usable folder: classes of real images of mixed sizes and modes
+            for c in range(data.draw(st.integers(2, 3))):
+                (root / f"class{c}").mkdir()
+                for i in range(data.draw(st.integers(8, 14))):
+                    (root / f"class{c}" / f"{i}.png").write_bytes(
+                        _png(data.draw(st.integers(4, 40)), data.draw(st.integers(4, 40)),
+                             data.draw(st.sampled_from(["L", "RGB"]))))
+        for c in range(data.draw(st.integers(0, 3))):
+            folder = root / data.draw(st.sampled_from([f"class{c}", f".hidden{c}", f"c {c} ü"]))
+            folder.mkdir(exist_ok=True)
+            for i in range(data.draw(st.integers(0, 4))):
+                ext = data.draw(st.sampled_from([".png", ".jpg", ".txt", ".PNG"]))
+                (folder / f"{i}{ext}").write_bytes(data.draw(image_files()))
+        if data.draw(st.booleans()):
+            (root / "loose.png").write_bytes(_png(8, 8))
+        _check_data(worker, world, "imagefolder", tmp, "imagefolder", root,
+                    data.draw(st.sampled_from([(), ("--set", "data.resolution=16")])))
 
 
 LEAF = {"users": ["a", "b"], "num_samples": [3, 3],
@@ -431,16 +436,15 @@ LEAF = {"users": ["a", "b"], "num_samples": [3, 3],
 @SETTINGS
 @given(data=st.data())
 def test_leaf_json(worker: Worker, world: dict[str, Any], data: st.DataObject) -> None:
-    tmp = _scratch()
-    root = tmp / "leaf"
-    root.mkdir()
-    for i in range(data.draw(st.integers(1, 2))):
-        (root / f"part{i}.json").write_bytes(data.draw(_json_text(LEAF)))
-    partition = data.draw(st.sampled_from(["natural", "dirichlet", "iid"]))
-    _check_data(worker, world, "leaf", tmp, "leaf", root,
-                ("--set", f"data.partition='{partition}'", "--set", "federation.num_clients=2",
-                 "--set", "federation.min_train_nodes=1"))
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        root = tmp / "leaf"
+        root.mkdir()
+        for i in range(data.draw(st.integers(1, 2))):
+            (root / f"part{i}.json").write_bytes(data.draw(_json_text(LEAF)))
+        partition = data.draw(st.sampled_from(["natural", "dirichlet", "iid"]))
+        _check_data(worker, world, "leaf", tmp, "leaf", root,
+                    ("--set", f"data.partition='{partition}'", "--set", "federation.num_clients=2",
+                     "--set", "federation.min_train_nodes=1"))
 
 
 # --------------------------------------------------------------------------- study TOML and storage URLs
@@ -462,12 +466,11 @@ toml_texts = st.one_of(
 @SETTINGS
 @given(text=toml_texts)
 def test_study_toml(worker: Worker, world: dict[str, Any], text: bytes) -> None:
-    tmp = _scratch()
-    path = tmp / "study.toml"
-    path.write_bytes(text)
-    _check(worker, world, "toml", ["search", str(path), "--check", "--storage", f"sqlite:///{tmp / 'new.db'}"], tmp)
-    assert not (tmp / "new.db").exists()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        path = tmp / "study.toml"
+        path.write_bytes(text)
+        _check(worker, world, "toml", ["search", str(path), "--check", "--storage", f"sqlite:///{tmp / 'new.db'}"], tmp)
+        assert not (tmp / "new.db").exists()
 
 
 storage_urls = st.one_of(
@@ -484,10 +487,9 @@ storage_urls = st.one_of(
 @SETTINGS
 @given(url=storage_urls, name=st.one_of(st.just("tiny"), st.text(max_size=10)))
 def test_storage_urls(worker: Worker, world: dict[str, Any], url: str, name: str) -> None:
-    tmp = _scratch()
-    flags = [f"--storage={url}", f"--study={name}"]  # "=": a value starting with "-" is still the value
-    _check(worker, world, "storage", ["pareto", *flags, "--all"], tmp)
-    _check(worker, world, "storage", ["search", str(world["config"]), "--check", *flags], tmp)
-    _check(worker, world, "storage", ["export", *flags, "--trial", "0", "--out", str(tmp / "out"), "--formats", "onnx"],
-           tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _scratch() as tmp:
+        flags = [f"--storage={url}", f"--study={name}"]  # "=": a value starting with "-" is still the value
+        _check(worker, world, "storage", ["pareto", *flags, "--all"], tmp)
+        _check(worker, world, "storage", ["search", str(world["config"]), "--check", *flags], tmp)
+        _check(worker, world, "storage",
+               ["export", *flags, "--trial", "0", "--out", str(tmp / "out"), "--formats", "onnx"], tmp)

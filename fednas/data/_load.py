@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -14,11 +15,11 @@ from fednas.data._dataset import ArrayDataset, Normalization
 from fednas.data._errors import DataError
 from fednas.data._source import LoadRequest, RawData
 from fednas.data._sources import LOADERS
+from search_spaces import MAX_CLASSES  # the classifier a label set implies is built from it
 
-__all__ = ["LOADERS", "load_dataset"]
+__all__ = ["LOADERS", "load_dataset", "shared_dataset"]
 
 _SPLIT_STREAM, _LIMIT_STREAM = 0, 1  # independent random streams derived from ``seed``
-MAX_CLASSES = 1_000_000  # the classifier a label set implies is built from it (search_spaces.build_model's bound)
 
 
 class _Part(NamedTuple):
@@ -128,3 +129,14 @@ def _dataset(x: np.ndarray, part: _Part, num_classes: int, name: str, norm: Norm
     groups = None if part.groups is None else np.asarray(part.groups, dtype=np.int64)
     return ArrayDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(part.y.copy()),
                         num_classes, groups, name, norm, class_names)
+
+
+@functools.lru_cache(maxsize=2)
+def shared_dataset(source: str = "mnist5k", *, path: str | None = None, test_fraction: float = 0.2, seed: int = 0,
+                   limit: int | None = None, resolution: int | None = None,
+                   name: str | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """``load_dataset``, read once per process for the same arguments: every caller gets the same
+    datasets (the config counting a source's users, then the nodes and the server), so none
+    may modify them."""
+    return load_dataset(source, path=path, test_fraction=test_fraction, seed=seed, limit=limit,
+                        resolution=resolution, name=name)

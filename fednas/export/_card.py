@@ -102,13 +102,16 @@ def _training(doc: dict[str, Any]) -> str:
             + _normalization(doc["input"]))
 
 
+def _values(xs: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in xs) + "]"
+
+
 def _normalization(info: dict[str, Any]) -> str:
     norm, names = info.get("normalization"), info.get("class_names")
     out = ""
     if norm:
-        vals = lambda xs: "[" + ", ".join(f"{v:.6g}" for v in xs) + "]"  # noqa: E731
         out += (f"\n- normalization: pixel_offset {norm['pixel_offset']:g}, pixel_scale {norm['pixel_scale']:.6g}, "
-                f"mean {vals(norm['mean'])}, std {vals(norm['std'])}")
+                f"mean {_values(norm['mean'])}, std {_values(norm['std'])}")
     else:
         out += "\n- normalization: not recorded (a bundle from before fednas kept it)"
     if names:

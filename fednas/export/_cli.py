@@ -83,8 +83,6 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         with stop_at_safe_points():  # Ctrl-C stops between batches; main() reports it
             source = train_architecture(candidate, config, rounds=rounds, on_round=on_round, origin=origin)
-    except CandidateError as exc:  # the user's architecture cannot be built for this data
-        raise ConfigError(f"{origin['architecture']}: {exc}") from None
     except (FederationError, TrainingDiverged) as exc:
         print(f"fednas: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fednas.config import DataConfig, FederationConfig, StudyConfig, load_config
-from fednas.data import ArrayDataset, load_dataset, partition
+from fednas.data import ArrayDataset, partition
 from fednas.models import build_run_model
 from search_spaces import CompressionSettings, CompressionSpace
 
@@ -157,15 +157,7 @@ def federated_data(data: DataConfig, num_clients: int, seed: int) -> FederatedDa
 @functools.lru_cache(maxsize=4)
 def _cached(data_json: str, num_clients: int, seed: int) -> FederatedData:
     data = DataConfig(**json.loads(data_json))
-    train, test = load_dataset(
-        data.source,
-        path=data.path or None,
-        test_fraction=data.test_fraction,
-        seed=seed,
-        limit=data.limit or None,
-        resolution=data.resolution or None,
-        name=data.name or None,
-    )
+    train, test = data.datasets(seed)
     shards = partition(
         data.partition,
         train.y.numpy(),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -83,6 +84,15 @@ def count_evaluated(study: optuna.Study) -> int:
                if t.state == TrialState.COMPLETE or HALVING_ATTR in t.user_attrs)
 
 
+@contextlib.contextmanager
+def _asking() -> Iterator[None]:
+    """``study.ask``/``tell`` without Optuna's warning that heartbeats need ``study.optimize``: brackets beat
+    for their asked trials themselves (``beating(asked=True)``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        yield
+
+
 class HalvingRunner:
     """Runs brackets of successive halving with a ``TrialRunner``'s space, data, storage and checks."""
 
@@ -101,8 +111,7 @@ class HalvingRunner:
         with contextlib.ExitStack() as beats:
             for _ in range(size):
                 checkpoint()
-                with warnings.catch_warnings():  # this module beats for asked trials itself (``beating``)
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                with _asking():
                     trial = study.ask()
                 self.running.append(trial.number)
                 beats.enter_context(beating(trial, cfg.study.heartbeat, asked=True))
@@ -138,7 +147,7 @@ class HalvingRunner:
                     why = (f"halving: not among the best {keep} of {len(members)} after {rung} rounds "
                            f"(non-dominated rank, crowding distance)")
                     m.trial.set_user_attr("pruned_reason", why)
-                    self._tell(study, m.trial, TrialState.PRUNED, why)
+                    self._tell(study, m.trial, TrialState.PRUNED, why, evaluated=True)
                 members = [m for i, m in enumerate(members) if i in chosen]
             for m in members:
                 self._finish(study, m)
@@ -206,19 +215,18 @@ class HalvingRunner:
         r._set_constraints(m.trial, result.metrics)
         r._store_weights(m.trial, result.state)
         values = [float(result.metrics[name]) for name in self.config.objectives]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        with _asking():
             study.tell(m.trial, values)
         self.running.remove(m.trial.number)
         r.progress.trial_finished("COMPLETE", objective_text(dict(zip(self.config.objectives, values))),
                                   number=m.trial.number)
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, why: str) -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, why: str, *,
+              evaluated: bool = False) -> None:
+        """End ``trial``; ``evaluated``: halving stopped it, so it counts towards the target."""
+        with _asking():
             study.tell(trial, state=state)
         self.running.remove(trial.number)
-        evaluated = state == TrialState.PRUNED and HALVING_ATTR in study._storage.get_trial(trial._trial_id).user_attrs
         self.runner.progress.trial_finished(state.name, why, number=trial.number, counted=evaluated)
 
     def requeue(self, study: optuna.Study) -> list[int]:

@@ -74,9 +74,10 @@ def weights_path(view: StudyView, t: TrialRecord) -> Path:
     artifact = t.attrs.get("weights_artifact")
     if not artifact or not view.artifacts_dir:
         raise ConfigError(f"trial {t.number} of study {view.name!r} has no stored weights")
-    for folder in view.artifact_dirs or (view.artifacts_dir,):
+    folders = view.artifact_dirs or (view.artifacts_dir,)
+    for folder in folders:
         path = Path(folder) / str(artifact)
         if path.is_file():
             return path
-    looked = ", ".join(view.artifact_dirs or (view.artifacts_dir,))
+    looked = ", ".join(folders)
     raise ConfigError(f"trial {t.number}: weights file {artifact} not found in {looked} (study attribute artifacts_dir)")
