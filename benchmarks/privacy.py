@@ -1,4 +1,11 @@
-"""Robust aggregation under attack: FedAvg and each Byzantine-robust rule, clean and with malicious clients.
+"""Privacy and robustness of a federation: accuracy against epsilon under central DP; robust rules under attack.
+
+Part (a), central DP: the same federation (mnist5k, 8 clients, Dirichlet 0.5, 6 rounds,
+all clients every round) of ``mobilenet_tiny`` with group norm (``norm = "group"``: no
+running statistics in the clipped update), once without privacy and once per noise
+multiplier, fixed clipping at norm ``--clip``; the (epsilon, delta) the accountant gives
+after the rounds, and the held-out accuracy. The batch-norm model without privacy is the
+reference of what the norm swap costs.
 
 Part (c) of the privacy/robustness benchmark (issue "Private and robust federations"): the
 default federation (mnist5k, 8 clients, Dirichlet 0.5, one local epoch) of ``mobilenet_tiny``
@@ -6,14 +13,15 @@ is run clean and under each attack with 25 % of the clients (2 of 8) malicious, 
 aggregation rule, all in this process with one seed. Krum and Multi-Krum are told the true
 number of attackers (``num_malicious_nodes = 2``); Bulyan needs 4f + 3 replies, so with 8
 clients it is built for f = 1 and faces twice that; FedTrimmedAvg trims 25 % at each end.
-The DP and secure-aggregation parts (a) and (b) are not built yet.
+The secure-aggregation part (b) is not built yet.
 
-    python benchmarks/privacy.py            # 6 rounds, every rule and attack (about 10 minutes here)
-    python benchmarks/privacy.py --quick    # 3 rounds, FedAvg, Krum and FedMedian
+    python benchmarks/privacy.py            # 6 rounds, both parts (about 13 minutes here)
+    python benchmarks/privacy.py --part dp  # part (a) only
+    python benchmarks/privacy.py --quick    # 3 rounds; two noise levels; FedAvg, Krum and FedMedian
 
-Prints a markdown table of final held-out accuracies and, as the last line, one JSON object
-``{"clean_accuracy": ..., "clean": {rule: accuracy}, "attack": {attack: {rule: accuracy}},
-"attackers_per_round": ...}``.
+Prints markdown tables and, as the last line, one JSON object ``{"dp": [{noise, epsilon,
+delta, accuracy}], "dp_clean_accuracy": ..., "clean_accuracy": ..., "clean": {rule: accuracy},
+"attack": {attack: {rule: accuracy}}, "attackers_per_round": ...}`` (the keys of the parts run).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import json
 import time
 from dataclasses import replace
 
-from fednas.config import DataConfig, FederationConfig
+from fednas.config import DataConfig, FederationConfig, PrivacyConfig
 from fednas.fl import RunSpec, run_federation
 from search_spaces import preset
 
@@ -37,6 +45,41 @@ RULES: dict[str, dict[str, float]] = {
 }
 ATTACKS = ("label_flip", "sign_flip", "gaussian", "scaling")
 QUICK_RULES = ("fedavg", "krum", "fedmedian")
+NOISE = (0.1, 0.3, 1.0, 3.0)
+QUICK_NOISE = (0.3, 1.0)
+
+
+def run_private(noise: float, rounds: int, seed: int, clip: float, norm: str = "group") -> tuple[float, dict, float]:
+    """One run of part (a): noise 0 is the run without privacy."""
+    fed = FederationConfig(num_clients=8, rounds=rounds, min_train_nodes=8, bn_recalibration="off")
+    privacy = PrivacyConfig(mode="central", noise_multiplier=noise, clipping_norm=clip) if noise else PrivacyConfig()
+    arch = replace(preset("mobilenet_tiny"), norm=norm)
+    start = time.perf_counter()
+    outcome = run_federation(RunSpec(DataConfig(), fed, seed, arch.to_dict(), privacy=privacy))
+    return outcome.accuracy, outcome.privacy, time.perf_counter() - start
+
+
+def part_dp(noises: tuple[float, ...], rounds: int, seed: int, clip: float) -> dict:
+    bn, _, seconds = run_private(0.0, rounds, seed, clip, norm="batch")
+    print(f"  no privacy, batch norm   accuracy {bn:.4f}  {seconds:5.1f} s", flush=True)
+    clean, _, seconds = run_private(0.0, rounds, seed, clip)
+    print(f"  no privacy, group norm   accuracy {clean:.4f}  {seconds:5.1f} s", flush=True)
+    rows = []
+    for z in noises:
+        acc, spent, seconds = run_private(z, rounds, seed, clip)
+        rows.append({"noise": z, "epsilon": round(spent["epsilon"], 4), "delta": spent["delta"],
+                     "accuracy": round(acc, 4)})
+        print(f"  noise {z:<5g} clip {clip:g}   accuracy {acc:.4f}  epsilon {spent['epsilon']:.4g} at delta "
+              f"{spent['delta']:g} after {spent['releases']} rounds  {seconds:5.1f} s", flush=True)
+    print()
+    print(f"| noise multiplier | epsilon (delta = 1e-5, {rounds} rounds) | accuracy |")
+    print("|---|---|---|")
+    print(f"| none (batch norm) | inf | {bn:.4f} |")
+    print(f"| none (group norm) | inf | {clean:.4f} |")
+    for r in rows:
+        print(f"| {r['noise']:g} | {r['epsilon']:.4g} | {r['accuracy']:.4f} |")
+    print()
+    return {"dp": rows, "dp_clean_accuracy": round(clean, 4), "dp_batchnorm_accuracy": round(bn, 4), "dp_clip": clip}
 
 
 def run(rule: str, attack: str, rounds: int, seed: int) -> tuple[float, list[int], float]:
@@ -53,16 +96,26 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="3 rounds; FedAvg, Krum and FedMedian only")
+    p.add_argument("--quick", action="store_true", help="3 rounds; two noise levels; FedAvg, Krum and FedMedian only")
+    p.add_argument("--part", choices=("all", "dp", "attack"), default="all")
+    p.add_argument("--clip", type=float, default=0.5, help="clipping norm of part (a)")
     args = p.parse_args()
     rounds = 3 if args.quick else args.rounds
-    rules = QUICK_RULES if args.quick else tuple(RULES)
+    out: dict = {}
+    if args.part in ("all", "dp"):
+        out.update(part_dp(QUICK_NOISE if args.quick else NOISE, rounds, args.seed, args.clip))
+    if args.part in ("all", "attack"):
+        out.update(part_attack(QUICK_RULES if args.quick else tuple(RULES), rounds, args.seed))
+    print(json.dumps(out))
+
+
+def part_attack(rules: tuple[str, ...], rounds: int, seed: int) -> dict:
     table: dict[str, dict[str, float]] = {}
     attackers: dict[str, list[int]] = {}
     for attack in ("none", *ATTACKS):
         table[attack] = {}
         for rule in rules:
-            acc, seen, seconds = run(rule, attack, rounds, args.seed)
+            acc, seen, seconds = run(rule, attack, rounds, seed)
             table[attack][rule] = round(acc, 4)
             attackers[attack] = seen
             print(f"  {attack:<10} {rule:<14} accuracy {acc:.4f}  attackers per round {seen}  {seconds:5.1f} s",
@@ -75,8 +128,8 @@ def main() -> None:
         cells = [f"**{row[r]:.4f}**" if row[r] == best else f"{row[r]:.4f}" for r in rules]
         print(f"| {'clean' if attack == 'none' else attack} | " + " | ".join(cells) + " |")
     clean = table.pop("none")
-    print(json.dumps({"clean_accuracy": clean["fedavg"], "clean": clean, "attack": table, "rounds": rounds,
-                      "attackers_per_round": {a: attackers[a] for a in ATTACKS}}))
+    return {"clean_accuracy": clean["fedavg"], "clean": clean, "attack": table, "rounds": rounds,
+            "attackers_per_round": {a: attackers[a] for a in ATTACKS}}
 
 
 if __name__ == "__main__":

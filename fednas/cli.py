@@ -278,7 +278,7 @@ def _table(trials: list, objectives: list[str], show_state: bool = False) -> str
     if not trials:
         return "(no completed trials)"
     extra = [m for m in ("params", "macs", "comm_bytes") if m not in objectives]
-    extra += [m for m in ("accuracy_finetuned",) if any(m in t.metrics for t in trials)]  # supernet studies
+    extra += [m for m in ("accuracy_finetuned", "epsilon") if m not in objectives and any(m in t.metrics for t in trials)]
     from search_spaces import describe_arch
 
     head = ["#"] + (["state"] if show_state else []) + objectives + extra + ["compression", "architecture"]
@@ -303,7 +303,7 @@ def _csv(trials: list, objectives: list[str]) -> str:
     for t in trials:
         labels += [k for k in t.labels if k not in labels]
     metrics = ["params", "macs", "bytes", "comm_bytes", "upload_bytes", "download_bytes"]
-    metrics += [m for m in ("accuracy_inherited", "accuracy_finetuned") if any(m in t.metrics for t in trials)]
+    metrics += [m for m in ("accuracy_inherited", "accuracy_finetuned", "epsilon") if any(m in t.metrics for t in trials)]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["number", "state", *objectives, *[m for m in metrics if m not in objectives], *labels, "reason"])

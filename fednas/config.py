@@ -34,6 +34,7 @@ __all__ = [
     "ConstraintsConfig",
     "DataConfig",
     "FederationConfig",
+    "PrivacyConfig",
     "SpaceConfig",
     "StudyConfig",
     "StudySection",
@@ -52,6 +53,10 @@ MODES = ("scratch", "supernet")
 FIDELITIES = ("none", "halving")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # whether it exists here is checked with torch (``check_study``)
 SUBNET_RULES = ("sandwich", "random")
+PRIVACY_MODES = ("off", "central")
+CLIPPING_MODES = ("fixed", "adaptive")
+# strategies whose aggregation is FedAvg's own mean, the one central DP's sensitivity (clip / clients) holds for
+DP_STRATEGIES = ("fedavg", "fedprox")
 # compression labels that change how a candidate is trained: a supernet study inherits weights instead
 TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "kd_weight": 0.0,
                    "prune_method": "none", "aggregation": ""}
@@ -196,14 +201,73 @@ class ConstraintsConfig:
     max_params: int = 0
     max_bytes: int = 0
     max_comm_bytes: int = 0
+    max_epsilon: float = 0.0  # the privacy loss at privacy.delta ([privacy])
 
     def check(self) -> None:
         for f in fields(self):
-            _require(getattr(self, f.name) >= 0, f"constraints.{f.name}", "an integer >= 0", getattr(self, f.name))
+            kind = "a number" if f.type == "float" else "an integer"
+            _require(getattr(self, f.name) >= 0, f"constraints.{f.name}", f"{kind} >= 0", getattr(self, f.name))
 
-    def active(self) -> dict[str, int]:
+    def active(self) -> dict[str, float]:
         """Objective name -> bound, for the bounds that are set."""
         return {f.name[4:]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """``[privacy]``: user-level central differential privacy of the released global model.
+
+    ``mode = "central"``: each sampled client clips its model update (the difference to the
+    model it received) to ``clipping_norm`` in L2 before it is sent, the server averages
+    the clipped updates with equal weights and adds Gaussian noise of standard deviation
+    ``noise_multiplier * clipping_norm / clients per round`` (Flower's
+    ``DifferentialPrivacyClientSide{Fixed,Adaptive}Clipping`` and the client mods that
+    go with them). ``clipping = "adaptive"`` moves the clipping norm each round towards
+    the ``target_clipped_quantile`` of the update norms (Andrew et al., 2021), from a
+    noised count of clipped clients (noise ``clipped_count_stddev``; 0: the smallest
+    value that keeps the update's effective noise multiplier at ``noise_multiplier``
+    within a factor 1.5). Each released round is composed in an RDP accountant; a trial
+    stores (epsilon, delta) at ``delta`` (``fednas.fl.privacy_spent``).
+    """
+
+    mode: str = "off"
+    clipping: str = "fixed"
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    delta: float = 1e-5
+    target_clipped_quantile: float = 0.5
+    clip_norm_lr: float = 0.2
+    clipped_count_stddev: float = 0.0
+
+    @property
+    def on(self) -> bool:
+        return self.mode != "off"
+
+    def check(self) -> None:
+        _require(self.mode in PRIVACY_MODES, "privacy.mode", f"one of {list(PRIVACY_MODES)}", self.mode)
+        _require(self.clipping in CLIPPING_MODES, "privacy.clipping", f"one of {list(CLIPPING_MODES)}", self.clipping)
+        _require(0 < self.noise_multiplier <= MAX_NOISE and math.isfinite(self.noise_multiplier),
+                 "privacy.noise_multiplier", f"a number in (0, {MAX_NOISE:g}]", self.noise_multiplier)
+        _require(self.clipping_norm > 0 and math.isfinite(self.clipping_norm), "privacy.clipping_norm",
+                 "a number > 0", self.clipping_norm)
+        _require(0 < self.delta < 1, "privacy.delta", "a probability in (0, 1)", self.delta)
+        _require(0 < self.target_clipped_quantile < 1, "privacy.target_clipped_quantile", "a fraction in (0, 1)",
+                 self.target_clipped_quantile)
+        _require(self.clip_norm_lr > 0 and math.isfinite(self.clip_norm_lr), "privacy.clip_norm_lr", "a number > 0",
+                 self.clip_norm_lr)
+        _require(self.clipped_count_stddev >= 0 and math.isfinite(self.clipped_count_stddev),
+                 "privacy.clipped_count_stddev", "a number >= 0 (0: from noise_multiplier)", self.clipped_count_stddev)
+
+    def count_stddev(self, noise_multiplier: float) -> float:
+        """The clipped count's noise (adaptive clipping): the configured one, or 1.5 x the multiplier.
+
+        The update then gets the effective multiplier ``(z^-2 - (2 sigma_b)^-2)^-1/2`` = 1.05 z
+        (Andrew et al., Theorem 1), the part of the budget the count spends.
+        """
+        return self.clipped_count_stddev or 1.5 * noise_multiplier
+
+
+MAX_NOISE = 1000.0  # a noise multiplier beyond this buries any update
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,6 +458,7 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: str = ""  # the file it came from, for messages and default paths
 
     def to_dict(self) -> dict[str, Any]:
@@ -429,8 +494,9 @@ _SECTIONS = {
     "data": DataConfig,
     "federation": FederationConfig,
     "supernet": SupernetConfig,
+    "privacy": PrivacyConfig,
 }
-_TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation", "supernet")
+_TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation", "supernet", "privacy")
 
 
 MAX_CONFIG_BYTES = 1_000_000  # a study TOML is a few kB
@@ -705,6 +771,7 @@ def _cross_check(config: StudyConfig) -> None:
         if isinstance(rule, str):
             config.federation.for_rule(rule)  # each rule a trial may pick can run this federation
     _check_mode(config)
+    _check_privacy(config)
     bad = [name for name in config.constraints.active() if name not in OBJECTIVES]
     if bad:  # pragma: no cover - the schema only has known names
         raise ConfigError(f"constraints: unknown bound(s) {bad}")
@@ -760,11 +827,57 @@ def _check_mode(config: StudyConfig) -> None:
         space.supernet({k: domain_from_config(v, k) for k, v in config.space.labels.items() if k in own})
     except ValueError as exc:
         raise ConfigError(f"study.mode: {exc}") from None
+    if any(v == "group" for v in _label_values(config.space.labels.get("norm"))):
+        raise ConfigError("space.labels.norm: 'group' cannot share weights in a supernet (its groups change with "
+                          "the width); expected 'batch' with study.mode = 'supernet'")
     for label, off in TRAINING_LABELS.items():
         if any(v != off for v in _label_values(config.space.labels.get(label))):
             raise ConfigError(f"space.labels.{label}: study.mode = 'supernet' evaluates subnets with inherited "
                               f"weights, so compression applied while training is not searched there; expected "
                               f"{off!r} (post-training int8 objectives are fine)")
+
+
+def _check_privacy(config: StudyConfig) -> None:
+    """Central DP holds for FedAvg's equal-weight mean of clipped updates, released as they are: the
+    strategies, labels and federation settings that would change what the server releases are refused."""
+    privacy, fed, labels = config.privacy, config.federation, config.space.labels
+    noise = [v for v in _label_values(labels.get("dp_noise_multiplier")) if v is not None]
+    if not privacy.on:
+        if noise:
+            raise ConfigError("space.labels.dp_noise_multiplier: needs privacy.mode = 'central' (privacy is off)")
+        if "epsilon" in config.objectives:
+            raise ConfigError("objectives.epsilon: needs privacy.mode = 'central' (privacy is off)")
+        if config.constraints.max_epsilon:
+            raise ConfigError("constraints.max_epsilon: needs privacy.mode = 'central' (privacy is off)")
+        return
+    why = f"with privacy.mode = {privacy.mode!r}"
+    if config.study.fidelity == "halving":
+        raise ConfigError(f"study.fidelity: 'halving' cannot be combined {why} (each rung would continue a run "
+                          "whose privacy spent is not carried over); use 'none'")
+    if config.study.mode == "supernet":
+        raise ConfigError(f"privacy.mode: {privacy.mode!r} is not supported in supernet studies (study.mode = "
+                          "'supernet' aggregates subnets element by element); train candidates from scratch")
+    for rule in [fed.strategy, *(r for r in _label_values(labels.get("aggregation")) if r)]:
+        if rule not in DP_STRATEGIES:
+            key = "federation.strategy" if rule == fed.strategy else "space.labels.aggregation"
+            raise ConfigError(f"{key}: {rule!r} cannot be used {why}; expected one of {list(DP_STRATEGIES)} (the "
+                              "noise is calibrated to an equal-weight mean of clipped updates)")
+    for label, off in (("uplink_codec", "none"), ("downlink_codec", "none"), ("prune_method", "none")):
+        if any(v != off for v in _label_values(labels.get(label))):
+            raise ConfigError(f"space.labels.{label}: expected {off!r} {why} (the server must release the plain "
+                              "mean of clipped updates for the accountant to hold)")
+    if fed.bn_recalibration != "off":
+        raise ConfigError(f"federation.bn_recalibration: expected 'off' {why} (pooling batch-norm statistics sends "
+                          f"each client's moments unprotected), got {fed.bn_recalibration!r}")
+    for z in noise:
+        if isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 < z <= MAX_NOISE:
+            raise ConfigError(f"space.labels.dp_noise_multiplier: expected numbers in (0, {MAX_NOISE:g}], got {z!r}")
+    if privacy.clipping == "adaptive" and privacy.clipped_count_stddev:
+        for z in noise or [privacy.noise_multiplier]:
+            if z >= 2 * privacy.clipped_count_stddev:
+                raise ConfigError(f"privacy.clipped_count_stddev: {privacy.clipped_count_stddev:g} must exceed half "
+                                  f"the noise multiplier {z:g} (adaptive clipping spends part of the budget on the "
+                                  "clipped count); set it higher or 0 for the default")
 
 
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:

@@ -26,7 +26,7 @@ class Objective:
     Attributes:
         name: key in ``[objectives]`` and in the trial's stored attributes.
         direction: its natural direction (a study may still choose the other).
-        unit: "fraction" (shown in %), "MACs", "B" (bytes) or "" (a count).
+        unit: "fraction" (shown in %), "MACs", "B" (bytes), "eps" (a privacy loss) or "" (a count).
         phase: "static", "trained" or "post" (see the module docstring).
         title: what it measures, for axes and tables.
         description: one sentence for the README and ``--help``.
@@ -73,6 +73,9 @@ for _o in (
               "bytes of the final model after post-training int8 quantization (serialized state dict)"),
     Objective("accuracy_int8", "maximize", "fraction", "post", "held-out accuracy after int8",
               "held-out accuracy of the final model after post-training int8 quantization"),
+    Objective("epsilon", "minimize", "eps", "trained", "privacy loss \u03b5",
+              "user-level (epsilon, delta)-DP of the released model at privacy.delta, from an RDP accountant "
+              "of the rounds actually released ([privacy] mode = 'central')"),
 ):
     register_objective(_o)
 

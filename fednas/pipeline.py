@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fednas.config import DataConfig, FederationConfig, StudyConfig
+from fednas.config import DataConfig, FederationConfig, PrivacyConfig, StudyConfig
 from fednas.cost import Cost, measure
 from fednas.fl import FederatedData, RoundRecord, RunSpec, ServerOutcome, run_federation
 from fednas.models import build_run_model, example_input
@@ -58,8 +58,10 @@ class Candidate:
         labels = dict(labels or {})
         return cls(arch_from_dict(arch), CompressionSettings.from_labels(labels), labels)
 
-    def spec(self, data: DataConfig, federation: FederationConfig, seed: int) -> RunSpec:
-        return RunSpec(data, federation, seed, self.arch.to_dict(), self.compression)
+    def spec(self, data: DataConfig, federation: FederationConfig, seed: int,
+             privacy: PrivacyConfig | None = None) -> RunSpec:
+        return RunSpec(data, federation, seed, self.arch.to_dict(), self.compression,
+                       privacy=privacy or PrivacyConfig())
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class CandidateResult:
     Attributes:
         model: the final global model (pruned structure if the server pruned), weights loaded, eval mode.
         metrics: every objective-registry metric measured (accuracy, macs, params, bytes,
-            comm/upload/download_bytes, and model_bytes/accuracy_int8 when asked for).
+            comm/upload/download_bytes, epsilon with central DP, and model_bytes/accuracy_int8 when asked for).
         before_pruning: params/MACs/bytes before the server pruned ({} when it did not).
         outcome: the federation's outcome (rounds, prune masks, seconds).
     """
@@ -125,7 +127,8 @@ def federate(candidate: Candidate, config: StudyConfig, *,
     Raises:
         FederationError / TrainingDiverged: the run failed.
     """
-    return run_federation(candidate.spec(config.data, config.federation, config.study.seed), on_round=on_round,
+    return run_federation(candidate.spec(config.data, config.federation, config.study.seed, config.privacy),
+                          on_round=on_round,
                           initial=initial)
 
 
@@ -149,6 +152,8 @@ def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: Fed
     model.load_state_dict(outcome.arrays.to_torch_state_dict())
     metrics: dict[str, Any] = {**static, "accuracy": outcome.accuracy, "comm_bytes": outcome.comm_bytes,
                                "upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes}
+    if outcome.privacy:
+        metrics["epsilon"] = outcome.privacy["epsilon"]
     if int8:
         metrics.update(int8_metrics(model, data))
     return CandidateResult(candidate, model.eval(), metrics, before, outcome)

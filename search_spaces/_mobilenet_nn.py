@@ -8,6 +8,8 @@ when it builds, never the other way round.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from typing import Any
 
@@ -27,10 +29,20 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 GATES: dict[str, Callable[[], nn.Module]] = {"hardsigmoid": nn.Hardsigmoid, "sigmoid": nn.Sigmoid}
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int, act: str | None) -> nn.Sequential:
+def norm_groups(channels: int) -> int:
+    """Groups of a group norm over ``channels``: 8 where they divide, else the largest divisor of 8 that does."""
+    return math.gcd(channels, 8)
+
+
+def _norm(channels: int, norm: str) -> nn.Module:
+    return nn.GroupNorm(norm_groups(channels), channels) if norm == "group" else nn.BatchNorm2d(channels)
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int, act: str | None,
+             norm: str = "batch") -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
+        _norm(cout, norm),
     ]
     if act is not None:
         layers.append(ACTIVATIONS[act]())
@@ -68,17 +80,17 @@ def block_layout(cin: int, stage: Any, se_ratio: float) -> dict[str, Any]:
 class InvertedResidual(nn.Module):
     """Expand 1x1 -> depthwise kxk -> [SE] -> project 1x1, residual when shapes match."""
 
-    def __init__(self, cin: int, stage: Any, stride: int, se_ratio: float, se_gate: str) -> None:
+    def __init__(self, cin: int, stage: Any, stride: int, se_ratio: float, se_gate: str, norm: str = "batch") -> None:
         super().__init__()
         layout = block_layout(cin, stage, se_ratio)
         hidden = layout["hidden"]
         layers: list[nn.Module] = []
         if "expand" in layout:
-            layers.append(_conv_bn(cin, hidden, 1, 1, 1, stage.activation))
-        layers.append(_conv_bn(hidden, hidden, stage.kernel, stride, hidden, stage.activation))
+            layers.append(_conv_bn(cin, hidden, 1, 1, 1, stage.activation, norm))
+        layers.append(_conv_bn(hidden, hidden, stage.kernel, stride, hidden, stage.activation, norm))
         if "se" in layout:
             layers.append(SqueezeExcite(hidden, layout["squeeze"], se_gate))
-        layers.append(_conv_bn(hidden, stage.channels, 1, 1, 1, None))
+        layers.append(_conv_bn(hidden, stage.channels, 1, 1, 1, None, norm))
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and cin == stage.channels
 
@@ -92,16 +104,17 @@ class MobileNet(nn.Module):
 
     def __init__(self, arch: Architecture, *, num_classes: int, in_channels: int) -> None:
         super().__init__()
-        self.stem = _conv_bn(in_channels, arch.stem_channels, 3, arch.stem_stride, 1, arch.stem_activation)
+        self.stem = _conv_bn(in_channels, arch.stem_channels, 3, arch.stem_stride, 1, arch.stem_activation, arch.norm)
         blocks: list[nn.Module] = []
         cin = arch.stem_channels
         for stage in arch.stages:
             for i in range(stage.depth):
-                blocks.append(InvertedResidual(cin, stage, stage.stride if i == 0 else 1, arch.se_ratio, arch.se_gate))
+                blocks.append(InvertedResidual(cin, stage, stage.stride if i == 0 else 1, arch.se_ratio, arch.se_gate,
+                                               arch.norm))
                 cin = stage.channels
         self.blocks = nn.Sequential(*blocks)
         if arch.head_channels:
-            self.head = _conv_bn(cin, arch.head_channels, 1, 1, 1, arch.head_activation)
+            self.head = _conv_bn(cin, arch.head_channels, 1, 1, 1, arch.head_activation, arch.norm)
             cin = arch.head_channels
         else:
             self.head = nn.Identity()

@@ -49,6 +49,8 @@ class CompressionSettings:
         aggregation: the ``federation.strategy`` that aggregates this candidate's run ("": the
             study's own), e.g. a Byzantine-robust rule; its options come from its
             ``[federation.<name>]`` sub-table.
+        dp_noise_multiplier: the Gaussian noise multiplier of this candidate's central DP run
+            (None: ``privacy.noise_multiplier``); searched, it puts the privacy budget on the front.
     """
 
     uplink_codec: str = "none"
@@ -66,6 +68,7 @@ class CompressionSettings:
     prune_sparsity: float = 0.5
     prune_round: int = 1
     aggregation: str = ""
+    dp_noise_multiplier: float | None = None
 
     @classmethod
     def from_labels(cls, labels: dict[str, Any]) -> CompressionSettings:
@@ -126,6 +129,8 @@ class CompressionSettings:
             parts.append(f"prune {self.prune_method} {_num(100 * self.prune_sparsity)}% @r{self.prune_round}")
         if self.aggregation:
             parts.append(f"agg {self.aggregation}")
+        if self.dp_noise_multiplier is not None:
+            parts.append(f"dp z={_num(self.dp_noise_multiplier)}")
         return ", ".join(parts) or "-"
 
 
@@ -134,7 +139,7 @@ def _same(v: Any) -> Any:
 
 
 # Optuna and TOML may give 8.0 for a choice of 8, or 1 for a ratio of 1.0.
-_CAST = {"int": int, "float": float}
+_CAST = {"int": int, "float": float, "float | None": lambda v: None if v is None else float(v)}
 
 
 def _num(v: float) -> str:
@@ -169,6 +174,17 @@ class _OpenLowRange(Range):
         return f"({_num(self.low)}, {_num(self.high)}]"
 
 
+@dataclass(frozen=True)
+class _OptionalRange(Range):
+    """A range, or None (the default: the study's own setting); used only as an allowed domain."""
+
+    def contains(self, value: Any) -> bool:
+        return value is None or super().contains(value)
+
+    def describe(self) -> str:
+        return f"[{_num(self.low)}, {_num(self.high)}] (unset: the study's own)"
+
+
 class CompressionSpace(SearchSpace):
     """The compression knobs as labels: every default is a fixed "off" value."""
 
@@ -194,6 +210,7 @@ class CompressionSpace(SearchSpace):
             "prune_sparsity": _OpenLowRange(0.0, 0.9),
             "prune_round": Range(1, 1_000_000),
             "aggregation": _Text(),
+            "dp_noise_multiplier": _OptionalRange(0.01, 1000.0),
         }
 
     def decode(self, values: dict[str, Any]) -> CompressionSettings:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ._arch import (MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, WeightSlice,
                     check_int, check_skeleton, make_divisible, space_from_options, stages_record_from_dict,
                     stages_record_to_dict)
-from ._base import Choice, Domain, Range, SearchSpace
+from ._base import Choice, Domain, Fixed, Range, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -28,6 +28,7 @@ __all__ = ["ACTIVATION_NAMES", "FAMILY", "GATE_NAMES", "MobileNetArch", "MobileN
 
 ACTIVATION_NAMES = ("relu", "relu6", "hardswish")  # modules: ``_mobilenet_nn.ACTIVATIONS``
 GATE_NAMES = ("hardsigmoid", "sigmoid")
+NORMS = ("batch", "group")
 
 
 # --------------------------------------------------------------------------- records
@@ -86,6 +87,9 @@ class MobileNetArch(Architecture):
         dropout: dropout probability before the final linear layer.
         se_ratio: squeeze width as a fraction of the expanded width.
         se_gate: "hardsigmoid" (MobileNetV3) or "sigmoid".
+        norm: "batch" (batch norm after every conv) or "group" (group norm, ``norm_groups``:
+            no running statistics, so nothing of a client's data sits in buffers; what
+            differential privacy needs, central or per example).
     """
 
     family: ClassVar[str] = "mobilenet"
@@ -102,6 +106,7 @@ class MobileNetArch(Architecture):
     dropout: float = 0.0
     se_ratio: float = 0.25
     se_gate: str = "hardsigmoid"
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         check_int("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
@@ -121,14 +126,20 @@ class MobileNetArch(Architecture):
             raise ValueError(f"se_ratio: expected a number in (0, 1], got {self.se_ratio!r}")
         if self.se_gate not in GATE_NAMES:
             raise ValueError(f"se_gate: expected one of {sorted(GATE_NAMES)}, got {self.se_gate!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: expected one of {list(NORMS)}, got {self.norm!r}")
 
     @property
     def num_blocks(self) -> int:
         return sum(s.depth for s in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (stages as a list of dicts)."""
-        return stages_record_to_dict(self)
+        """Plain JSON-able dict (stages as a list of dicts); ``norm`` only when it is not batch norm, so the
+        records of batch-norm networks (all of them before the label existed) read and weigh as before."""
+        d = stages_record_to_dict(self)
+        if d["norm"] == "batch":
+            del d["norm"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MobileNetArch:
@@ -145,6 +156,9 @@ class MobileNetArch(Architecture):
 
         if not isinstance(supernet, MobileNetArch):
             raise ValueError(f"supernet: expected a mobilenet record, got the {supernet.family!r} family")
+        if "group" in (self.norm, supernet.norm):
+            raise ValueError("norm: 'group' cannot share weights in a supernet (its groups change with the width); "
+                             "expected 'batch'")
         return weight_slices(self, supernet, num_classes=num_classes, in_channels=in_channels)
 
     def describe(self) -> str:
@@ -153,7 +167,7 @@ class MobileNetArch(Architecture):
         for st in self.stages:
             se = " se" if st.se else ""
             parts.append(f"{st.channels}x{st.depth} k{st.kernel} e{st.expansion:g}{se} {st.activation}")
-        return " | ".join(parts)
+        return " | ".join(parts) + (" | group norm" if self.norm == "group" else "")
 
     def table(self, num_classes: int) -> tuple[list[str], list[list[Any]], str]:
         head = ["part", "channels", "blocks", "stride", "expansion", "kernel", "SE", "activation"]
@@ -169,7 +183,8 @@ class MobileNetArch(Architecture):
         rows.append(["classifier (linear)", num_classes, 1, "-", "-", "-", "-", "-"])
         note = (f"Blocks are inverted residuals (expand 1x1, depthwise kxk, optional squeeze-excitation with a "
                 f"{self.se_gate} gate at ratio {self.se_ratio}, project 1x1); dropout {self.dropout} before the "
-                "classifier.")
+                "classifier." + (" Every conv is followed by a group norm (8 groups where they divide the channels)."
+                                 if self.norm == "group" else ""))
         return head, rows, note
 
 
@@ -298,7 +313,11 @@ class MobileNetSpace(SearchSpace):
             d[f"s{i}_kernel"] = Choice((3, 5, 7))
             d[f"s{i}_se"] = Choice((False, True))
             d[f"s{i}_act"] = Choice(("relu6", "hardswish"))
+        d["norm"] = Fixed("batch")
         return d
+
+    def allowed_domains(self) -> dict[str, Domain]:
+        return {**self.domains(), "norm": Choice(NORMS)}
 
     def decode(self, values: dict[str, Any]) -> MobileNetArch:
         missing = [k for k in self.domains() if k not in values]
@@ -324,6 +343,7 @@ class MobileNetSpace(SearchSpace):
             stages=tuple(stages),
             head_channels=self.head_channels,
             head_activation=stages[-1].activation,
+            norm=str(values["norm"]),
         )
 
     @classmethod

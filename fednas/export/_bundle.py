@@ -237,6 +237,7 @@ def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_
         "seed": cfg.study.seed,
         "rounds": source.rounds,
         "prune_masks": source.prune_masks,
+        "privacy": source.privacy,
         "files": {"arch": ARCH_FILE, "weights": WEIGHTS_FILE, "metrics": METRICS_FILE, "card": CARD_FILE},
         "exports": records,
         "skipped": skipped,

@@ -16,7 +16,7 @@ _FORMAT_NAMES = {"onnx": "ONNX (float32)", "int8": "ONNX (int8, static quantizat
 def render_card(doc: dict[str, Any]) -> str:
     """Markdown model card for a bundle's ``metrics.json`` document."""
     sections = [_title(doc), _architecture(doc), _objectives(doc), _compression(doc), _training(doc),
-                _files(doc), _rounds(doc), _loading(doc)]
+                _privacy(doc), _files(doc), _rounds(doc), _loading(doc)]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -100,6 +100,20 @@ def _training(doc: dict[str, Any]) -> str:
     return (f"## Data and federation\n\n- data: {data}\n- federation: {fed}\n- seed: {doc['seed']}\n"
             f"- input: {doc['input']['layout']} {doc['input']['dtype']}, {doc['input']['preprocessing']}"
             + _normalization(doc["input"]))
+
+
+def _privacy(doc: dict[str, Any]) -> str:
+    p = doc.get("privacy") or {}
+    if not p:
+        return ("## Privacy\n\nNo differential privacy: the weights carry no formal guarantee about the clients' "
+                "data, and the server saw each client's update.")
+    clip = (f"fixed clipping of each client's update at L2 norm {p['clipping_norm']:.4g}" if p["clipping"] == "fixed"
+            else f"adaptive clipping (final norm {p['clipping_norm']:.4g})")
+    return (f"## Privacy\n\nUser-level central differential privacy: (epsilon, delta) = ({p['epsilon']:.4g}, "
+            f"{p['delta']:g}) for the released weights, against adding or removing one client's whole data. "
+            f"{clip.capitalize()}, Gaussian noise multiplier {p['noise_multiplier']:.4g}, {p['clients_per_round']} "
+            f"of {p['population']} clients per round, {p['releases']} rounds released; {p['accountant']}. The "
+            "guarantee covers what the weights reveal; the server that added the noise saw each clipped update.")
 
 
 def _values(xs: list[float]) -> str:

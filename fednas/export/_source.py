@@ -34,6 +34,7 @@ class ModelSource:
         rounds: per-round records of the federated run.
         origin: where it came from (storage, study, trial; or the training run).
         prune_masks: for a run the server pruned, the channel masks that rebuild its structure.
+        privacy: with central DP, what the run spent (``ServerOutcome.privacy``); {} without.
     """
 
     arch: Architecture
@@ -46,6 +47,7 @@ class ModelSource:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     prune_masks: str = ""  # channel masks of a run the server pruned (``fednas.compress.encode_channel_masks``)
     origin: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
 
 
 def source_from_trial(storage: str, study: str, *, trial: int | None = None, pick: str | None = None) -> ModelSource:
@@ -86,4 +88,5 @@ def source_from_trial(storage: str, study: str, *, trial: int | None = None, pic
         rounds=list(chosen.attrs.get("rounds", [])),
         prune_masks=str(chosen.attrs.get("prune_masks", "")),
         origin=origin,
+        privacy=dict(chosen.attrs.get("privacy") or {}),
     )

@@ -61,4 +61,5 @@ def train_architecture(
         rounds=[asdict(r) for r in outcome.rounds],
         prune_masks=outcome.prune_masks,
         origin={"trained": True, "rounds": rounds, **(origin or {})},
+        privacy=dict(outcome.privacy),
     )

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fednas.config import DataConfig, FederationConfig, StudyConfig, load_config
+from fednas.config import DataConfig, FederationConfig, PrivacyConfig, StudyConfig, load_config
 from fednas.data import ArrayDataset, partition
 from fednas.models import build_run_model
 from search_spaces import CompressionSettings, CompressionSpace
@@ -42,10 +42,11 @@ class RunSpec:
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     # a supernet run (``supernet_section``): the space whose supernet is trained, and its settings
     supernet: dict[str, Any] = field(default_factory=dict)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # ``[privacy]``: central DP of the run
 
     def to_run_config(self) -> dict[str, str]:
         doc = {"data": asdict(self.data), "federation": asdict(self.federation), "seed": self.seed, "arch": self.arch,
-               "compression": self.compression.to_dict(), "supernet": self.supernet}
+               "compression": self.compression.to_dict(), "supernet": self.supernet, "privacy": asdict(self.privacy)}
         return {RUN_KEY: json.dumps(doc, sort_keys=True)}
 
     @classmethod
@@ -55,7 +56,8 @@ class RunSpec:
         if text:
             doc = json.loads(str(text))
             return cls(DataConfig(**doc["data"]), FederationConfig(**doc["federation"]), int(doc["seed"]), doc["arch"],
-                       CompressionSettings.from_dict(doc.get("compression", {})), doc.get("supernet") or {})
+                       CompressionSettings.from_dict(doc.get("compression", {})), doc.get("supernet") or {},
+                       PrivacyConfig(**doc.get("privacy", {})))
         return cls._from_flwr_app_config(run_config)
 
     @classmethod
@@ -107,7 +109,7 @@ class RunSpec:
             log.addHandler(console_handler)
             log.setLevel(logging.INFO)
         supernet = supernet_section(config) if config.study.mode == "supernet" else {}
-        return cls(config.data, federation, config.study.seed, arch.to_dict(), compression, supernet)
+        return cls(config.data, federation, config.study.seed, arch.to_dict(), compression, supernet, config.privacy)
 
 
 def supernet_section(config: StudyConfig) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fednas.config import FederationConfig
+from fednas.config import FederationConfig, PrivacyConfig
 from fednas.strategies import STRATEGIES, get_strategy
 from search_spaces import CompressionSettings
 
@@ -52,8 +52,12 @@ def strategy_kwargs(fed: FederationConfig) -> tuple[type[FedAvg], dict[str, Any]
 
 
 def make_strategy(fed: FederationConfig, compression: CompressionSettings | None = None, *, seed: int = 0,
-                  prune_fn: Callable[..., Any] | None = None) -> Strategy:
+                  prune_fn: Callable[..., Any] | None = None, privacy: PrivacyConfig | None = None) -> Strategy:
     """The strategy named by ``fed.strategy``, wrapped for compression when a codec is on.
+
+    With ``privacy.on``, the strategy averages with equal weights and is wrapped by Flower's
+    central-DP wrapper (``fednas.fl._privacy.private``; the config refuses codecs and pruning
+    beside it), at the noise multiplier of the ``dp_noise_multiplier`` label or ``privacy``.
 
     With ``compression.prune_on`` and a ``prune_fn`` (the server's prune step, see
     ``fednas.fl._pruning``), also wrapped by ``pruning``: the aggregate of round
@@ -73,4 +77,10 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
         from fednas.fl._pruning import pruning
 
         cls, kwargs = pruning(cls), {**kwargs, "prune_round": compression.prune_round, "prune_fn": prune_fn}
-    return cls(**kwargs)
+    if privacy is None or not privacy.on:
+        return cls(**kwargs)
+    from fednas.fl._privacy import DP_WEIGHT_KEY, private
+
+    noise = compression.dp_noise_multiplier if compression and compression.dp_noise_multiplier is not None else None
+    return private(cls(**{**kwargs, "weighted_by_key": DP_WEIGHT_KEY}), privacy, fed,
+                   noise_multiplier=privacy.noise_multiplier if noise is None else noise, seed=seed)

@@ -61,6 +61,8 @@ class RoundRecord:
     dropped: int
     seconds: float
     attackers: int = 0  # replies from malicious clients (``federation.attack``)
+    epsilon: float | None = None  # central DP: the privacy spent after this round (None: privacy off)
+    released: bool = True  # central DP: False when the round's aggregate was withheld (a reply missing)
 
 
 @dataclass
@@ -78,6 +80,8 @@ class ServerOutcome:
     # ``arrays`` then fit ``build_run_model`` + ``fednas.compress.apply_channel_masks`` of these masks
     prune_masks: str = ""
     pruned_round: int = 0
+    # central DP (``[privacy]``): what the run spent (``fednas.fl._privacy.PrivacyReport.to_dict``); {} when off
+    privacy: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -181,7 +185,8 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     pruner = _ServerPruning(spec, data, counting, arch_json, initial_model(spec, data))
     if initial is not None:
         pruner.model.load_state_dict(initial)
-    strategy = make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=pruner)
+    strategy = make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=pruner, privacy=spec.privacy)
+    private = spec.privacy.on
     arrays = from_torch(pruner.model.state_dict())
     outcome = ServerOutcome(arrays=arrays)
     train_config = ConfigRecord({"arch": arch_json, "lr": fed.lr})  # strategies add their keys each round
@@ -195,16 +200,25 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
                 arrays = aggregated
             model = pruner.model
             model.load_state_dict(to_torch(arrays))
+            if private:
+                from fednas.fl._privacy import repair_batchnorm
+
+                repair_batchnorm(model)
             if fed.bn_recalibration == "every_round" or (fed.bn_recalibration == "final" and rnd == fed.rounds):
                 _pool_batchnorm(counting, model, arrays, arch_json, pruner.masks)  # evaluation only: not fed back
             loss, acc = evaluate(model, data.test.x, data.test.y, device=resolve_device(fed.device))
             record = _round_record(rnd, acc, loss, train_ex, counting.traffic.exchanges[seen:])
+            if private:
+                record.epsilon = strategy.report(spec.privacy, fed.num_clients).epsilon
+                record.released = aggregated is not None
             seen = len(counting.traffic.exchanges)
             outcome.rounds.append(record)
             outcome.arrays = from_torch(model.state_dict())
             if on_round:
                 on_round(record)
     outcome.prune_masks, outcome.pruned_round = pruner.masks, pruner.pruned_round
+    if private:
+        outcome.privacy = strategy.report(spec.privacy, fed.num_clients).to_dict()
     outcome.download_bytes, outcome.upload_bytes = counting.traffic.download_bytes, counting.traffic.upload_bytes
     for ex in counting.traffic.exchanges:
         kind = outcome.bytes_by_type.setdefault(ex.message_type, {"download_bytes": 0, "upload_bytes": 0})

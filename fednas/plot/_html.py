@@ -251,7 +251,7 @@ def _front_table(report: Report) -> str:
 
 def _unit_title(name: str) -> str:
     unit = OBJECTIVES[name].unit if name in OBJECTIVES else ""
-    return f"{name} ({ {'fraction': '%', 'B': 'bytes'}.get(unit, unit)})" if unit else name
+    return f"{name} ({ {'fraction': '%', 'B': 'bytes', 'eps': 'ε'}.get(unit, unit)})" if unit else name
 
 
 def _fmt(name: str, v: float) -> str:

@@ -130,6 +130,9 @@ class TrialRunner:
             trial.set_user_attr("prune_masks", outcome.prune_masks)
         for k in ("accuracy", "comm_bytes", "upload_bytes", "download_bytes"):
             trial.set_user_attr(k, metrics[k])
+        if outcome.privacy:  # central DP: epsilon is a metric; how it was spent is kept beside it
+            trial.set_user_attr("epsilon", metrics["epsilon"])
+            trial.set_user_attr("privacy", outcome.privacy)
         trial.set_user_attr("rounds", [asdict(r) for r in outcome.rounds])
         trial.set_user_attr("client_epochs", sum(r.replies for r in outcome.rounds) * self.config.federation.local_epochs)
         trial.set_user_attr("client_failures", sum(r.failures for r in outcome.rounds))

@@ -57,12 +57,29 @@ def test_sampled_architectures_round_trip_and_build() -> None:
     for _ in range(10):
         trial = study.ask()
         values = space.suggest(trial)
-        assert values == trial.params  # the flat label dict is what Optuna stores
+        assert values == {**trial.params, "norm": "batch"}  # Optuna stores the searched labels; norm is fixed
         arch = space.decode(values)
         assert MobileNetArch.from_json(arch.to_json()) == arch
         for channels, res in ((1, 28), (3, 32)):
             out = build_model(arch, num_classes=7, in_channels=channels)(torch.randn(2, channels, res, res))
             assert out.shape == (2, 7)
+
+
+def test_group_norm_is_a_label_and_keeps_old_records_unchanged() -> None:
+    space = get_search_space("mobilenet")
+    labels = {**space.corner("low"), "norm": "group"}
+    arch = space.decode(labels)
+    assert arch.norm == "group" and MobileNetArch.from_json(arch.to_json()) == arch
+    model = build_model(arch, num_classes=5, in_channels=1)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in model.modules()) >= 3
+    assert not [k for k in model.state_dict() if "running" in k or "num_batches" in k]  # no client data in buffers
+    plain = space.decode({**labels, "norm": "batch"})
+    assert "norm" not in plain.to_dict() and MobileNetArch.from_dict(plain.to_dict()) == plain  # JSON as before
+    with pytest.raises(ValueError, match="norm"):
+        space.resolve({"norm": Choice(("batch", "layer"))})
+    with pytest.raises(ValueError, match="norm"):
+        arch.weight_slices(arch, num_classes=5, in_channels=1)
         study.tell(trial, 0.0)
 
 
