@@ -57,6 +57,9 @@ PRIVACY_MODES = ("off", "central")
 CLIPPING_MODES = ("fixed", "adaptive")
 # strategies whose aggregation is FedAvg's own mean, the one central DP's sensitivity (clip / clients) holds for
 DP_STRATEGIES = ("fedavg", "fedprox")
+# privacy.secure_aggregation: how the server sums the round's updates without reading them one by one
+SECURE_AGGREGATIONS = ("off", "secagg+")
+SECURE_STRATEGIES = DP_STRATEGIES  # the rules that are a weighted mean of the updates (all a secure sum gives)
 # compression labels that change how a candidate is trained: a supernet study inherits weights instead
 TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "kd_weight": 0.0,
                    "prune_method": "none", "aggregation": ""}
@@ -228,6 +231,14 @@ class PrivacyConfig:
     value that keeps the update's effective noise multiplier at ``noise_multiplier``
     within a factor 1.5). Each released round is composed in an RDP accountant; a trial
     stores (epsilon, delta) at ``delta`` (``fednas.fl.privacy_spent``).
+
+    ``secure_aggregation = "secagg+"``: each round's weighted mean is computed by Flower's
+    SecAgg+ protocol (``fednas.fl._secure``), so the server learns only the sum of the
+    clients' updates: each client's key is split into shares for a fraction
+    ``secagg_num_shares`` of the round's clients, any ``secagg_threshold`` of those shares
+    recover it (for a client that drops after the key exchange), and the weighted models are
+    clipped to +-``secagg_clipping_range`` and quantized to ``2**secagg_quantization_bits``
+    levels before masking.
     """
 
     mode: str = "off"
@@ -238,10 +249,20 @@ class PrivacyConfig:
     target_clipped_quantile: float = 0.5
     clip_norm_lr: float = 0.2
     clipped_count_stddev: float = 0.0
+    secure_aggregation: str = "off"
+    secagg_num_shares: float = 1.0
+    secagg_threshold: float = 0.67
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_bits: int = 22
 
     @property
     def on(self) -> bool:
+        """Differential privacy is on (``mode``; secure aggregation is ``secure``)."""
         return self.mode != "off"
+
+    @property
+    def secure(self) -> bool:
+        return self.secure_aggregation != "off"
 
     def check(self) -> None:
         _require(self.mode in PRIVACY_MODES, "privacy.mode", f"one of {list(PRIVACY_MODES)}", self.mode)
@@ -257,6 +278,17 @@ class PrivacyConfig:
                  self.clip_norm_lr)
         _require(self.clipped_count_stddev >= 0 and math.isfinite(self.clipped_count_stddev),
                  "privacy.clipped_count_stddev", "a number >= 0 (0: from noise_multiplier)", self.clipped_count_stddev)
+        _require(self.secure_aggregation in SECURE_AGGREGATIONS, "privacy.secure_aggregation",
+                 f"one of {list(SECURE_AGGREGATIONS)}", self.secure_aggregation)
+        _require(_number(self.secagg_num_shares) and 0 < self.secagg_num_shares <= 1, "privacy.secagg_num_shares",
+                 "a fraction in (0, 1] of the round's clients", self.secagg_num_shares)
+        _require(_number(self.secagg_threshold) and 0 < self.secagg_threshold <= 1, "privacy.secagg_threshold",
+                 "a fraction in (0, 1] of the shares", self.secagg_threshold)
+        _require(_number(self.secagg_clipping_range) and 0 < self.secagg_clipping_range <= 1e6,
+                 "privacy.secagg_clipping_range", "a number in (0, 1e6]", self.secagg_clipping_range)
+        _require(isinstance(self.secagg_quantization_bits, int) and not isinstance(self.secagg_quantization_bits, bool)
+                 and 8 <= self.secagg_quantization_bits <= 30, "privacy.secagg_quantization_bits",
+                 "an integer in [8, 30]", self.secagg_quantization_bits)
 
     def count_stddev(self, noise_multiplier: float) -> float:
         """The clipped count's noise (adaptive clipping): the configured one, or 1.5 x the multiplier.
@@ -772,6 +804,7 @@ def _cross_check(config: StudyConfig) -> None:
             config.federation.for_rule(rule)  # each rule a trial may pick can run this federation
     _check_mode(config)
     _check_privacy(config)
+    _check_secure(config)
     bad = [name for name in config.constraints.active() if name not in OBJECTIVES]
     if bad:  # pragma: no cover - the schema only has known names
         raise ConfigError(f"constraints: unknown bound(s) {bad}")
@@ -878,6 +911,45 @@ def _check_privacy(config: StudyConfig) -> None:
                 raise ConfigError(f"privacy.clipped_count_stddev: {privacy.clipped_count_stddev:g} must exceed half "
                                   f"the noise multiplier {z:g} (adaptive clipping spends part of the budget on the "
                                   "clipped count); set it higher or 0 for the default")
+
+
+def _check_secure(config: StudyConfig) -> None:
+    """A secure sum gives the server the weighted mean and nothing else: rules, codecs and protocols that need
+    each client's update (or change it after the client masked it) are refused beside it."""
+    privacy, fed, labels = config.privacy, config.federation, config.space.labels
+    if not privacy.secure:
+        return
+    why = f"with privacy.secure_aggregation = {privacy.secure_aggregation!r}"
+    if privacy.on:
+        raise ConfigError(f"privacy.mode: {privacy.mode!r} cannot yet be combined {why} (the central-DP wrapper noises "
+                          "the plain mean of clipped updates); set one of them to 'off'")
+    if config.study.mode == "supernet":
+        raise ConfigError(f"privacy.secure_aggregation: not supported in supernet studies (study.mode = 'supernet' "
+                          "aggregates subnets element by element); train candidates from scratch")
+    for rule in [fed.strategy, *(r for r in _label_values(labels.get("aggregation")) if r)]:
+        if rule not in SECURE_STRATEGIES:
+            key = "federation.strategy" if rule == fed.strategy else "space.labels.aggregation"
+            raise ConfigError(f"{key}: {rule!r} cannot be used {why}; expected one of {list(SECURE_STRATEGIES)} (a "
+                              "secure sum gives the server the weighted mean, not each update)")
+    for label, off in (("uplink_codec", "none"), ("downlink_codec", "none"), ("prune_method", "none")):
+        if any(v != off for v in _label_values(labels.get(label))):
+            raise ConfigError(f"space.labels.{label}: expected {off!r} {why} (the protocol quantizes and masks the "
+                              "model itself; pruning ranks the plain aggregate's channels with client queries)")
+    if fed.bn_recalibration != "off":
+        raise ConfigError(f"federation.bn_recalibration: expected 'off' {why} (pooling batch-norm statistics sends "
+                          f"each client's moments in the clear), got {fed.bn_recalibration!r}")
+    sampled = max(int(fed.num_clients * fed.fraction_train), fed.min_train_nodes)
+    if sampled < 3:
+        raise ConfigError(f"federation.fraction_train: {why} a round needs at least 3 clients (with 2, the sum "
+                          f"reveals the other client's update), but {sampled} of {fed.num_clients} are sampled")
+    if fed.num_clients * 2 ** privacy.secagg_quantization_bits > 2**32:
+        raise ConfigError(f"privacy.secagg_quantization_bits: {privacy.secagg_quantization_bits} bits for "
+                          f"{fed.num_clients} clients overflow the protocol's 32-bit modulus; expected at most "
+                          f"{32 - math.ceil(math.log2(fed.num_clients))}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:

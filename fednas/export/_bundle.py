@@ -238,6 +238,7 @@ def _metrics_doc(source: ModelSource, info: dict[str, Any], torch_acc: float, n_
         "rounds": source.rounds,
         "prune_masks": source.prune_masks,
         "privacy": source.privacy,
+        "secure_aggregation": source.secure,
         "files": {"arch": ARCH_FILE, "weights": WEIGHTS_FILE, "metrics": METRICS_FILE, "card": CARD_FILE},
         "exports": records,
         "skipped": skipped,

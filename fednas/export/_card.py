@@ -103,10 +103,19 @@ def _training(doc: dict[str, Any]) -> str:
 
 
 def _privacy(doc: dict[str, Any]) -> str:
-    p = doc.get("privacy") or {}
+    p, s = doc.get("privacy") or {}, doc.get("secure_aggregation") or {}
+    sum_only = ""
+    if s:
+        sum_only = (f" Each round's updates were aggregated by SecAgg+ (Flower's protocol; key shares sent to "
+                    f"{s['num_shares']:.0%} of the round's clients, {s['threshold']:.0%} of the shares recover a lost "
+                    f"client's masks; models clipped to +-{s['clipping_range']:g} and quantized to "
+                    f"{s['quantization_bits']} bits, {s['clipped_values']} values clipped): the server saw only "
+                    "their weighted sum, at the cost of "
+                    f"{s['key_exchange_bytes']} bytes of key exchange and {s['masked_upload_bytes']} bytes of "
+                    "masked uploads.")
     if not p:
         return ("## Privacy\n\nNo differential privacy: the weights carry no formal guarantee about the clients' "
-                "data, and the server saw each client's update.")
+                "data" + (", and the server saw each client's update." if not s else "." + sum_only))
     clip = (f"fixed clipping of each client's update at L2 norm {p['clipping_norm']:.4g}" if p["clipping"] == "fixed"
             else f"adaptive clipping (final norm {p['clipping_norm']:.4g})")
     return (f"## Privacy\n\nUser-level central differential privacy: (epsilon, delta) = ({p['epsilon']:.4g}, "

@@ -35,6 +35,7 @@ class ModelSource:
         origin: where it came from (storage, study, trial; or the training run).
         prune_masks: for a run the server pruned, the channel masks that rebuild its structure.
         privacy: with central DP, what the run spent (``ServerOutcome.privacy``); {} without.
+        secure: with secure aggregation, the protocol and its measured cost (``ServerOutcome.secure``); {} without.
     """
 
     arch: Architecture
@@ -48,6 +49,7 @@ class ModelSource:
     prune_masks: str = ""  # channel masks of a run the server pruned (``fednas.compress.encode_channel_masks``)
     origin: dict[str, Any] = field(default_factory=dict)
     privacy: dict[str, Any] = field(default_factory=dict)
+    secure: dict[str, Any] = field(default_factory=dict)
 
 
 def source_from_trial(storage: str, study: str, *, trial: int | None = None, pick: str | None = None) -> ModelSource:
@@ -89,4 +91,5 @@ def source_from_trial(storage: str, study: str, *, trial: int | None = None, pic
         prune_masks=str(chosen.attrs.get("prune_masks", "")),
         origin=origin,
         privacy=dict(chosen.attrs.get("privacy") or {}),
+        secure=dict(chosen.attrs.get("secure_aggregation") or {}),
     )

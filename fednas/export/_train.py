@@ -62,4 +62,5 @@ def train_architecture(
         prune_masks=outcome.prune_masks,
         origin={"trained": True, "rounds": rounds, **(origin or {})},
         privacy=dict(outcome.privacy),
+        secure=dict(outcome.secure),
     )

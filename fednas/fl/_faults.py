@@ -26,7 +26,9 @@ def fault_draw(seed: int, kind: str, message: Message, partition: int | str) -> 
     """A uniform draw in [0, 1) fixed by the run seed, the round and the node."""
     from fednas._seeds import derive_seed
 
-    rnd = message.content["config"].get("server-round", 0) if "config" in message.content else 0
+    group = message.metadata.group_id  # a SecAgg+ stage has no config: its group id is the round
+    rnd = (message.content["config"].get("server-round", 0) if "config" in message.content
+           else int(group) if group.isdigit() else 0)
     return derive_seed(seed, kind, message.metadata.message_type, rnd, partition) / 2**31
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from uuid import uuid4
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 from flwr.serverapp import Grid
@@ -27,6 +27,7 @@ from flwr.supercore.run import Run
 
 from fednas._interrupt import checkpoint
 from fednas.fl._attacks import ATTACKER_KEY
+from fednas.fl._secure import CLIPPED_KEY
 
 __all__ = ["CountingGrid", "InProcessGrid", "NodeSubset", "Traffic", "record_bytes"]
 
@@ -38,10 +39,21 @@ CLIENT_APP_RAISED_EXCEPTION = 0
 
 
 def record_bytes(content: RecordDict) -> int:
-    """Bytes of all records of a message's content, as Flower's ``count_bytes`` measures them."""
+    """Bytes of all records of a message's content, as Flower's ``count_bytes`` measures them.
+
+    Flower's ``ConfigRecord.count_bytes`` raises on an empty list (IndexError; SecAgg+'s
+    unmask stage sends them) and on an empty string (ValueError; a legacy ``FitRes`` status
+    message is one): such values are counted here as 0 bytes (their keys as Flower counts keys).
+    """
     total = 0
-    for records in (content.array_records, content.config_records, content.metric_records):
+    for records in (content.array_records, content.metric_records):
         total += sum(r.count_bytes() for r in records.values())
+    for record in content.config_records.values():
+        empty = [k for k, v in record.items() if isinstance(v, (list, str, bytes)) and not v]
+        if empty:  # the key's own bytes, as count_bytes counts them, and no value bytes
+            record = ConfigRecord({k: v for k, v in record.items() if k not in empty})
+            total += sum(len(k) for k in empty)
+        total += record.count_bytes()
     return total
 
 
@@ -161,6 +173,7 @@ class Exchange:
     error_reasons: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     attackers: int = 0  # replies from malicious clients (``federation.attack``)
+    clipped: int = 0  # SecAgg+: values the replying clients clipped to the quantization range
 
 
 @dataclass
@@ -270,8 +283,10 @@ class CountingGrid(_Delegating):
                 ex.error_reasons.append(r.error.reason)
                 continue
             ex.upload_bytes += record_bytes(r.content)
-            for metrics in r.content.metric_records.values():
+            records = r.content.metric_records  # a SecAgg+ reply also carries the legacy fitres.num_examples
+            for metrics in [records["metrics"]] if "metrics" in records else list(records.values()):
                 ex.attackers += int(metrics.get(ATTACKER_KEY, 0) or 0)
+                ex.clipped += int(metrics.get(CLIPPED_KEY, 0) or 0)
                 w = float(metrics.get("num-examples", 1))
                 total += w
                 for k, v in metrics.items():

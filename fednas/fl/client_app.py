@@ -20,6 +20,7 @@ from fednas.fl._attacks import ATTACKER_KEY, attack_update, flip_labels, malicio
 from fednas.fl._faults import fault_mod
 from fednas.fl._privacy import privacy_mod
 from fednas.fl._pruning import MASKS_KEY
+from fednas.fl._secure import secure_mod
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.models import load_model, model_template, pruned_template
 from fednas.train import TrainConfig, batchnorm_moments, evaluate, resolve_device, taylor_channel_scores, train
@@ -30,8 +31,9 @@ __all__ = ["app", "derive_seed", "model_from_message"]
 # fault_mod outermost (an injected fault hits before anything runs); downlink before uplink,
 # so the uplink mod sees the decoded global arrays. Both pass messages without codec keys through.
 # privacy_mod innermost: a central-DP run's update is clipped before anything else sees the reply
-# (it passes messages without a clipping norm through).
-app = ClientApp(mods=[fault_mod, make_downlink_mod(), make_uplink_mod(), privacy_mod])
+# (it passes messages without a clipping norm through). secure_mod runs SecAgg+ stages and turns
+# the legacy message of the stage that trains into fednas's own for the mods inside it.
+app = ClientApp(mods=[fault_mod, secure_mod, make_downlink_mod(), make_uplink_mod(), privacy_mod])
 
 
 def _node_data(context: Context) -> tuple[RunSpec, FederatedData, int]:

@@ -63,6 +63,7 @@ class RoundRecord:
     attackers: int = 0  # replies from malicious clients (``federation.attack``)
     epsilon: float | None = None  # central DP: the privacy spent after this round (None: privacy off)
     released: bool = True  # central DP: False when the round's aggregate was withheld (a reply missing)
+    secagg_clipped: int = 0  # SecAgg+: weighted values the clients clipped to the quantization range
 
 
 @dataclass
@@ -82,6 +83,8 @@ class ServerOutcome:
     pruned_round: int = 0
     # central DP (``[privacy]``): what the run spent (``fednas.fl._privacy.PrivacyReport.to_dict``); {} when off
     privacy: dict[str, Any] = field(default_factory=dict)
+    # secure aggregation (``privacy.secure_aggregation``): the protocol and its measured cost; {} when off
+    secure: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -187,15 +190,23 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
         pruner.model.load_state_dict(initial)
     strategy = make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=pruner, privacy=spec.privacy)
     private = spec.privacy.on
+    secure = _secure_rounds(spec, data)
     arrays = from_torch(pruner.model.state_dict())
     outcome = ServerOutcome(arrays=arrays)
     train_config = ConfigRecord({"arch": arch_json, "lr": fed.lr})  # strategies add their keys each round
     start, seen = time.perf_counter(), 0
     with _flower_quiet():
         for rnd in range(1, fed.rounds + 1):
-            replies = counting.send_and_receive(strategy.configure_train(rnd, arrays, train_config, counting))
-            train_ex = _check_round(counting, rnd, fed.min_train_nodes)
-            aggregated, _ = strategy.aggregate_train(rnd, replies)  # prunes at prune_round (see _ServerPruning)
+            messages = list(strategy.configure_train(rnd, arrays, train_config, counting))
+            if secure is not None:  # the weighted mean by SecAgg+: the strategy never sees an update
+                aggregated = secure(rnd, messages, arrays, counting)
+                if aggregated is None:
+                    raise FederationError(f"round {rnd}: {secure.failure}")
+                train_ex = _check_round(counting, rnd, fed.min_train_nodes)
+            else:
+                replies = counting.send_and_receive(messages)
+                train_ex = _check_round(counting, rnd, fed.min_train_nodes)
+                aggregated, _ = strategy.aggregate_train(rnd, replies)  # prunes at prune_round (see _ServerPruning)
             if aggregated is not None:
                 arrays = aggregated
             model = pruner.model
@@ -217,6 +228,8 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
             if on_round:
                 on_round(record)
     outcome.prune_masks, outcome.pruned_round = pruner.masks, pruner.pruned_round
+    if secure is not None:
+        outcome.secure = secure.report(counting.traffic.exchanges)
     if private:
         outcome.privacy = strategy.report(spec.privacy, fed.num_clients).to_dict()
     outcome.download_bytes, outcome.upload_bytes = counting.traffic.download_bytes, counting.traffic.upload_bytes
@@ -270,6 +283,19 @@ class _ServerPruning:
         return from_torch(pruned.state_dict()), self.masks
 
 
+def _secure_rounds(spec: RunSpec, data: FederatedData) -> Any:
+    """The run's secure aggregation (``privacy.secure_aggregation``), or None when it is off."""
+    if not spec.privacy.secure:
+        return None
+    from fednas.fl._secure import SecAggPlusRound
+
+    fed = spec.federation
+    most = max(len(s) for s in data.shards) * fed.local_epochs  # the most examples a client can report
+    if fed.local_steps:
+        most = min(most, fed.local_steps * fed.batch_size)
+    return SecAggPlusRound(spec.privacy, most)
+
+
 def _round_record(rnd: int, acc: float, loss: float, train_ex: Exchange, new: list[Exchange]) -> RoundRecord:
     """What round ``rnd`` did: its training exchange's replies, and the bytes of every exchange it made."""
     return RoundRecord(
@@ -284,6 +310,7 @@ def _round_record(rnd: int, acc: float, loss: float, train_ex: Exchange, new: li
         dropped=train_ex.sent - train_ex.replies,
         seconds=sum(e.seconds for e in new),
         attackers=train_ex.attackers,
+        secagg_clipped=train_ex.clipped,
     )
 
 

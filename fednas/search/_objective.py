@@ -133,6 +133,8 @@ class TrialRunner:
         if outcome.privacy:  # central DP: epsilon is a metric; how it was spent is kept beside it
             trial.set_user_attr("epsilon", metrics["epsilon"])
             trial.set_user_attr("privacy", outcome.privacy)
+        if outcome.secure:  # secure aggregation: the protocol and what it cost
+            trial.set_user_attr("secure_aggregation", outcome.secure)
         trial.set_user_attr("rounds", [asdict(r) for r in outcome.rounds])
         trial.set_user_attr("client_epochs", sum(r.replies for r in outcome.rounds) * self.config.federation.local_epochs)
         trial.set_user_attr("client_failures", sum(r.failures for r in outcome.rounds))

@@ -58,3 +58,28 @@ def test_pareto_and_the_card_show_epsilon(private_study, tmp_path: Path, capsys)
     assert doc["privacy"]["epsilon"] == study.trials[number].user_attrs["epsilon"]
     card = (bundle.out / "README.md").read_text()
     assert "## Privacy" in card and f"{doc['privacy']['epsilon']:.4g}" in card and "group norm" in card
+
+
+SECURE = ("study.trials=2", "study.sampler='random'", "federation.bn_recalibration='off'",
+          "privacy.secure_aggregation='secagg+'", "space.labels.s1_width=0.5", "space.labels.s2_width=0.5",
+          "space.labels.s1_expansion=1")
+
+
+def test_a_secure_study_stores_the_protocol_and_its_cost_and_the_card_says_so(tiny_study_factory, tmp_path) -> None:
+    import optuna
+
+    from fednas.export import source_from_trial, write_bundle
+
+    folder, config, _ = tiny_study_factory("secure", SECURE)
+    study = optuna.load_study(study_name="secure", storage=config.storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    for t in done:
+        report = t.user_attrs["secure_aggregation"]
+        assert report["protocol"] == "secagg+" and report["key_exchange_bytes"] > 0
+        assert "privacy" not in t.user_attrs and all("secagg_clipped" in r for r in t.user_attrs["rounds"])
+    bundle = write_bundle(source_from_trial(config.storage, "secure", trial=done[0].number), tmp_path / "b",
+                          formats=[])
+    doc = json.loads((bundle.out / "metrics.json").read_text())
+    assert doc["secure_aggregation"] == done[0].user_attrs["secure_aggregation"]
+    assert "SecAgg+" in (bundle.out / "README.md").read_text()
