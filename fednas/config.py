@@ -7,6 +7,7 @@ overrides, and checks every key, type and value before anything is written. Erro
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -58,7 +59,7 @@ CLIPPING_MODES = ("fixed", "adaptive")
 # strategies whose aggregation is FedAvg's own mean, the one central DP's sensitivity (clip / clients) holds for
 DP_STRATEGIES = ("fedavg", "fedprox")
 # privacy.secure_aggregation: how the server sums the round's updates without reading them one by one
-SECURE_AGGREGATIONS = ("off", "secagg+")
+SECURE_AGGREGATIONS = ("off", "secagg+", "ckks")
 SECURE_STRATEGIES = DP_STRATEGIES  # the rules that are a weighted mean of the updates (all a secure sum gives)
 # compression labels that change how a candidate is trained: a supernet study inherits weights instead
 TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "kd_weight": 0.0,
@@ -920,6 +921,9 @@ def _check_secure(config: StudyConfig) -> None:
     if not privacy.secure:
         return
     why = f"with privacy.secure_aggregation = {privacy.secure_aggregation!r}"
+    if privacy.secure_aggregation == "ckks" and importlib.util.find_spec("tenseal") is None:
+        raise ConfigError("privacy.secure_aggregation: 'ckks' needs TenSEAL, which is not installed "
+                          "(pip install 'fednas[secure]')")
     if privacy.on:
         raise ConfigError(f"privacy.mode: {privacy.mode!r} cannot yet be combined {why} (the central-DP wrapper noises "
                           "the plain mean of clipped updates); set one of them to 'off'")
@@ -942,7 +946,7 @@ def _check_secure(config: StudyConfig) -> None:
     if sampled < 3:
         raise ConfigError(f"federation.fraction_train: {why} a round needs at least 3 clients (with 2, the sum "
                           f"reveals the other client's update), but {sampled} of {fed.num_clients} are sampled")
-    if fed.num_clients * 2 ** privacy.secagg_quantization_bits > 2**32:
+    if privacy.secure_aggregation == "secagg+" and fed.num_clients * 2 ** privacy.secagg_quantization_bits > 2**32:
         raise ConfigError(f"privacy.secagg_quantization_bits: {privacy.secagg_quantization_bits} bits for "
                           f"{fed.num_clients} clients overflow the protocol's 32-bit modulus; expected at most "
                           f"{32 - math.ceil(math.log2(fed.num_clients))}")

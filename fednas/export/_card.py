@@ -105,14 +105,19 @@ def _training(doc: dict[str, Any]) -> str:
 def _privacy(doc: dict[str, Any]) -> str:
     p, s = doc.get("privacy") or {}, doc.get("secure_aggregation") or {}
     sum_only = ""
-    if s:
+    if s.get("protocol") == "secagg+":
         sum_only = (f" Each round's updates were aggregated by SecAgg+ (Flower's protocol; key shares sent to "
                     f"{s['num_shares']:.0%} of the round's clients, {s['threshold']:.0%} of the shares recover a lost "
                     f"client's masks; models clipped to +-{s['clipping_range']:g} and quantized to "
                     f"{s['quantization_bits']} bits, {s['clipped_values']} values clipped): the server saw only "
-                    "their weighted sum, at the cost of "
-                    f"{s['key_exchange_bytes']} bytes of key exchange and {s['masked_upload_bytes']} bytes of "
-                    "masked uploads.")
+                    f"their weighted sum, at the cost of {s['protocol_bytes']} bytes of key exchange and "
+                    f"{s['protected_upload_bytes']} bytes of masked uploads.")
+    elif s.get("protocol") == "ckks":
+        sum_only = (f" Each round's updates were encrypted with CKKS (TenSEAL, polynomial degree "
+                    f"{s['poly_modulus_degree']}) and summed by the server as ciphertexts; one client decrypted the "
+                    "sum. All clients share one secret key, so a client colluding with the server could decrypt "
+                    f"every client's update. Cost: {s['protected_upload_bytes']} bytes of encrypted uploads and "
+                    f"{s['protocol_bytes']} bytes of public-key and decryption messages.")
     if not p:
         return ("## Privacy\n\nNo differential privacy: the weights carry no formal guarantee about the clients' "
                 "data" + (", and the server saw each client's update." if not s else "." + sum_only))

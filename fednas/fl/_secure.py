@@ -46,7 +46,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fednas._seeds import derive_seed
-from fednas.config import FederationConfig, PrivacyConfig
+from fednas.config import PrivacyConfig
+from fednas.fl._ckks import CKKS_KEY
 
 __all__ = ["SECURE_KEY", "SecAggPlusRound", "secure_mod"]
 
@@ -129,7 +130,6 @@ class SecAggPlusRound:
         return ArrayRecord({k: Array(mean[k].astype(arrays[k].numpy().dtype)) if k in mean else arrays[k]
                             for k in keys})
 
-
     def report(self, exchanges: list[Any]) -> dict[str, Any]:
         """The protocol's measured cost over a run's exchanges: bytes of the key-exchange stages, bytes of the
         masked vectors, seconds of all four stages, and the values clipped to the quantization range."""
@@ -141,8 +141,8 @@ class SecAggPlusRound:
             "threshold": self.privacy.secagg_threshold,
             "clipping_range": self.privacy.secagg_clipping_range,
             "quantization_bits": self.privacy.secagg_quantization_bits,
-            "key_exchange_bytes": sum(e.download_bytes + e.upload_bytes for e in stages),
-            "masked_upload_bytes": sum(e.upload_bytes for e in train),
+            "protocol_bytes": sum(e.download_bytes + e.upload_bytes for e in stages),  # the key exchange
+            "protected_upload_bytes": sum(e.upload_bytes for e in train),  # the masked vectors
             "seconds": sum(e.seconds for e in stages + train),
             "clipped_values": sum(e.clipped for e in train),
         }
@@ -168,7 +168,8 @@ class _OneRound:
 
 
 def secure_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-    """Client mod: run SecAgg+ stages with Flower's ``secaggplus_mod``; other messages pass through.
+    """Client mod: run SecAgg+ stages with Flower's ``secaggplus_mod``, encrypt the reply of a CKKS train
+    message (``fednas.fl._ckks``); other messages pass through.
 
     In the stage that trains (``collect masked vectors``) the legacy ``FitIns`` is turned into
     fednas's train message for the rest of the app, and its reply into the ``FitRes``
@@ -177,7 +178,14 @@ def secure_mod(msg: Message, context: Context, call_next: Callable[[Message, Con
     from flwr.client.mod import secaggplus_mod
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-    if msg.metadata.message_type != "train" or RECORD_KEY_CONFIGS not in msg.content.config_records:
+    if msg.metadata.message_type != "train":
+        return call_next(msg, context)
+    if "config" in msg.content.config_records and CKKS_KEY in msg.content["config"]:
+        from fednas.fl._ckks import ckks_train
+
+        reply = call_next(msg, context)
+        return reply if reply.has_error() else ckks_train(msg, context, reply)
+    if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
     from fednas.fl._privacy import _seeded_numpy
     from fednas.fl._spec import RunSpec

@@ -160,3 +160,19 @@ def bn_moments_fn(msg: Message, context: Context) -> Message:
                                 device=resolve_device(spec.federation.device))
     record = ArrayRecord({f"bn{i}": m for i, m in enumerate(moments)})
     return Message(content=RecordDict({"moments": record}), reply_to=msg)
+
+
+@app.query("ckks_public")
+def ckks_public_fn(msg: Message, context: Context) -> Message:
+    """Reply with the run's public CKKS context (``privacy.secure_aggregation = "ckks"``)."""
+    from fednas.fl._ckks import ckks_public
+
+    return ckks_public(msg, context)
+
+
+@app.query("ckks_decrypt")
+def ckks_decrypt_fn(msg: Message, context: Context) -> Message:
+    """Decrypt a round's summed CKKS ciphertexts."""
+    from fednas.fl._ckks import ckks_decrypt
+
+    return ckks_decrypt(msg, context)

@@ -198,7 +198,7 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     with _flower_quiet():
         for rnd in range(1, fed.rounds + 1):
             messages = list(strategy.configure_train(rnd, arrays, train_config, counting))
-            if secure is not None:  # the weighted mean by SecAgg+: the strategy never sees an update
+            if secure is not None:  # the weighted mean by SecAgg+ or CKKS: the strategy never sees an update
                 aggregated = secure(rnd, messages, arrays, counting)
                 if aggregated is None:
                     raise FederationError(f"round {rnd}: {secure.failure}")
@@ -287,12 +287,16 @@ def _secure_rounds(spec: RunSpec, data: FederatedData) -> Any:
     """The run's secure aggregation (``privacy.secure_aggregation``), or None when it is off."""
     if not spec.privacy.secure:
         return None
-    from fednas.fl._secure import SecAggPlusRound
-
     fed = spec.federation
     most = max(len(s) for s in data.shards) * fed.local_epochs  # the most examples a client can report
     if fed.local_steps:
         most = min(most, fed.local_steps * fed.batch_size)
+    if spec.privacy.secure_aggregation == "ckks":
+        from fednas.fl._ckks import CkksRound
+
+        return CkksRound(most)
+    from fednas.fl._secure import SecAggPlusRound
+
     return SecAggPlusRound(spec.privacy, most)
 
 

@@ -38,13 +38,13 @@ def test_the_secure_aggregate_equals_the_plain_weighted_mean_and_is_reproducible
     assert _max_diff(secure, again) == 0.0  # masks cancel exactly; the stochastic rounding is seeded
     assert set(secure.bytes_by_type) == set(SECAGG_STAGES) and set(plain.bytes_by_type) == {"train"}
     report = secure.secure
-    assert report["protocol"] == "secagg+" and report["key_exchange_bytes"] > 0 and report["clipped_values"] == 0
-    assert report["masked_upload_bytes"] == secure.bytes_by_type["train"]["upload_bytes"] > 0
+    assert report["protocol"] == "secagg+" and report["protocol_bytes"] > 0 and report["clipped_values"] == 0
+    assert report["protected_upload_bytes"] == secure.bytes_by_type["train"]["upload_bytes"] > 0
     assert secure.upload_bytes > plain.upload_bytes and plain.secure == {}
     assert [r.replies for r in secure.rounds] == [4, 4]
     assert secure.rounds[-1].train_loss == pytest.approx(plain.rounds[-1].train_loss, rel=1e-3)
     card = _privacy({"secure_aggregation": report})
-    assert "SecAgg+" in card and "saw only their weighted sum" in card and str(report["key_exchange_bytes"]) in card
+    assert "SecAgg+" in card and "saw only their weighted sum" in card and str(report["protocol_bytes"]) in card
     assert "saw each client's update" in _privacy({})
 
 
@@ -127,6 +127,9 @@ def _secure(**sections) -> dict:
     (_secure(privacy={"secagg_threshold": 0}), "privacy.secagg_threshold"),
     (_secure(privacy={"secagg_clipping_range": -1.0}), "privacy.secagg_clipping_range"),
     (_secure(privacy={"secure_aggregation": "homomorphic"}), "privacy.secure_aggregation"),
+    (_secure(privacy={"secure_aggregation": "ckks"}, federation={"strategy": "bulyan"}), "federation.strategy"),
+    (_secure(privacy={"secure_aggregation": "ckks"}, federation={"bn_recalibration": "every_round"}),
+     "federation.bn_recalibration"),
 ])
 def test_impossible_secure_combinations_name_the_key(doc: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -140,3 +143,45 @@ def test_a_secure_study_config_is_accepted_and_travels_in_the_run_spec() -> None
     assert config.privacy.secure and not config.privacy.on
     spec = RunSpec(config.data, config.federation, 0, preset("mobilenet_micro").to_dict(), privacy=config.privacy)
     assert RunSpec.from_run_config(spec.to_run_config()).privacy == config.privacy
+
+
+def test_the_ckks_aggregate_equals_the_plain_weighted_mean_without_the_server_holding_the_key() -> None:
+    pytest.importorskip("tenseal")
+    spec = _spec(rounds=2)
+    plain = run_federation(spec)
+    ckks = run_federation(dataclasses.replace(spec, privacy=PrivacyConfig(secure_aggregation="ckks")))
+    assert _max_diff(plain, ckks) < 1e-4  # CKKS's approximation error only
+    assert set(ckks.bytes_by_type) == {"train", "query.ckks_public", "query.ckks_decrypt"}
+    assert ckks.bytes_by_type["query.ckks_public"]["upload_bytes"] > 0  # fetched once, from one client
+    report = ckks.secure
+    assert report["protocol"] == "ckks" and report["protected_upload_bytes"] > plain.upload_bytes
+    assert [r.replies for r in ckks.rounds] == [4, 4]
+    card = _privacy({"secure_aggregation": report})
+    assert "CKKS" in card and "colluding with the server" in card
+
+
+def test_a_ckks_key_file_serves_supernodes_and_the_public_context_has_no_secret(tmp_path) -> None:
+    pytest.importorskip("tenseal")
+    import numpy as np
+    import tenseal as ts
+    from flwr.app import Context
+
+    from fednas.fl._ckks import CKKS_RECORD, ckks_decrypt, ckks_public, write_ckks_key
+
+    key = tmp_path / "ckks.bin"
+    write_ckks_key(str(key))
+    node = Context(run_id=1, node_id=7, node_config={"ckks-key": str(key)}, state=RecordDict(), run_config={})
+    with serverapp_identity(1):
+        public_msg = ckks_public(Message(RecordDict(), 7, "query.ckks_public"), node)
+        public = ts.context_from(public_msg.content[CKKS_RECORD]["context"])
+        assert not public.has_secret_key()
+        x = np.linspace(-1, 1, 5000)
+        chunks = [ts.ckks_vector(public, x[i:i + 4096].tolist()) for i in (0, 4096)]
+        total = [c + c for c in chunks]  # what the server can do with the public context: add
+        query = Message(RecordDict({CKKS_RECORD: ConfigRecord({"chunks": [t.serialize() for t in total],
+                                                               "size": 5000})}), 7, "query.ckks_decrypt")
+        got = ckks_decrypt(query, node).content["sum"]["sum"].numpy()
+    assert got.shape == (5000,) and np.abs(got - 2 * x).max() < 1e-5
+    with serverapp_identity(1), pytest.raises(ValueError, match="ciphertexts for"):
+        ckks_decrypt(Message(RecordDict({CKKS_RECORD: ConfigRecord({"chunks": [total[0].serialize()], "size": 9000})}),
+                             7, "query.ckks_decrypt"), node)

@@ -76,7 +76,7 @@ def test_a_secure_study_stores_the_protocol_and_its_cost_and_the_card_says_so(ti
     assert len(done) == 2
     for t in done:
         report = t.user_attrs["secure_aggregation"]
-        assert report["protocol"] == "secagg+" and report["key_exchange_bytes"] > 0
+        assert report["protocol"] == "secagg+" and report["protocol_bytes"] > 0
         assert "privacy" not in t.user_attrs and all("secagg_clipped" in r for r in t.user_attrs["rounds"])
     bundle = write_bundle(source_from_trial(config.storage, "secure", trial=done[0].number), tmp_path / "b",
                           formats=[])
