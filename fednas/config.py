@@ -54,7 +54,7 @@ MODES = ("scratch", "supernet")
 FIDELITIES = ("none", "halving")
 DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")  # whether it exists here is checked with torch (``check_study``)
 SUBNET_RULES = ("sandwich", "random")
-PRIVACY_MODES = ("off", "central")
+PRIVACY_MODES = ("off", "central", "local")
 CLIPPING_MODES = ("fixed", "adaptive")
 # strategies whose aggregation is FedAvg's own mean, the one central DP's sensitivity (clip / clients) holds for
 DP_STRATEGIES = ("fedavg", "fedprox")
@@ -260,6 +260,14 @@ class PrivacyConfig:
     def on(self) -> bool:
         """Differential privacy is on (``mode``; secure aggregation is ``secure``)."""
         return self.mode != "off"
+
+    @property
+    def central(self) -> bool:
+        return self.mode == "central"
+
+    @property
+    def local(self) -> bool:
+        return self.mode == "local"
 
     @property
     def secure(self) -> bool:
@@ -878,13 +886,20 @@ def _check_privacy(config: StudyConfig) -> None:
     noise = [v for v in _label_values(labels.get("dp_noise_multiplier")) if v is not None]
     if not privacy.on:
         if noise:
-            raise ConfigError("space.labels.dp_noise_multiplier: needs privacy.mode = 'central' (privacy is off)")
+            raise ConfigError("space.labels.dp_noise_multiplier: needs privacy.mode = 'central' or 'local' (privacy "
+                              "is off)")
         if "epsilon" in config.objectives:
-            raise ConfigError("objectives.epsilon: needs privacy.mode = 'central' (privacy is off)")
+            raise ConfigError("objectives.epsilon: needs privacy.mode = 'central' or 'local' (privacy is off)")
         if config.constraints.max_epsilon:
-            raise ConfigError("constraints.max_epsilon: needs privacy.mode = 'central' (privacy is off)")
+            raise ConfigError("constraints.max_epsilon: needs privacy.mode = 'central' or 'local' (privacy is off)")
         return
     why = f"with privacy.mode = {privacy.mode!r}"
+    for z in noise:
+        if isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 < z <= MAX_NOISE:
+            raise ConfigError(f"space.labels.dp_noise_multiplier: expected numbers in (0, {MAX_NOISE:g}], got {z!r}")
+    if privacy.local:
+        _check_local_dp(config, why)
+        return
     if config.study.fidelity == "halving":
         raise ConfigError(f"study.fidelity: 'halving' cannot be combined {why} (each rung would continue a run "
                           "whose privacy spent is not carried over); use 'none'")
@@ -903,15 +918,45 @@ def _check_privacy(config: StudyConfig) -> None:
     if fed.bn_recalibration != "off":
         raise ConfigError(f"federation.bn_recalibration: expected 'off' {why} (pooling batch-norm statistics sends "
                           f"each client's moments unprotected), got {fed.bn_recalibration!r}")
-    for z in noise:
-        if isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 < z <= MAX_NOISE:
-            raise ConfigError(f"space.labels.dp_noise_multiplier: expected numbers in (0, {MAX_NOISE:g}], got {z!r}")
     if privacy.clipping == "adaptive" and privacy.clipped_count_stddev:
         for z in noise or [privacy.noise_multiplier]:
             if z >= 2 * privacy.clipped_count_stddev:
                 raise ConfigError(f"privacy.clipped_count_stddev: {privacy.clipped_count_stddev:g} must exceed half "
                                   f"the noise multiplier {z:g} (adaptive clipping spends part of the budget on the "
                                   "clipped count); set it higher or 0 for the default")
+
+
+def _check_local_dp(config: StudyConfig, why: str) -> None:
+    """DP-SGD on the clients (Opacus): per-example gradients of a plain cross-entropy loss, Poisson-sampled
+    batches, no batch norm, and nothing else that reads a client's data outside it."""
+    fed, labels = config.federation, config.space.labels
+    if importlib.util.find_spec("opacus") is None:
+        raise ConfigError("privacy.mode: 'local' needs Opacus, which is not installed (pip install 'fednas[privacy]')")
+    if config.study.mode == "supernet":
+        raise ConfigError(f"privacy.mode: {config.privacy.mode!r} is not supported in supernet studies (study.mode = "
+                          "'supernet'); train candidates from scratch")
+    if config.study.fidelity == "halving":
+        raise ConfigError(f"study.fidelity: 'halving' cannot be combined {why} (each rung would continue a run "
+                          "whose clients' privacy spent is not carried over); use 'none'")
+    norms = _label_values(labels.get("norm"))
+    if not norms or any(v != "group" for v in norms):
+        raise ConfigError(f"space.labels.norm: expected 'group' {why} (Opacus cannot compute per-example gradients "
+                          f"through batch norm), got {labels.get('norm', 'batch')!r}")
+    if config.privacy.clipping != "fixed":
+        raise ConfigError(f"privacy.clipping: expected 'fixed' {why} (DP-SGD clips each example's gradient at "
+                          "privacy.clipping_norm)")
+    rules = [fed.strategy, *(r for r in _label_values(labels.get("aggregation")) if r)]
+    if "fedprox" in rules:
+        raise ConfigError(f"federation.strategy: 'fedprox' cannot be used {why} (its proximal term has no "
+                          "per-example gradient for DP-SGD to clip)")
+    if any(v for v in _label_values(labels.get("kd_weight"))):
+        raise ConfigError(f"space.labels.kd_weight: expected 0 {why} (DP-SGD trains the plain cross-entropy loss)")
+    if "taylor" in _label_values(labels.get("prune_method")):
+        raise ConfigError(f"space.labels.prune_method: 'taylor' cannot be used {why} (it scores channels on each "
+                          "client's data in the clear); the data-free l1, l2 and fpgm can")
+    if fed.bn_recalibration != "off":
+        raise ConfigError(f"federation.bn_recalibration: expected 'off' {why} (pooling batch-norm statistics sends "
+                          f"each client's moments unprotected), got {fed.bn_recalibration!r}")
 
 
 def _check_secure(config: StudyConfig) -> None:

@@ -121,6 +121,12 @@ def _privacy(doc: dict[str, Any]) -> str:
     if not p:
         return ("## Privacy\n\nNo differential privacy: the weights carry no formal guarantee about the clients' "
                 "data" + (", and the server saw each client's update." if not s else "." + sum_only))
+    if p.get("mode") == "local":
+        return (f"## Privacy\n\nExample-level local differential privacy: each client trained by DP-SGD (Opacus; "
+                f"each example's gradient clipped at L2 norm {p['clipping_norm']:.4g}, Gaussian noise multiplier "
+                f"{p['noise_multiplier']:.4g}, Poisson-sampled batches of {p['batch_size']} expected), so everything "
+                f"it sent is (epsilon, delta) = ({p['epsilon']:.4g}, {p['delta']:g})-DP for each of its records; "
+                f"{p['accountant']}. The guarantee is per record, not per client." + sum_only)
     clip = (f"fixed clipping of each client's update at L2 norm {p['clipping_norm']:.4g}" if p["clipping"] == "fixed"
             else f"adaptive clipping (final norm {p['clipping_norm']:.4g})")
     return (f"## Privacy\n\nUser-level central differential privacy: (epsilon, delta) = ({p['epsilon']:.4g}, "

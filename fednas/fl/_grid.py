@@ -174,6 +174,7 @@ class Exchange:
     metrics: dict[str, float] = field(default_factory=dict)
     attackers: int = 0  # replies from malicious clients (``federation.attack``)
     clipped: int = 0  # SecAgg+: values the replying clients clipped to the quantization range
+    maxima: dict[str, float] = field(default_factory=dict)  # each metric's largest value over the replies
 
 
 @dataclass
@@ -292,6 +293,7 @@ class CountingGrid(_Delegating):
                 for k, v in metrics.items():
                     if k != "num-examples" and isinstance(v, (int, float)):
                         weighted[k] = weighted.get(k, 0.0) + w * float(v)
+                        ex.maxima[k] = max(ex.maxima.get(k, float(v)), float(v))
         if total:
             ex.metrics = {k: v / total for k, v in weighted.items()}
 

@@ -55,7 +55,7 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
                   prune_fn: Callable[..., Any] | None = None, privacy: PrivacyConfig | None = None) -> Strategy:
     """The strategy named by ``fed.strategy``, wrapped for compression when a codec is on.
 
-    With ``privacy.on``, the strategy averages with equal weights and is wrapped by Flower's
+    With ``privacy.central``, the strategy averages with equal weights and is wrapped by Flower's
     central-DP wrapper (``fednas.fl._privacy.private``; the config refuses codecs and pruning
     beside it), at the noise multiplier of the ``dp_noise_multiplier`` label or ``privacy``.
 
@@ -77,7 +77,7 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
         from fednas.fl._pruning import pruning
 
         cls, kwargs = pruning(cls), {**kwargs, "prune_round": compression.prune_round, "prune_fn": prune_fn}
-    if privacy is None or not privacy.on:
+    if privacy is None or not privacy.central:
         return cls(**kwargs)
     from fednas.fl._privacy import DP_WEIGHT_KEY, private
 

@@ -107,7 +107,15 @@ def train_fn(msg: Message, context: Context) -> Message:
     if malicious and fed.attack == "label_flip":
         y = flip_labels(shard.y, data.train.num_classes, fed.strength(), seed)
     kd = spec.compression
-    if kd.kd_on:
+    dp_metrics: dict[str, float] = {}
+    if spec.privacy.local:  # DP-SGD (Opacus); the config refuses distillation and FedProx beside it
+        from fednas.fl._dpsgd import EPSILON_KEY, record_steps, train_dpsgd
+
+        z = kd.dp_noise_multiplier if kd.dp_noise_multiplier is not None else spec.privacy.noise_multiplier
+        result, rate = train_dpsgd(model, shard.x, y, local, seed=seed, noise_multiplier=z,
+                                   max_grad_norm=spec.privacy.clipping_norm)
+        dp_metrics = {EPSILON_KEY: record_steps(context, z, rate, result.steps, spec.privacy.delta)}
+    elif kd.kd_on:
         from fednas.compress import train_with_teacher
 
         result = train_with_teacher(model, _teacher(model, kd), shard.x, y, local, seed=seed,
@@ -126,6 +134,7 @@ def train_fn(msg: Message, context: Context) -> Message:
     if malicious:
         state = attack_update(fed.attack, fed.strength(), received, state, seed)
     metrics = MetricRecord({"train_loss": result.loss, "num-examples": result.examples,
+                            **dp_metrics,
                             **({ATTACKER_KEY: float(malicious)} if fed.attack != "none" else {})})
     content = RecordDict({"arrays": from_torch(state), "metrics": metrics})
     return Message(content=content, reply_to=msg)

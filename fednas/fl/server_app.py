@@ -189,7 +189,8 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
     if initial is not None:
         pruner.model.load_state_dict(initial)
     strategy = make_strategy(fed, spec.compression, seed=spec.seed, prune_fn=pruner, privacy=spec.privacy)
-    private = spec.privacy.on
+    private = spec.privacy.central
+    local_epsilon = 0.0  # local DP: the largest epsilon a client reported so far
     secure = _secure_rounds(spec, data)
     arrays = from_torch(pruner.model.state_dict())
     outcome = ServerOutcome(arrays=arrays)
@@ -222,6 +223,11 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
             if private:
                 record.epsilon = strategy.report(spec.privacy, fed.num_clients).epsilon
                 record.released = aggregated is not None
+            elif spec.privacy.local:
+                from fednas.fl._dpsgd import EPSILON_KEY
+
+                local_epsilon = max(local_epsilon, train_ex.maxima.get(EPSILON_KEY, 0.0))
+                record.epsilon = local_epsilon
             seen = len(counting.traffic.exchanges)
             outcome.rounds.append(record)
             outcome.arrays = from_torch(model.state_dict())
@@ -232,6 +238,8 @@ def run_server(grid: Grid, spec: RunSpec, *, on_round: Callable[[RoundRecord], N
         outcome.secure = secure.report(counting.traffic.exchanges)
     if private:
         outcome.privacy = strategy.report(spec.privacy, fed.num_clients).to_dict()
+    elif spec.privacy.local:
+        outcome.privacy = _local_report(spec, local_epsilon)
     outcome.download_bytes, outcome.upload_bytes = counting.traffic.download_bytes, counting.traffic.upload_bytes
     for ex in counting.traffic.exchanges:
         kind = outcome.bytes_by_type.setdefault(ex.message_type, {"download_bytes": 0, "upload_bytes": 0})
@@ -281,6 +289,16 @@ class _ServerPruning:
                                                       example_input=example)
         self.model, self.masks, self.pruned_round = pruned, encode_channel_masks(masks), server_round
         return from_torch(pruned.state_dict()), self.masks
+
+
+def _local_report(spec: RunSpec, epsilon: float) -> dict[str, Any]:
+    """What a local-DP (DP-SGD) run spent: the largest epsilon any client reported, and how."""
+    comp = spec.compression
+    z = comp.dp_noise_multiplier if comp.dp_noise_multiplier is not None else spec.privacy.noise_multiplier
+    return {"mode": "local", "epsilon": epsilon, "delta": spec.privacy.delta, "noise_multiplier": z,
+            "clipping_norm": spec.privacy.clipping_norm, "batch_size": spec.federation.batch_size,
+            "accountant": "Opacus RDP accountant of each client's Poisson-sampled DP-SGD steps over all its rounds; "
+                          "the largest epsilon of any client"}
 
 
 def _secure_rounds(spec: RunSpec, data: FederatedData) -> Any:
