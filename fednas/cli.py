@@ -227,6 +227,9 @@ def _pareto(args: argparse.Namespace) -> int:
         print(_csv(trials, objectives), end="")
     else:
         print(_table(trials, objectives, show_state=args.all))
+        privacy = view.config.privacy.describe() if view.config is not None else ""
+        if privacy:
+            print(f"privacy: {privacy}")
     return 0
 
 

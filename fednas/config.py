@@ -273,6 +273,20 @@ class PrivacyConfig:
     def secure(self) -> bool:
         return self.secure_aggregation != "off"
 
+    def describe(self) -> str:
+        """One line for ``fednas pareto`` and the report: what the run's privacy settings promise ("" when off)."""
+        parts = []
+        if self.central:
+            clip = f"{self.clipping} clipping at {self.clipping_norm:g}"
+            parts.append(f"central DP (user level; {clip}, noise multiplier {self.noise_multiplier:g} unless "
+                         f"searched, epsilon at delta {self.delta:g})")
+        elif self.local:
+            parts.append(f"local DP-SGD (record level; per-example clipping at {self.clipping_norm:g}, noise "
+                         f"multiplier {self.noise_multiplier:g} unless searched, epsilon at delta {self.delta:g})")
+        if self.secure:
+            parts.append(f"secure aggregation {self.secure_aggregation} (the server sees only each round's sum)")
+        return "; ".join(parts)
+
     def check(self) -> None:
         _require(self.mode in PRIVACY_MODES, "privacy.mode", f"one of {list(PRIVACY_MODES)}", self.mode)
         _require(self.clipping in CLIPPING_MODES, "privacy.clipping", f"one of {list(CLIPPING_MODES)}", self.clipping)

@@ -55,6 +55,7 @@ __all__ = [
 MAX_CHANNELS = 16_384
 MAX_CLASSES = 1_000_000
 MAX_BLOCKS = 512
+NORMS = ("batch", "group")  # a family's ``norm`` label: batch norm, or group norm (for DP-SGD)
 MAX_KERNEL = 15
 MAX_EXPANSION = 16
 # Per-field bounds still multiply: a network is also bounded as a whole, counted on PyTorch's

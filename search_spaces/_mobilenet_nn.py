@@ -34,7 +34,8 @@ def norm_groups(channels: int) -> int:
     return math.gcd(channels, 8)
 
 
-def _norm(channels: int, norm: str) -> nn.Module:
+def norm_layer(channels: int, norm: str) -> nn.Module:
+    """The normalization after a conv: batch norm, or group norm over ``norm_groups(channels)`` groups."""
     return nn.GroupNorm(norm_groups(channels), channels) if norm == "group" else nn.BatchNorm2d(channels)
 
 
@@ -42,7 +43,7 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int, act: st
              norm: str = "batch") -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-        _norm(cout, norm),
+        norm_layer(cout, norm),
     ]
     if act is not None:
         layers.append(ACTIVATIONS[act]())

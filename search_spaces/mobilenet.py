@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._arch import (MAX_BLOCKS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, WeightSlice,
+from ._arch import (MAX_BLOCKS, NORMS, MAX_CHANNELS, MAX_EXPANSION, MAX_KERNEL, Architecture, Family, Preset, WeightSlice,
                     check_int, check_skeleton, make_divisible, space_from_options, stages_record_from_dict,
                     stages_record_to_dict)
 from ._base import Choice, Domain, Fixed, Range, SearchSpace
@@ -28,7 +28,6 @@ __all__ = ["ACTIVATION_NAMES", "FAMILY", "GATE_NAMES", "MobileNetArch", "MobileN
 
 ACTIVATION_NAMES = ("relu", "relu6", "hardswish")  # modules: ``_mobilenet_nn.ACTIVATIONS``
 GATE_NAMES = ("hardsigmoid", "sigmoid")
-NORMS = ("batch", "group")
 
 
 # --------------------------------------------------------------------------- records

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._arch import (MAX_BLOCKS, MAX_CHANNELS, Architecture, Family, Preset, check_int, check_skeleton, make_divisible,
+from ._arch import (MAX_BLOCKS, MAX_CHANNELS, NORMS, Architecture, Family, Preset, check_int, check_skeleton, make_divisible,
                     space_from_options, stages_record_from_dict, stages_record_to_dict)
-from ._base import Choice, Domain, Range, SearchSpace
+from ._base import Choice, Domain, Fixed, Range, SearchSpace
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -71,6 +71,8 @@ class ResNetArch(Architecture):
             ReLU before each convolution, projection shortcuts without batch norm, and one
             batch norm + ReLU after the last stage (HeteroFL's ResNet).
         dropout: dropout probability before the classifier.
+        norm: "batch" (batch norm) or "group" (group norm, ``norm_groups`` groups: no running
+            statistics, what DP-SGD needs) at every normalization of the network.
     """
 
     family: ClassVar[str] = "resnet"
@@ -81,6 +83,7 @@ class ResNetArch(Architecture):
     stages: tuple[ResStage, ...]
     preact: bool = False
     dropout: float = 0.0
+    norm: str = "batch"
 
     def __post_init__(self) -> None:
         if self.stem not in STEMS:
@@ -94,13 +97,20 @@ class ResNetArch(Architecture):
             raise ValueError(f"preact: expected true or false, got {self.preact!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm: expected one of {list(NORMS)}, got {self.norm!r}")
 
     @property
     def num_blocks(self) -> int:
         return sum(s.depth for s in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        return stages_record_to_dict(self)
+        """Plain JSON-able dict; ``norm`` only when it is not batch norm (records from before the label read
+        and weigh as before)."""
+        d = stages_record_to_dict(self)
+        if d["norm"] == "batch":
+            del d["norm"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResNetArch:
@@ -118,7 +128,7 @@ class ResNetArch(Architecture):
         for s in self.stages:
             stride = f"/s{s.stride}" if s.stride != 1 else ""
             parts.append(f"{s.channels}x{s.depth}{stride} {s.block}")
-        return " | ".join(parts)
+        return " | ".join(parts) + (" | group norm" if self.norm == "group" else "")
 
     def table(self, num_classes: int) -> tuple[list[str], list[list[Any]], str]:
         head = ["part", "channels", "blocks", "stride", "block", "output channels"]
@@ -130,7 +140,9 @@ class ResNetArch(Architecture):
         rows.append(["classifier (linear)", num_classes, 1, "-", "-", num_classes])
         kind = "pre-activation (BN-ReLU before each conv)" if self.preact else "post-activation (conv-BN-ReLU)"
         note = (f"Residual blocks, {kind}; basic = two 3x3 convs, bottleneck = 1x1, 3x3, 1x1 with "
-                f"{BOTTLENECK_EXPANSION}x output channels; dropout {self.dropout} before the classifier.")
+                f"{BOTTLENECK_EXPANSION}x output channels; dropout {self.dropout} before the classifier."
+                + (" Every batch norm is a group norm (8 groups where they divide the channels)."
+                   if self.norm == "group" else ""))
         return head, rows, note
 
 
@@ -208,7 +220,11 @@ class ResNetSpace(SearchSpace):
             d[f"s{i}_depth"] = Range(1, self.max_depth)
             d[f"s{i}_width"] = widths
             d[f"s{i}_block"] = Choice(BLOCKS)
+        d["norm"] = Fixed("batch")
         return d
+
+    def allowed_domains(self) -> dict[str, Domain]:
+        return {**self.domains(), "norm": Choice(NORMS)}
 
     def decode(self, values: dict[str, Any]) -> ResNetArch:
         missing = [k for k in self.domains() if k not in values]
@@ -220,7 +236,7 @@ class ResNetSpace(SearchSpace):
             for i, (base, stride) in enumerate(zip(self.base_channels, self.strides), start=1)
         )
         return ResNetArch(stem=self.stem, stem_channels=make_divisible(self.stem_base * values["stem_width"]),
-                          stages=stages, preact=self.preact)
+                          stages=stages, preact=self.preact, norm=str(values["norm"]))
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> ResNetSpace:

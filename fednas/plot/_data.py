@@ -364,6 +364,7 @@ class Report:
     importances: Importances
     front_table: tuple[dict[str, Any], ...]
     supernet: SupernetCurve | None = None
+    privacy: str = ""  # the study's [privacy] settings (``PrivacyConfig.describe``); "" when off
 
 
 def build_report(view: StudyView, objectives: list[str] | None = None) -> Report:
@@ -389,4 +390,5 @@ def build_report(view: StudyView, objectives: list[str] | None = None) -> Report
         pairs=tuple(projections(view, chosen)), parallel=parallel_data(view),
         hypervolume=hypervolume_history(view), importances=importance_data(view), front_table=table,
         supernet=supernet_curve(view),
+        privacy=view.config.privacy.describe() if view.config is not None else "",
     )

@@ -111,6 +111,8 @@ def _summary(report: Report) -> str:
     cons = ", ".join(f"{e(k)} &le; {v:,}" for k, v in report.constraints.items()) or "none"
     rows = [("storage", e(report.storage)), ("trials", e(states)), ("objectives", objs),
             ("constraints", cons), ("plotted", e(", ".join(report.chosen)))]
+    if report.privacy:
+        rows.append(("privacy", e(report.privacy)))
     return "<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 

@@ -49,6 +49,7 @@ def test_pareto_and_the_card_show_epsilon(private_study, tmp_path: Path, capsys)
     assert main(["pareto", "--storage", config.storage, "--study", "private", "--all"]) == 0
     out = capsys.readouterr().out
     assert "epsilon" in out.splitlines()[0] and "dp z=" in out
+    assert out.splitlines()[-1].startswith("privacy: central DP (user level; fixed clipping at 0.5")
     import optuna
 
     study = optuna.load_study(study_name="private", storage=config.storage)
@@ -83,3 +84,17 @@ def test_a_secure_study_stores_the_protocol_and_its_cost_and_the_card_says_so(ti
     doc = json.loads((bundle.out / "metrics.json").read_text())
     assert doc["secure_aggregation"] == done[0].user_attrs["secure_aggregation"]
     assert "SecAgg+" in (bundle.out / "README.md").read_text()
+
+
+def test_the_report_draws_accuracy_against_epsilon_and_names_the_privacy(private_study) -> None:
+    pytest.importorskip("plotly")
+    from fednas.plot import build_report
+    from fednas.plot._html import render_html
+    from fednas.study import read_study
+
+    folder, config, _ = private_study
+    report = build_report(read_study(config.storage, "private"))
+    assert [a.name for a in report.main.axes] == ["accuracy", "epsilon"]
+    assert report.privacy.startswith("central DP") and len(report.main.points) == 3
+    page = render_html(report)
+    assert "<th>privacy</th>" in page and "\u03b5" in page

@@ -94,8 +94,9 @@ def test_sampled_architectures_round_trip_and_build() -> None:
     for _ in range(6):
         trial = study.ask()
         values = space.suggest(trial)
-        assert values == trial.params  # the flat label dict is what Optuna stores
-        assert set(values) == {"stem_width", "s1_depth", "s1_width", "s1_block", "s2_depth", "s2_width", "s2_block"}
+        assert values == {**trial.params, "norm": "batch"}  # Optuna stores the searched labels; norm is fixed
+        assert set(values) == {"stem_width", "s1_depth", "s1_width", "s1_block", "s2_depth", "s2_width", "s2_block",
+                               "norm"}
         arch = space.decode(values)
         assert isinstance(arch, ResNetArch)
         assert arch_from_dict(json.loads(arch.to_json())) == arch
@@ -114,7 +115,7 @@ def test_default_space_samples_build() -> None:
     for _ in range(3):
         trial = study.ask()
         values = space.suggest(trial)
-        assert values == trial.params
+        assert values == {**trial.params, "norm": "batch"}
         arch = space.decode(values)
         assert len(arch.stages) == 4 and ResNetArch.from_json(arch.to_json()) == arch
         with torch.no_grad():
@@ -218,3 +219,22 @@ def test_cli_arch_info_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert abs(info["macs"] - 1.82e9) / 1.82e9 < 0.03
     assert info["blocks"] == 8
     assert info["architecture"] == preset("resnet18").to_dict()
+
+
+@pytest.mark.parametrize("preact", [False, True])
+def test_group_norm_is_a_label_of_the_resnet_family_too(preact: bool) -> None:
+    space = get_search_space("resnet", {"preact": preact, "base_channels": [8, 16], "strides": [1, 2],
+                                        "stem_base": 8})
+    labels = {**space.corner("high"), "norm": "group"}
+    arch = space.decode(labels)
+    assert arch.norm == "group" and ResNetArch.from_json(arch.to_json()) == arch and "group norm" in arch.describe()
+    model = build_model(arch, num_classes=5, in_channels=3)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not [k for k in model.state_dict() if "running" in k or "num_batches" in k]
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+    plain = space.decode({**labels, "norm": "batch"})
+    assert "norm" not in plain.to_dict()  # records from before the label read as before
+    batch_params = count_params(build_model(plain, num_classes=5, in_channels=3))
+    assert count_params(model) == batch_params  # the same affine parameters per channel
+    with pytest.raises(ValueError, match="norm"):
+        ResNetArch.from_dict({**arch.to_dict(), "norm": "layer"})
