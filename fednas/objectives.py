@@ -74,8 +74,9 @@ for _o in (
     Objective("accuracy_int8", "maximize", "fraction", "post", "held-out accuracy after int8",
               "held-out accuracy of the final model after post-training int8 quantization"),
     Objective("epsilon", "minimize", "eps", "trained", "privacy loss \u03b5",
-              "user-level (epsilon, delta)-DP of the released model at privacy.delta, from an RDP accountant "
-              "of the rounds actually released ([privacy] mode = 'central')"),
+              "(epsilon, delta)-DP at privacy.delta from an RDP accountant: user level for [privacy] mode = "
+              "'central' (the rounds actually released), record level for 'local' (the largest of any client's "
+              "DP-SGD steps)"),
 ):
     register_objective(_o)
 
