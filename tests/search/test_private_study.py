@@ -66,9 +66,11 @@ SECURE = ("study.trials=2", "study.sampler='random'", "federation.bn_recalibrati
           "space.labels.s1_expansion=1")
 
 
-def test_a_secure_study_stores_the_protocol_and_its_cost_and_the_card_says_so(tiny_study_factory, tmp_path) -> None:
+def test_a_secure_study_stores_the_protocol_and_its_cost_and_the_card_says_so(tiny_study_factory, tmp_path,
+                                                                             capsys) -> None:
     import optuna
 
+    from fednas.cli import main
     from fednas.export import source_from_trial, write_bundle
 
     folder, config, _ = tiny_study_factory("secure", SECURE)
@@ -84,6 +86,9 @@ def test_a_secure_study_stores_the_protocol_and_its_cost_and_the_card_says_so(ti
     doc = json.loads((bundle.out / "metrics.json").read_text())
     assert doc["secure_aggregation"] == done[0].user_attrs["secure_aggregation"]
     assert "SecAgg+" in (bundle.out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["pareto", "--storage", config.storage, "--study", "secure"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("privacy: secure aggregation secagg+")
 
 
 def test_the_report_draws_accuracy_against_epsilon_and_names_the_privacy(private_study) -> None:
