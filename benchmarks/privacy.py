@@ -71,39 +71,40 @@ def run_private(noise: float, rounds: int, seed: int, clip: float, norm: str = "
     return outcome.accuracy, outcome.privacy, time.perf_counter() - start
 
 
+def dp_rows(noises: tuple[float, ...], rounds: int, seed: int, clip: float, mode: str) -> list[dict]:
+    """One private run per noise multiplier: its (epsilon, delta) and accuracy, each printed as it ends."""
+    rows = []
+    for z in noises:
+        acc, spent, seconds = run_private(z, rounds, seed, clip, mode=mode)
+        rows.append({"noise": z, "epsilon": round(spent["epsilon"], 4), "delta": spent["delta"],
+                     "accuracy": round(acc, 4)})
+        how = (f"after {spent['releases']} rounds" if mode == "central" else "(largest of any client, per record)")
+        print(f"  {mode} noise {z:<5g} clip {clip:g}   accuracy {acc:.4f}  epsilon {spent['epsilon']:.4g} at delta "
+              f"{spent['delta']:g} {how}  {seconds:5.1f} s", flush=True)
+    print()
+    return rows
+
+
+def _table(title: str, epsilon: str, rounds: int, rows: list[dict], first: tuple[str, ...] = ()) -> None:
+    print(f"| {title} | {epsilon} (delta = 1e-5, {rounds} rounds) | accuracy |")
+    print("|---|---|---|")
+    for line in first:
+        print(line)
+    for r in rows:
+        print(f"| {r['noise']:g} | {r['epsilon']:.4g} | {r['accuracy']:.4f} |")
+    print()
+
+
 def part_dp(noises: tuple[float, ...], rounds: int, seed: int, clip: float) -> dict:
     bn, _, seconds = run_private(0.0, rounds, seed, clip, norm="batch")
     print(f"  no privacy, batch norm   accuracy {bn:.4f}  {seconds:5.1f} s", flush=True)
     clean, _, seconds = run_private(0.0, rounds, seed, clip)
     print(f"  no privacy, group norm   accuracy {clean:.4f}  {seconds:5.1f} s", flush=True)
-    rows = []
-    for z in noises:
-        acc, spent, seconds = run_private(z, rounds, seed, clip)
-        rows.append({"noise": z, "epsilon": round(spent["epsilon"], 4), "delta": spent["delta"],
-                     "accuracy": round(acc, 4)})
-        print(f"  noise {z:<5g} clip {clip:g}   accuracy {acc:.4f}  epsilon {spent['epsilon']:.4g} at delta "
-              f"{spent['delta']:g} after {spent['releases']} rounds  {seconds:5.1f} s", flush=True)
-    print()
-    print(f"| noise multiplier | epsilon (delta = 1e-5, {rounds} rounds) | accuracy |")
-    print("|---|---|---|")
-    print(f"| none (batch norm) | inf | {bn:.4f} |")
-    print(f"| none (group norm) | inf | {clean:.4f} |")
-    for r in rows:
-        print(f"| {r['noise']:g} | {r['epsilon']:.4g} | {r['accuracy']:.4f} |")
-    print()
-    local = []
-    for z in noises[-3:]:
-        acc, spent, seconds = run_private(z, rounds, seed, LOCAL_CLIP, mode="local")
-        local.append({"noise": z, "epsilon": round(spent["epsilon"], 4), "delta": spent["delta"],
-                      "accuracy": round(acc, 4)})
-        print(f"  local DP-SGD noise {z:<5g} clip {LOCAL_CLIP:g}   accuracy {acc:.4f}  epsilon {spent['epsilon']:.4g} "
-              f"(largest of any client, per record) at delta {spent['delta']:g}  {seconds:5.1f} s", flush=True)
-    print()
-    print(f"| DP-SGD noise multiplier | epsilon per record (delta = 1e-5, {rounds} rounds) | accuracy |")
-    print("|---|---|---|")
-    for r in local:
-        print(f"| {r['noise']:g} | {r['epsilon']:.4g} | {r['accuracy']:.4f} |")
-    print()
+    rows = dp_rows(noises, rounds, seed, clip, "central")
+    _table("noise multiplier", "epsilon", rounds, rows, (f"| none (batch norm) | inf | {bn:.4f} |",
+                                              f"| none (group norm) | inf | {clean:.4f} |"))
+    local = dp_rows(noises[-3:], rounds, seed, LOCAL_CLIP, "local")
+    _table("DP-SGD noise multiplier", "epsilon per record", rounds, local)
     return {"dp": rows, "dp_clean_accuracy": round(clean, 4), "dp_batchnorm_accuracy": round(bn, 4), "dp_clip": clip,
             "dp_local": local, "dp_local_clip": LOCAL_CLIP}
 

@@ -920,18 +920,10 @@ def _check_privacy(config: StudyConfig) -> None:
     if config.study.mode == "supernet":
         raise ConfigError(f"privacy.mode: {privacy.mode!r} is not supported in supernet studies (study.mode = "
                           "'supernet' aggregates subnets element by element); train candidates from scratch")
-    for rule in [fed.strategy, *(r for r in _label_values(labels.get("aggregation")) if r)]:
-        if rule not in DP_STRATEGIES:
-            key = "federation.strategy" if rule == fed.strategy else "space.labels.aggregation"
-            raise ConfigError(f"{key}: {rule!r} cannot be used {why}; expected one of {list(DP_STRATEGIES)} (the "
-                              "noise is calibrated to an equal-weight mean of clipped updates)")
-    for label, off in (("uplink_codec", "none"), ("downlink_codec", "none"), ("prune_method", "none")):
-        if any(v != off for v in _label_values(labels.get(label))):
-            raise ConfigError(f"space.labels.{label}: expected {off!r} {why} (the server must release the plain "
-                              "mean of clipped updates for the accountant to hold)")
-    if fed.bn_recalibration != "off":
-        raise ConfigError(f"federation.bn_recalibration: expected 'off' {why} (pooling batch-norm statistics sends "
-                          f"each client's moments unprotected), got {fed.bn_recalibration!r}")
+    _require_plain_mean(config, why, DP_STRATEGIES,
+                        "the noise is calibrated to an equal-weight mean of clipped updates",
+                        "the server must release the plain mean of clipped updates for the accountant to hold")
+    _refuse_bn_pooling(fed, why, "unprotected")
     if privacy.clipping == "adaptive" and privacy.clipped_count_stddev:
         for z in noise or [privacy.noise_multiplier]:
             if z >= 2 * privacy.clipped_count_stddev:
@@ -968,15 +960,34 @@ def _check_local_dp(config: StudyConfig, why: str) -> None:
     if "taylor" in _label_values(labels.get("prune_method")):
         raise ConfigError(f"space.labels.prune_method: 'taylor' cannot be used {why} (it scores channels on each "
                           "client's data in the clear); the data-free l1, l2 and fpgm can")
+    _refuse_bn_pooling(fed, why, "unprotected")
+
+
+def _require_plain_mean(config: StudyConfig, why: str, rules: tuple[str, ...], rule_reason: str,
+                        label_reason: str) -> None:
+    """What central DP and secure aggregation share: the run's rule (and every rule the ``aggregation`` label
+    allows) is one of ``rules``, and no update codec or federated pruning changes the mean."""
+    fed, labels = config.federation, config.space.labels
+    for rule in [fed.strategy, *(r for r in _label_values(labels.get("aggregation")) if r)]:
+        if rule not in rules:
+            key = "federation.strategy" if rule == fed.strategy else "space.labels.aggregation"
+            raise ConfigError(f"{key}: {rule!r} cannot be used {why}; expected one of {list(rules)} ({rule_reason})")
+    for label, off in (("uplink_codec", "none"), ("downlink_codec", "none"), ("prune_method", "none")):
+        if any(v != off for v in _label_values(labels.get(label))):
+            raise ConfigError(f"space.labels.{label}: expected {off!r} {why} ({label_reason})")
+
+
+def _refuse_bn_pooling(fed: FederationConfig, why: str, how: str) -> None:
+    """The batch-norm pooling round trip sends each client's moments ``how`` (unprotected, in the clear)."""
     if fed.bn_recalibration != "off":
         raise ConfigError(f"federation.bn_recalibration: expected 'off' {why} (pooling batch-norm statistics sends "
-                          f"each client's moments unprotected), got {fed.bn_recalibration!r}")
+                          f"each client's moments {how}), got {fed.bn_recalibration!r}")
 
 
 def _check_secure(config: StudyConfig) -> None:
     """A secure sum gives the server the weighted mean and nothing else: rules, codecs and protocols that need
     each client's update (or change it after the client masked it) are refused beside it."""
-    privacy, fed, labels = config.privacy, config.federation, config.space.labels
+    privacy, fed = config.privacy, config.federation
     if not privacy.secure:
         return
     why = f"with privacy.secure_aggregation = {privacy.secure_aggregation!r}"
@@ -989,18 +1000,11 @@ def _check_secure(config: StudyConfig) -> None:
     if config.study.mode == "supernet":
         raise ConfigError(f"privacy.secure_aggregation: not supported in supernet studies (study.mode = 'supernet' "
                           "aggregates subnets element by element); train candidates from scratch")
-    for rule in [fed.strategy, *(r for r in _label_values(labels.get("aggregation")) if r)]:
-        if rule not in SECURE_STRATEGIES:
-            key = "federation.strategy" if rule == fed.strategy else "space.labels.aggregation"
-            raise ConfigError(f"{key}: {rule!r} cannot be used {why}; expected one of {list(SECURE_STRATEGIES)} (a "
-                              "secure sum gives the server the weighted mean, not each update)")
-    for label, off in (("uplink_codec", "none"), ("downlink_codec", "none"), ("prune_method", "none")):
-        if any(v != off for v in _label_values(labels.get(label))):
-            raise ConfigError(f"space.labels.{label}: expected {off!r} {why} (the protocol quantizes and masks the "
-                              "model itself; pruning ranks the plain aggregate's channels with client queries)")
-    if fed.bn_recalibration != "off":
-        raise ConfigError(f"federation.bn_recalibration: expected 'off' {why} (pooling batch-norm statistics sends "
-                          f"each client's moments in the clear), got {fed.bn_recalibration!r}")
+    _require_plain_mean(config, why, SECURE_STRATEGIES,
+                        "a secure sum gives the server the weighted mean, not each update",
+                        "the protocol quantizes and masks the model itself; pruning ranks the plain aggregate's "
+                        "channels with client queries")
+    _refuse_bn_pooling(fed, why, "in the clear")
     sampled = max(int(fed.num_clients * fed.fraction_train), fed.min_train_nodes)
     if sampled < 3:
         raise ConfigError(f"federation.fraction_train: {why} a round needs at least 3 clients (with 2, the sum "

@@ -32,9 +32,10 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from fednas.fl._secure import CKKS_KEY, floating_keys, merge_mean, protocol_cost
+
 __all__ = ["CKKS_KEY", "CkksRound", "ckks_decrypt", "ckks_public", "ckks_train", "write_ckks_key"]
 
-CKKS_KEY = "fednas-ckks"  # in a train config: the JSON {max_weight}; the reply is encrypted
 CKKS_RECORD = "ckks"  # the ConfigRecord with the ciphertexts (``chunks``) or the public context
 POLY_DEGREE = 8192
 SLOTS = POLY_DEGREE // 2
@@ -88,15 +89,11 @@ def _client_context(context: Context) -> Any:
     return _shared_context(context.run_id, RunSpec.from_run_config(context.run_config).seed)
 
 
-def _floating_keys(arrays: ArrayRecord) -> list[str]:
-    return [k for k in arrays.keys() if np.issubdtype(np.dtype(arrays[k].dtype), np.floating)]
-
-
 def ckks_train(msg: Message, context: Context, reply: Message) -> Message:
     """A train reply encrypted: the floating arrays (in the received order) times weight / max_weight."""
     ts = _tenseal()
     note = json.loads(str(msg.content["config"][CKKS_KEY]))
-    keys = _floating_keys(msg.content["arrays"])
+    keys = floating_keys(msg.content["arrays"])
     arrays, metrics = reply.content["arrays"], reply.content["metrics"]
     weight = float(metrics.get("num-examples", 1)) / float(note["max_weight"])
     flat = np.concatenate([np.asarray(arrays[k].numpy(), np.float64).ravel() for k in keys]) * weight
@@ -146,7 +143,7 @@ class CkksRound:
         note = json.dumps({"max_weight": self.max_weight})
         for msg in messages:
             msg.content["config"][CKKS_KEY] = note
-        keys = _floating_keys(arrays)
+        keys = floating_keys(arrays)
         size = sum(int(np.prod(arrays[k].shape)) for k in keys)
         expected = -(-size // SLOTS)
         replies = [r for r in grid.send_and_receive(messages) if not r.has_error()]
@@ -172,15 +169,12 @@ class CkksRound:
             self.failure = f"CKKS: the decrypting client failed ({why})"
             return None
         flat = answer[0].content["sum"]["sum"].numpy() / weight
-        out, at = {}, 0
-        for k in arrays.keys():
-            if k in keys:
-                n = int(np.prod(arrays[k].shape))
-                out[k] = Array(flat[at:at + n].reshape(arrays[k].shape).astype(arrays[k].numpy().dtype))
-                at += n
-            else:
-                out[k] = arrays[k]
-        return ArrayRecord(out)
+        mean, at = {}, 0
+        for k in keys:
+            n = int(np.prod(arrays[k].shape))
+            mean[k] = flat[at:at + n].reshape(arrays[k].shape)
+            at += n
+        return merge_mean(arrays, mean)
 
     def _public(self, grid: Any, node: int) -> Any:
         answer = list(grid.send_and_receive([Message(RecordDict(), node, "query.ckks_public")]))
@@ -193,15 +187,7 @@ class CkksRound:
         return public
 
     def report(self, exchanges: list[Any]) -> dict[str, Any]:
-        """Measured cost over a run's exchanges: public-context and decryption bytes, encrypted uploads, seconds."""
-        extra = [e for e in exchanges if e.message_type in CKKS_STAGES]
-        train = [e for e in exchanges if e.message_type == "train"]
-        return {
-            "protocol": "ckks",
-            "poly_modulus_degree": POLY_DEGREE,
-            "scale_bits": SCALE_BITS,
-            "protocol_bytes": sum(e.download_bytes + e.upload_bytes for e in extra),
-            "protected_upload_bytes": sum(e.upload_bytes for e in train),
-            "seconds": sum(e.seconds for e in extra + train),
-            "clipped_values": 0,
-        }
+        """The protocol and its measured cost (``protocol_bytes``: the public context and the decryption
+        queries; ``protected_upload_bytes``: the ciphertexts)."""
+        return {"protocol": "ckks", "poly_modulus_degree": POLY_DEGREE, "scale_bits": SCALE_BITS,
+                **protocol_cost(exchanges, CKKS_STAGES)}

@@ -47,17 +47,35 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from fednas._seeds import derive_seed
 from fednas.config import PrivacyConfig
-from fednas.fl._ckks import CKKS_KEY
 
-__all__ = ["SECURE_KEY", "SecAggPlusRound", "secure_mod"]
+__all__ = ["CKKS_KEY", "SECURE_KEY", "SecAggPlusRound", "floating_keys", "merge_mean", "protocol_cost", "secure_mod"]
 
+CKKS_KEY = "fednas-ckks"  # in a train config: the JSON {max_weight}; the reply is encrypted (fednas.fl._ckks)
 SECURE_KEY = "fednas-secure"  # in a legacy FitIns config: the JSON of what secure_mod needs
 SECAGG_STAGES = ("secagg.setup", "secagg.share_keys", "train", "secagg.unmask")
 CLIPPED_KEY = "secagg-clipped"  # values a client clipped to the quantization range
 
 
-def _floating(array: Array) -> bool:
-    return bool(np.issubdtype(np.dtype(array.dtype), np.floating))
+def floating_keys(arrays: ArrayRecord) -> list[str]:
+    """The arrays a secure sum covers: the floating-point ones (integer buffers keep the server's value)."""
+    return [k for k in arrays.keys() if np.issubdtype(np.dtype(arrays[k].dtype), np.floating)]
+
+
+def merge_mean(arrays: ArrayRecord, mean: dict[str, np.ndarray]) -> ArrayRecord:
+    """``arrays`` (the global model) with the securely aggregated ones replaced, each in its own dtype."""
+    return ArrayRecord({k: Array(mean[k].astype(arrays[k].numpy().dtype)) if k in mean else arrays[k]
+                        for k in arrays.keys()})
+
+
+def protocol_cost(exchanges: list[Any], extra: tuple[str, ...]) -> dict[str, Any]:
+    """A protocol's measured cost over a run's exchanges: bytes of its ``extra`` exchange types, upload bytes
+    of the protected train replies, and the seconds of both."""
+    others = [e for e in exchanges if e.message_type in extra]
+    train = [e for e in exchanges if e.message_type == "train"]
+    return {"protocol_bytes": sum(e.download_bytes + e.upload_bytes for e in others),
+            "protected_upload_bytes": sum(e.upload_bytes for e in train),
+            "seconds": sum(e.seconds for e in others + train),
+            "clipped_values": sum(e.clipped for e in train)}
 
 
 class SecAggPlusRound:
@@ -94,7 +112,7 @@ class SecAggPlusRound:
         if not messages:
             return None
         keys = list(arrays.keys())
-        summed = [k for k in keys if _floating(arrays[k])]
+        summed = floating_keys(arrays)
         note = json.dumps({"keys": keys, "summed": summed, "max_weight": self.max_weight,
                            "clipping_range": float(self.privacy.secagg_clipping_range)})
         strategy = _OneRound()
@@ -126,26 +144,15 @@ class SecAggPlusRound:
                             f"(privacy.secagg_threshold = {self.privacy.secagg_threshold:g})"
                             + (f"; first error: {last.error_reasons[0]}" if last.error_reasons else ""))
             return None
-        mean = dict(zip(summed, strategy.aggregate, strict=True))
-        return ArrayRecord({k: Array(mean[k].astype(arrays[k].numpy().dtype)) if k in mean else arrays[k]
-                            for k in keys})
+        return merge_mean(arrays, dict(zip(summed, strategy.aggregate, strict=True)))
 
     def report(self, exchanges: list[Any]) -> dict[str, Any]:
-        """The protocol's measured cost over a run's exchanges: bytes of the key-exchange stages, bytes of the
-        masked vectors, seconds of all four stages, and the values clipped to the quantization range."""
-        stages = [e for e in exchanges if e.message_type in SECAGG_STAGES[:2] + SECAGG_STAGES[3:]]
-        train = [e for e in exchanges if e.message_type == "train"]
-        return {
-            "protocol": "secagg+",
-            "num_shares": self.privacy.secagg_num_shares,
-            "threshold": self.privacy.secagg_threshold,
-            "clipping_range": self.privacy.secagg_clipping_range,
-            "quantization_bits": self.privacy.secagg_quantization_bits,
-            "protocol_bytes": sum(e.download_bytes + e.upload_bytes for e in stages),  # the key exchange
-            "protected_upload_bytes": sum(e.upload_bytes for e in train),  # the masked vectors
-            "seconds": sum(e.seconds for e in stages + train),
-            "clipped_values": sum(e.clipped for e in train),
-        }
+        """The protocol and its measured cost (``protocol_bytes``: the key exchange; ``protected_upload_bytes``:
+        the masked vectors; values clipped to the quantization range)."""
+        return {"protocol": "secagg+", "num_shares": self.privacy.secagg_num_shares,
+                "threshold": self.privacy.secagg_threshold, "clipping_range": self.privacy.secagg_clipping_range,
+                "quantization_bits": self.privacy.secagg_quantization_bits,
+                **protocol_cost(exchanges, SECAGG_STAGES[:2] + SECAGG_STAGES[3:])}
 
 
 class _OneRound:
