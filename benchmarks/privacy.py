@@ -15,6 +15,8 @@ is run clean and under each attack with 25 % of the clients (2 of 8) malicious, 
 aggregation rule, all in this process with one seed. Krum and Multi-Krum are told the true
 number of attackers (``num_malicious_nodes = 2``); Bulyan needs 4f + 3 replies, so with 8
 clients it is built for f = 1 and faces twice that; FedTrimmedAvg trims 25 % at each end.
+``--bucket S`` puts bucketing (``federation.bucket_size``) in front of the robust rules;
+``--rules`` and ``--attacks NAME[:STRENGTH],...`` pick a subset (e.g. ``sign_flip:4``).
 
 Part (b), secure aggregation: one round of the same federation of ``mobilenet_tiny``
 aggregated in the clear, by Flower's SecAgg+ (``privacy.secure_aggregation = "secagg+"``,
@@ -140,9 +142,12 @@ def part_secure(seed: int) -> dict:
     return out
 
 
-def run(rule: str, attack: str, rounds: int, seed: int) -> tuple[float, list[int], float]:
+def run(rule: str, attack: str, rounds: int, seed: int, strength: float = 0.0,
+        bucket: int = 1) -> tuple[float, list[int], float]:
     fed = FederationConfig(num_clients=8, rounds=rounds, strategy=rule, strategy_options=dict(RULES[rule]),
-                           min_train_nodes=8, attack=attack, attack_fraction=0.25 if attack != "none" else 0.0)
+                           min_train_nodes=8, attack=attack, attack_fraction=0.25 if attack != "none" else 0.0,
+                           attack_strength=strength if attack != "none" else 0.0,
+                           bucket_size=bucket if rule != "fedavg" else 1)
     fed.check()
     spec = RunSpec(DataConfig(), fed, seed, preset("mobilenet_tiny").to_dict())
     start = time.perf_counter()
@@ -157,6 +162,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="3 rounds; two noise levels; FedAvg, Krum and FedMedian only")
     p.add_argument("--part", choices=("all", "dp", "secure", "attack"), default="all")
     p.add_argument("--clip", type=float, default=0.5, help="clipping norm of part (a)")
+    p.add_argument("--rules", default="", help="part (c): comma-separated rules (default: all of RULES)")
+    p.add_argument("--attacks", default="", help="part (c): comma-separated attacks, each NAME or NAME:STRENGTH "
+                   "(default: all at their default strengths; the clean run always comes first)")
+    p.add_argument("--bucket", type=int, default=1, help="part (c): federation.bucket_size of the robust rules "
+                   "(1: no bucketing; FedAvg is never bucketed: it would not change)")
     args = p.parse_args()
     rounds = 3 if args.quick else args.rounds
     out: dict = {}
@@ -165,31 +175,43 @@ def main() -> None:
     if args.part in ("all", "secure"):
         out.update(part_secure(args.seed))
     if args.part in ("all", "attack"):
-        out.update(part_attack(QUICK_RULES if args.quick else tuple(RULES), rounds, args.seed))
+        rules = tuple(args.rules.split(",")) if args.rules else QUICK_RULES if args.quick else tuple(RULES)
+        unknown = [r for r in rules if r not in RULES]
+        if unknown:
+            p.error(f"--rules: unknown {unknown}; expected names from {list(RULES)}")
+        attacks = [(a.partition(":")[0], float(a.partition(":")[2] or 0)) for a in args.attacks.split(",") if a] \
+            or [(a, 0.0) for a in ATTACKS]
+        if any(a not in ATTACKS for a, _ in attacks):
+            p.error(f"--attacks: expected names from {list(ATTACKS)}, got {args.attacks!r}")
+        out.update(part_attack(rules, rounds, args.seed, attacks, args.bucket))
     print(json.dumps(out))
 
 
-def part_attack(rules: tuple[str, ...], rounds: int, seed: int) -> dict:
+def part_attack(rules: tuple[str, ...], rounds: int, seed: int,
+                attacks: list[tuple[str, float]] | None = None, bucket: int = 1) -> dict:
+    """Each rule clean and under each (attack, strength) (strength 0: the attack's default)."""
     table: dict[str, dict[str, float]] = {}
     attackers: dict[str, list[int]] = {}
-    for attack in ("none", *ATTACKS):
-        table[attack] = {}
+    for attack, strength in [("none", 0.0), *(attacks or [(a, 0.0) for a in ATTACKS])]:
+        name = f"{attack}:{strength:g}" if strength else attack
+        table[name] = {}
         for rule in rules:
-            acc, seen, seconds = run(rule, attack, rounds, seed)
-            table[attack][rule] = round(acc, 4)
-            attackers[attack] = seen
-            print(f"  {attack:<10} {rule:<14} accuracy {acc:.4f}  attackers per round {seen}  {seconds:5.1f} s",
+            acc, seen, seconds = run(rule, attack, rounds, seed, strength, bucket)
+            table[name][rule] = round(acc, 4)
+            attackers[name] = seen
+            print(f"  {name:<12} {rule:<14} accuracy {acc:.4f}  attackers per round {seen}  {seconds:5.1f} s",
                   flush=True)
     print()
-    print("| attack (2 of 8 clients) | " + " | ".join(rules) + " |")
+    buckets = f", rules on buckets of {bucket}" if bucket > 1 else ""
+    print(f"| attack (2 of 8 clients){buckets} | " + " | ".join(rules) + " |")
     print("|---|" + "---|" * len(rules))
     for attack, row in table.items():
         best = max(row.values())
         cells = [f"**{row[r]:.4f}**" if row[r] == best else f"{row[r]:.4f}" for r in rules]
         print(f"| {'clean' if attack == 'none' else attack} | " + " | ".join(cells) + " |")
     clean = table.pop("none")
-    return {"clean_accuracy": clean["fedavg"], "clean": clean, "attack": table, "rounds": rounds,
-            "attackers_per_round": {a: attackers[a] for a in ATTACKS}}
+    return {"clean_accuracy": clean.get("fedavg"), "clean": clean, "attack": table, "rounds": rounds,
+            "bucket_size": bucket, "attackers_per_round": {a: attackers[a] for a in table}}
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--resolution", type=int, default=None, help="default: the preset's (224 for ImageNet ones), else 28")
     info.add_argument("--in-channels", type=int, default=None, help="default: the preset's (3 for RGB ones), else 1")
     info.add_argument("--json", action="store_true")
+    _add_latency_parsers(sub)
     _add_export_parsers(sub)
     _add_plot_parsers(sub)
     return p
@@ -63,6 +64,77 @@ def _parser() -> argparse.ArgumentParser:
 
 def _csv_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _add_latency_parsers(sub: argparse._SubParsersAction) -> None:
+    la = sub.add_parser("latency", help="latency tables for predicting latency_ms on a target device")
+    lsub = la.add_subparsers(dest="latency_command", required=True, metavar="LATENCY_COMMAND")
+    pr = lsub.add_parser("profile", help="time every block configuration of a study's space on this machine")
+    pr.add_argument("config", nargs="?", default=None, help=f"study TOML (default: {DEFAULT_CONFIG})")
+    pr.add_argument("--out", required=True, metavar="TABLE.json", help="table to write (an existing file is kept "
+                    "unless --force)")
+    pr.add_argument("--force", action="store_true", help="replace an existing --out file")
+    pr.add_argument("--samples", type=int, default=200, help="architectures drawn from the space, besides its two "
+                    "corners (default 200)")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--resolution", type=int, action="append", default=None,
+                    help="input size (repeatable; default: the study data's)")
+    pr.add_argument("--in-channels", type=int, default=None, help="default: the study data's")
+    pr.add_argument("--num-classes", type=int, default=None, help="default: the study data's")
+    pr.add_argument("--runtime", default=None, help="default: [latency] runtime of the config (onnxruntime)")
+    pr.add_argument("--threads", type=int, default=None, help="default: [latency] threads (1)")
+    pr.add_argument("--repeats", type=int, default=None, help="timed runs per unit (default: [latency] repeats)")
+    pr.add_argument("--warmup", type=int, default=None, help="untimed runs per unit (default: [latency] warmup)")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (repeatable)")
+    pr.add_argument("--quiet", action="store_true")
+
+
+def _latency(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fednas.config import ConfigError, load_config
+    from fednas.latency import profile_study
+    from search_spaces import MAX_CHANNELS, MAX_CLASSES, MAX_RESOLUTION
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"--out: {out} exists; expected a new file (or --force to replace it)")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out: folder {out.parent} does not exist")
+    config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    lat = config.latency
+    lat = replace(lat, **{k: getattr(args, k) for k in ("runtime", "threads", "repeats", "warmup")
+                          if getattr(args, k) is not None})
+    lat.check()
+    chans, classes, res = args.in_channels, args.num_classes, args.resolution
+    if chans is None or classes is None or not res:
+        train, _ = config.data.datasets(config.study.seed)
+        chans = train.in_channels if chans is None else chans
+        classes = train.num_classes if classes is None else classes
+        res = res or [train.resolution]
+    for flag, values, high in (("--in-channels", [chans], MAX_CHANNELS), ("--num-classes", [classes], MAX_CLASSES),
+                               ("--resolution", res, MAX_RESOLUTION)):
+        for v in values:
+            if not 1 <= v <= high:
+                raise ConfigError(f"{flag}: expected an integer in [1, {high:,}], got {v}")
+    _quiet_libraries()
+
+    def progress(i: int, total: int, unit: Any, timing: Any) -> None:
+        if not args.quiet:
+            print(f"\r  unit {i + 1}/{total}  {unit.kind:<18} {timing.ms:9.4f} ms", end="", file=sys.stderr,
+                  flush=True)
+
+    table = profile_study(config, samples=args.samples, resolutions=sorted(set(res)), in_channels=chans,
+                          num_classes=classes, runtime=lat.runtime, threads=lat.threads, warmup=lat.warmup,
+                          repeats=lat.repeats, seed=args.seed, on_unit=progress)
+    if not args.quiet:
+        print(file=sys.stderr)
+    table.save(out)
+    print(f"{out}: {len(table.units):,} units of {table.source['architectures']:,} architectures at "
+          f"{chans}x{'/'.join(map(str, sorted(set(res))))}, {table.runtime} {table.runtime_version}, "
+          f"{table.threads} thread(s), empty call {table.overhead_ms:.4f} ms")
+    return 0
 
 
 def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
@@ -126,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fednas.export._cli import run_export, run_train
 
             return run_export(args) if args.command == "export" else run_train(args)
+        if args.command == "latency":
+            return _latency(args)
         if args.command in ("plot", "dashboard"):
             from fednas.plot._cli import run_dashboard_command, run_plot
 

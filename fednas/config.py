@@ -19,6 +19,7 @@ from typing import Any
 from fednas._errors import ConfigError
 from fednas.objectives import DIRECTIONS, OBJECTIVES
 from fednas.attacks import ATTACKS
+from fednas.runtimes import RUNTIMES
 from fednas.strategies import LEGACY_KEYS, MIN_REPLIES, STRATEGIES
 from search_spaces import MAX_RESOLUTION
 
@@ -35,6 +36,7 @@ __all__ = [
     "ConstraintsConfig",
     "DataConfig",
     "FederationConfig",
+    "LatencyConfig",
     "PrivacyConfig",
     "SpaceConfig",
     "StudyConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "apply_overrides",
     "default_storage",
     "load_config",
+    "needs_latency",
     "parse_config",
 ]
 
@@ -206,6 +209,7 @@ class ConstraintsConfig:
     max_bytes: int = 0
     max_comm_bytes: int = 0
     max_epsilon: float = 0.0  # the privacy loss at privacy.delta ([privacy])
+    max_latency_ms: float = 0.0  # latency_ms ([latency]): measured, or predicted from a table
 
     def check(self) -> None:
         for f in fields(self):
@@ -215,6 +219,37 @@ class ConstraintsConfig:
     def active(self) -> dict[str, float]:
         """Objective name -> bound, for the bounds that are set."""
         return {f.name[4:]: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatencyConfig:
+    """``[latency]``: where ``latency_ms`` (objective, ``constraints.max_latency_ms``) comes from.
+
+    Without ``table``, each candidate is measured on this machine: ``runtime``
+    (``fednas.runtimes``; ONNX Runtime by default) with ``threads`` intra-op threads pinned to
+    CPUs, ``warmup`` untimed runs, then the median of ``repeats`` single-image runs (the
+    quartiles are stored as its spread). With ``table`` (a file written by ``fednas latency
+    profile``, on this machine or on the target device; relative to the working directory),
+    it is predicted from the table's unit latencies instead, and the runtime and threads are
+    the table's.
+    """
+
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    warmup: int = 10
+    repeats: int = 50
+    table: str = ""
+
+    def check(self) -> None:
+        _require(self.runtime in RUNTIMES, "latency.runtime", f"one of {list(RUNTIMES)}", self.runtime)
+        _require(1 <= self.threads <= 256, "latency.threads", "an integer in [1, 256]", self.threads)
+        _require(0 <= self.warmup <= 100_000, "latency.warmup", "an integer in [0, 100000]", self.warmup)
+        _require(1 <= self.repeats <= 100_000, "latency.repeats", "an integer in [1, 100000]", self.repeats)
+
+    def describe(self) -> str:
+        if self.table:
+            return f"predicted from latency table {self.table}"
+        return f"measured on {self.runtime}, {self.threads} thread(s), median of {self.repeats} runs"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -386,6 +421,8 @@ class FederationConfig:
     attack: str = "none"
     attack_fraction: float = 0.0
     attack_strength: float = 0.0
+    # replies per bucket before the aggregation rule (fednas.fl._bucketing; 1: off): robust rules see bucket means
+    bucket_size: int = 1
     device: str = "auto"
     # constructor keywords of the strategy (``[federation.<strategy>]``), defaults filled in
     strategy_options: dict[str, float] = field(default_factory=dict)
@@ -431,6 +468,7 @@ class FederationConfig:
         _require(DEVICE_NAME.fullmatch(self.device) is not None, "federation.device",
                  "'auto', 'cpu', 'cuda' or 'cuda:N'", self.device)
         _require(self.bn_recalibration in BN_MODES, "federation.bn_recalibration", f"one of {list(BN_MODES)}", self.bn_recalibration)
+        _require(self.bucket_size >= 1, "federation.bucket_size", "an integer >= 1 (1: no bucketing)", self.bucket_size)
         self._check_attack()
         self._check_robust_rule()
 
@@ -491,15 +529,17 @@ class FederationConfig:
             return
         options = {**STRATEGIES[self.strategy].defaults(), **self.strategy_options}
         f = int(options["num_malicious_nodes"])
-        n, need = self.sampled_per_round(), MIN_REPLIES[self.strategy](f)
+        sampled = self.sampled_per_round()
+        n, need = math.ceil(sampled / self.bucket_size), MIN_REPLIES[self.strategy](f)
+        inputs = "replies" if self.bucket_size == 1 else f"buckets of federation.bucket_size={self.bucket_size}"
         if n < need:
-            raise ConfigError(f"federation.{self.strategy}.num_malicious_nodes: {f} needs at least {need} replies per "
-                              f"round; a round samples {n} (federation.num_clients={self.num_clients}, "
+            raise ConfigError(f"federation.{self.strategy}.num_malicious_nodes: {f} needs at least {need} {inputs} "
+                              f"per round; a round has {n} (federation.num_clients={self.num_clients}, "
                               f"fraction_train={self.fraction_train:g}, min_train_nodes={self.min_train_nodes})")
         select = options.get("num_nodes_to_select")
         if self.strategy == "multikrum" and select is not None and select > n - f:
             raise ConfigError(f"federation.multikrum.num_nodes_to_select: {select:g} is more than the {n - f} "
-                              f"updates left after {f} malicious ones of the {n} a round samples")
+                              f"updates left after {f} malicious ones of the {n} {inputs} a round has")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -514,6 +554,7 @@ class StudyConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
     source: str = ""  # the file it came from, for messages and default paths
 
     def to_dict(self) -> dict[str, Any]:
@@ -550,8 +591,9 @@ _SECTIONS = {
     "federation": FederationConfig,
     "supernet": SupernetConfig,
     "privacy": PrivacyConfig,
+    "latency": LatencyConfig,
 }
-_TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation", "supernet", "privacy")
+_TOP_LEVEL = ("study", "objectives", "constraints", "space", "data", "federation", "supernet", "privacy", "latency")
 
 
 MAX_CONFIG_BYTES = 1_000_000  # a study TOML is a few kB
@@ -828,9 +870,31 @@ def _cross_check(config: StudyConfig) -> None:
     _check_mode(config)
     _check_privacy(config)
     _check_secure(config)
+    _check_latency(config)
     bad = [name for name in config.constraints.active() if name not in OBJECTIVES]
     if bad:  # pragma: no cover - the schema only has known names
         raise ConfigError(f"constraints: unknown bound(s) {bad}")
+
+
+def needs_latency(config: StudyConfig) -> bool:
+    """Whether the study scores ``latency_ms`` (an objective or a bound)."""
+    return "latency_ms" in config.objectives or bool(config.constraints.max_latency_ms)
+
+
+def _check_latency(config: StudyConfig) -> None:
+    if not needs_latency(config):
+        return
+    lat = config.latency
+    if lat.table:
+        path = Path(lat.table)
+        if not path.is_file():
+            raise ConfigError(f"latency.table: {lat.table!r} is not a file; expected a table written by "
+                              "fednas latency profile")
+        return
+    missing = RUNTIMES[lat.runtime].missing()
+    if missing:
+        raise ConfigError(f"latency.runtime: {lat.runtime!r} needs {missing}, which is not installed "
+                          f"(pip install 'fednas[{RUNTIMES[lat.runtime].extra}]')")
 
 
 def _label_values(value: Any) -> list[Any]:
@@ -883,6 +947,10 @@ def _check_mode(config: StudyConfig) -> None:
         space.supernet({k: domain_from_config(v, k) for k, v in config.space.labels.items() if k in own})
     except ValueError as exc:
         raise ConfigError(f"study.mode: {exc}") from None
+    if config.federation.bucket_size != 1:
+        raise ConfigError(f"federation.bucket_size: expected 1 with study.mode = 'supernet' (subnets are aggregated "
+                          f"element by element, not by a rule that buckets could help), got "
+                          f"{config.federation.bucket_size}")
     if any(v == "group" for v in _label_values(config.space.labels.get("norm"))):
         raise ConfigError("space.labels.norm: 'group' cannot share weights in a supernet (its groups change with "
                           "the width); expected 'batch' with study.mode = 'supernet'")
@@ -968,6 +1036,8 @@ def _require_plain_mean(config: StudyConfig, why: str, rules: tuple[str, ...], r
     """What central DP and secure aggregation share: the run's rule (and every rule the ``aggregation`` label
     allows) is one of ``rules``, and no update codec or federated pruning changes the mean."""
     fed, labels = config.federation, config.space.labels
+    if fed.bucket_size != 1:
+        raise ConfigError(f"federation.bucket_size: expected 1 {why} ({rule_reason}), got {fed.bucket_size}")
     for rule in [fed.strategy, *(r for r in _label_values(labels.get("aggregation")) if r)]:
         if rule not in rules:
             key = "federation.strategy" if rule == fed.strategy else "space.labels.aggregation"

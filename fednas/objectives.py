@@ -26,7 +26,7 @@ class Objective:
     Attributes:
         name: key in ``[objectives]`` and in the trial's stored attributes.
         direction: its natural direction (a study may still choose the other).
-        unit: "fraction" (shown in %), "MACs", "B" (bytes), "eps" (a privacy loss) or "" (a count).
+        unit: "fraction" (shown in %), "MACs", "B" (bytes), "eps" (a privacy loss), "ms" (a time) or "" (a count).
         phase: "static", "trained" or "post" (see the module docstring).
         title: what it measures, for axes and tables.
         description: one sentence for the README and ``--help``.
@@ -73,6 +73,9 @@ for _o in (
               "bytes of the final model after post-training int8 quantization (serialized state dict)"),
     Objective("accuracy_int8", "maximize", "fraction", "post", "held-out accuracy after int8",
               "held-out accuracy of the final model after post-training int8 quantization"),
+    Objective("latency_ms", "minimize", "ms", "static", "latency per image",
+              "median single-image latency on [latency] runtime (ONNX Runtime, 1 thread by default), measured "
+              "after warm-up on pinned threads, or predicted from a [latency] table made on the target device"),
     Objective("epsilon", "minimize", "eps", "trained", "privacy loss \u03b5",
               "(epsilon, delta)-DP at privacy.delta from an RDP accountant: user level for [privacy] mode = "
               "'central' (the rounds actually released), record level for 'local' (the largest of any client's "

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fednas.config import DataConfig, FederationConfig, PrivacyConfig, StudyConfig
+from fednas.config import DataConfig, FederationConfig, LatencyConfig, PrivacyConfig, StudyConfig
 from fednas.cost import Cost, measure
 from fednas.fl import FederatedData, RoundRecord, RunSpec, ServerOutcome, run_federation
 from fednas.models import build_run_model, example_input
@@ -31,7 +31,7 @@ from fednas.objectives import OBJECTIVES
 from search_spaces import Architecture, CompressionSettings, arch_from_dict
 
 __all__ = ["Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish", "int8_metrics",
-           "needs_int8", "run_candidate"]
+           "latency_config", "needs_int8", "run_candidate"]
 
 
 class CandidateError(RuntimeError):
@@ -66,15 +66,20 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Built:
-    """A candidate's model before training and its cost (params, MACs, bytes) on the data's input."""
+    """A candidate's model before training and its cost (params, MACs, bytes; latency when asked) on the
+    data's input."""
 
     model: nn.Module
     cost: Cost
+    latency: dict[str, Any] | None = None  # fednas.latency.Latency.to_dict() when [latency] is scored
 
     @property
-    def static(self) -> dict[str, int]:
+    def static(self) -> dict[str, Any]:
         """The metrics known before training, by objective name."""
-        return {"macs": self.cost.macs, "params": self.cost.params, "bytes": self.cost.bytes}
+        out: dict[str, Any] = {"macs": self.cost.macs, "params": self.cost.params, "bytes": self.cost.bytes}
+        if self.latency is not None:
+            out["latency_ms"] = self.latency["ms"]
+        return out
 
 
 @dataclass
@@ -100,8 +105,11 @@ class CandidateResult:
         return self.outcome.arrays.to_torch_state_dict()
 
 
-def build(candidate: Candidate, data: FederatedData) -> Built:
+def build(candidate: Candidate, data: FederatedData, latency: LatencyConfig | None = None) -> Built:
     """Build the candidate's model for the data's input and measure it.
+
+    ``latency``: also its single-image latency, measured or predicted as the section says
+    (``fednas.latency.candidate_latency``; pass it only when the study scores ``latency_ms``).
 
     Raises:
         CandidateError: the architecture does not fit the input (too small, ...).
@@ -114,7 +122,16 @@ def build(candidate: Candidate, data: FederatedData) -> Built:
     except (RuntimeError, ValueError) as exc:
         raise CandidateError(f"cannot build the model for {train.in_channels}x{train.resolution}x{train.resolution} "
                              f"inputs: {exc}") from exc
-    return Built(model, cost)
+    return Built(model, cost, _latency(model, data, latency))
+
+
+def _latency(model: nn.Module, data: FederatedData, config: LatencyConfig | None) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    from fednas.latency import candidate_latency
+
+    train = data.train
+    return candidate_latency(model, (train.in_channels, train.resolution, train.resolution), config).to_dict()
 
 
 def federate(candidate: Candidate, config: StudyConfig, *,
@@ -138,22 +155,28 @@ def needs_int8(objectives: dict[str, str] | list[str]) -> bool:
 
 
 def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: FederatedData, *,
-           int8: bool = False) -> CandidateResult:
-    """The trained model and its metrics: the pruned structure re-measured, int8 scored if asked."""
+           int8: bool = False, latency: LatencyConfig | None = None) -> CandidateResult:
+    """The trained model and its metrics: the pruned structure re-measured (its latency too, with
+    ``latency``), int8 scored if asked."""
     train = data.train
     model, static, before = built.model, built.static, {}
+    lat = built.latency
     if outcome.prune_masks:
         from fednas.compress import apply_channel_masks, decode_channel_masks
 
         model = apply_channel_masks(model, decode_channel_masks(outcome.prune_masks),
                                     example_input(train.in_channels, train.resolution))
         cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
-        before, static = static, {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes}
+        lat = _latency(model, data, latency) if built.latency is not None else None
+        before, static = static, {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes,
+                                  **({"latency_ms": lat["ms"]} if lat else {})}
     model.load_state_dict(outcome.arrays.to_torch_state_dict())
     metrics: dict[str, Any] = {**static, "accuracy": outcome.accuracy, "comm_bytes": outcome.comm_bytes,
                                "upload_bytes": outcome.upload_bytes, "download_bytes": outcome.download_bytes}
     if outcome.privacy:
         metrics["epsilon"] = outcome.privacy["epsilon"]
+    if lat is not None:
+        metrics["latency"] = lat  # how latency_ms was obtained: runtime, threads, spread, measured or predicted
     if int8:
         metrics.update(int8_metrics(model, data))
     return CandidateResult(candidate, model.eval(), metrics, before, outcome)
@@ -168,8 +191,17 @@ def int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
     return {"model_bytes": q.bytes, "accuracy_int8": acc}
 
 
+def latency_config(config: StudyConfig) -> LatencyConfig | None:
+    """The study's ``[latency]`` when it scores ``latency_ms``, else None (nothing is timed)."""
+    from fednas.config import needs_latency
+
+    return config.latency if needs_latency(config) else None
+
+
 def run_candidate(candidate: Candidate, config: StudyConfig, data: FederatedData, *,
                   on_round: Callable[[RoundRecord], None] | None = None, int8: bool = False) -> CandidateResult:
     """``build`` -> ``federate`` -> ``finish``."""
-    built = build(candidate, data)
-    return finish(candidate, built, federate(candidate, config, on_round=on_round), data, int8=int8)
+    latency = latency_config(config)
+    built = build(candidate, data, latency)
+    return finish(candidate, built, federate(candidate, config, on_round=on_round), data, int8=int8,
+                  latency=latency)

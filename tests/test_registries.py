@@ -42,7 +42,7 @@ def test_codec_and_pruning_labels_have_implementations() -> None:
 
 
 def test_config_choices_come_from_the_objective_registry() -> None:
-    assert objective_names("static") == ("macs", "params", "bytes")
+    assert objective_names("static") == ("macs", "params", "bytes", "latency_ms")
     assert {o.phase for o in OBJECTIVES.values()} == {"static", "trained", "post"}
     with pytest.raises(ConfigError, match="objectives.latency: unknown objective; valid: accuracy, macs"):
         parse_config({"objectives": {"latency": "minimize"}})

@@ -61,6 +61,13 @@ def _title(doc: dict[str, Any]) -> str:
     lead = (f"{arch_from_dict(doc['architecture']).title} for {shape} inputs and {i['num_classes']} classes, {how} on "
             f"`{doc['data']['source']}`. Held-out accuracy {_pct(m.get('accuracy'))}, "
             f"{_n(m.get('macs', '-'))} MACs, {_n(m.get('params', '-'))} parameters.")
+    lat = m.get("latency")
+    if isinstance(lat, dict) and "ms" in lat:
+        how_lat = (f"predicted from the latency table `{lat.get('table', '')}`" if lat.get("source") == "predicted"
+                   else f"measured, median of {lat.get('repeats')} runs, quartiles {lat.get('p25_ms', 0):.4g}-"
+                        f"{lat.get('p75_ms', 0):.4g} ms")
+        lead += (f" Single-image latency {lat['ms']:.4g} ms on {lat.get('runtime')} {lat.get('runtime_version', '')} "
+                 f"with {lat.get('threads')} thread(s) ({how_lat}).")
     return f"{title}\n\n{lead}\n\n{where}"
 
 

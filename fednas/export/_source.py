@@ -70,6 +70,8 @@ def source_from_trial(storage: str, study: str, *, trial: int | None = None, pic
         raise ConfigError(f"trial {chosen.number}: stored architecture is invalid ({exc})") from None
     state = load_file(str(weights_path(view, chosen)))
     metrics = {k: chosen.attrs[k] for k in METRICS if k in chosen.attrs}
+    if isinstance(chosen.attrs.get("latency"), dict):  # how latency_ms was obtained (runtime, spread, table)
+        metrics["latency"] = chosen.attrs["latency"]
     origin = {"storage": storage, "study": study, "trial": chosen.number, "picked": pick or "",
               "weights_artifact": chosen.attrs.get("weights_artifact", "")}
     if chosen.attrs.get("mode") == "supernet":  # inherited weights, fine-tuned when phase 3 ran

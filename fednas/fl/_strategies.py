@@ -59,6 +59,9 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
     central-DP wrapper (``fednas.fl._privacy.private``; the config refuses codecs and pruning
     beside it), at the noise multiplier of the ``dp_noise_multiplier`` label or ``privacy``.
 
+    With ``fed.bucket_size > 1`` the replies are averaged in seeded random buckets before the
+    rule sees them (``fednas.fl._bucketing``; decoding comes first).
+
     With ``compression.prune_on`` and a ``prune_fn`` (the server's prune step, see
     ``fednas.fl._pruning``), also wrapped by ``pruning``: the aggregate of round
     ``prune_round`` is pruned and later train configs carry the channel masks.
@@ -69,6 +72,10 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
     if compression is not None and compression.aggregation:  # the trial's own rule (``aggregation`` label)
         fed = fed.for_rule(compression.aggregation)
     cls, kwargs = strategy_kwargs(fed)
+    if fed.bucket_size > 1:
+        from fednas.fl._bucketing import bucketed
+
+        cls, kwargs = bucketed(cls), {**kwargs, "bucket_size": fed.bucket_size, "bucket_seed": seed}
     if compression is not None and compression.codecs_on:
         from fednas.compress import codecs_for, compressed
 

@@ -84,6 +84,8 @@ def axis_for(name: str, direction: str, values: list[float]) -> Axis:
         return Axis(name, direction, 100.0, f"{what} (%)", f"{name} (%)")
     if unit == "eps":  # a privacy loss: shown as it is
         return Axis(name, direction, 1.0, f"{what} (at delta)", f"{name} (at delta)")
+    if unit == "ms":
+        return Axis(name, direction, 1.0, f"{what} (ms)", f"{name} (ms)")
     top = max((abs(v) for v in values), default=0.0)
     prefix, scale = next(((p, s) for p, s in (("G", 1e-9), ("M", 1e-6), ("k", 1e-3)) if top >= 1 / s), ("", 1.0))
     if unit in ("B", "MACs"):

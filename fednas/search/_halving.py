@@ -164,7 +164,7 @@ class HalvingRunner:
         trial.set_user_attr("arch", candidate.arch.to_dict())
         try:
             r._check_duplicate(trial, labels)
-            built = pipeline.build(candidate, r.data)
+            built = pipeline.build(candidate, r.data, pipeline.latency_config(self.config))
             for k, v in built.static.items():
                 trial.set_user_attr(k, v)
             r._check_static(trial, built.static)
@@ -209,7 +209,8 @@ class HalvingRunner:
         r = self.runner
         merged = merge_outcomes(m.outcomes)
         int8 = pipeline.needs_int8(self.config.objectives)
-        result = pipeline.finish(m.candidate, m.built, merged, r.data, int8=int8)
+        result = pipeline.finish(m.candidate, m.built, merged, r.data, int8=int8,
+                                 latency=pipeline.latency_config(self.config))
         r._store_result(m.trial, result, int8)
         self._record(m, self.rungs[-1])
         r._set_constraints(m.trial, result.metrics)

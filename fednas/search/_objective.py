@@ -90,12 +90,14 @@ class TrialRunner:
         trial.set_user_attr("arch", candidate.arch.to_dict())
         self._check_duplicate(trial, labels)
         try:
-            built = pipeline.build(candidate, self.data)
+            built = pipeline.build(candidate, self.data, pipeline.latency_config(self.config))
         except CandidateError as exc:
             trial.set_user_attr("fail_reason", str(exc).splitlines()[0])
             raise
         for k, v in built.static.items():
             trial.set_user_attr(k, v)
+        if built.latency is not None:
+            trial.set_user_attr("latency", built.latency)
         self._check_static(trial, built.static)
         metrics, state = self._score(trial, candidate, built)
         self._set_constraints(trial, metrics)
@@ -111,7 +113,8 @@ class TrialRunner:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
         int8 = pipeline.needs_int8(self.config.objectives)
-        result = pipeline.finish(candidate, built, outcome, self.data, int8=int8)
+        result = pipeline.finish(candidate, built, outcome, self.data, int8=int8,
+                                 latency=pipeline.latency_config(self.config))
         self._store_result(trial, result, int8)
         return result.metrics, result.state
 
@@ -125,8 +128,9 @@ class TrialRunner:
         if outcome.prune_masks:
             for k, v in result.before_pruning.items():
                 trial.set_user_attr(f"{k}_before_pruning", v)
-            for k in ("macs", "params", "bytes"):
-                trial.set_user_attr(k, metrics[k])
+            for k in ("macs", "params", "bytes", "latency_ms", "latency"):
+                if k in metrics:
+                    trial.set_user_attr(k, metrics[k])
             trial.set_user_attr("prune_masks", outcome.prune_masks)
         for k in ("accuracy", "comm_bytes", "upload_bytes", "download_bytes"):
             trial.set_user_attr(k, metrics[k])

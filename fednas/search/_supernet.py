@@ -152,6 +152,8 @@ class SubnetTrialRunner(TrialRunner):
             metrics.update(pipeline.int8_metrics(score.model, self.data))
         for k, v in metrics.items():
             trial.set_user_attr(k, v)
+        if built.latency is not None:
+            trial.set_user_attr("latency", built.latency)
         trial.set_user_attr("mode", "supernet")
         trial.set_user_attr("supernet_round", self.config.supernet.rounds)
         trial.set_user_attr("tiers", runs_on)
