@@ -16,7 +16,8 @@ aggregation rule, all in this process with one seed. Krum and Multi-Krum are tol
 number of attackers (``num_malicious_nodes = 2``); Bulyan needs 4f + 3 replies, so with 8
 clients it is built for f = 1 and faces twice that; FedTrimmedAvg trims 25 % at each end.
 ``--bucket S`` puts bucketing (``federation.bucket_size``) in front of the robust rules;
-``--rules`` and ``--attacks NAME[:STRENGTH],...`` pick a subset (e.g. ``sign_flip:4``).
+``--rules`` and ``--attacks NAME[:STRENGTH],...`` pick a subset (e.g. ``sign_flip:4``), and
+``--option RULE.KEY=VALUE`` changes a rule's option (``multikrum.num_nodes_to_select=6``).
 
 Part (b), secure aggregation: one round of the same federation of ``mobilenet_tiny``
 aggregated in the clear, by Flower's SecAgg+ (``privacy.secure_aggregation = "secagg+"``,
@@ -165,6 +166,9 @@ def main() -> None:
     p.add_argument("--rules", default="", help="part (c): comma-separated rules (default: all of RULES)")
     p.add_argument("--attacks", default="", help="part (c): comma-separated attacks, each NAME or NAME:STRENGTH "
                    "(default: all at their default strengths; the clean run always comes first)")
+    p.add_argument("--option", action="append", default=[], metavar="RULE.KEY=VALUE",
+                   help="part (c): a rule's option instead of the default in RULES, e.g. "
+                        "multikrum.num_nodes_to_select=6 (repeatable)")
     p.add_argument("--bucket", type=int, default=1, help="part (c): federation.bucket_size of the robust rules "
                    "(1: no bucketing; FedAvg is never bucketed: it would not change)")
     args = p.parse_args()
@@ -175,6 +179,12 @@ def main() -> None:
     if args.part in ("all", "secure"):
         out.update(part_secure(args.seed))
     if args.part in ("all", "attack"):
+        for item in args.option:
+            key, _, value = item.partition("=")
+            rule, _, name = key.partition(".")
+            if rule not in RULES or not name or not value:
+                p.error(f"--option: expected RULE.KEY=VALUE with RULE in {list(RULES)}, got {item!r}")
+            RULES[rule][name] = float(value)
         rules = tuple(args.rules.split(",")) if args.rules else QUICK_RULES if args.quick else tuple(RULES)
         unknown = [r for r in rules if r not in RULES]
         if unknown:

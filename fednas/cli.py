@@ -85,6 +85,10 @@ def _add_latency_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--threads", type=int, default=None, help="default: [latency] threads (1)")
     pr.add_argument("--repeats", type=int, default=None, help="timed runs per unit (default: [latency] repeats)")
     pr.add_argument("--warmup", type=int, default=None, help="untimed runs per unit (default: [latency] warmup)")
+    pr.add_argument("--rounds", type=int, default=3, help="interleaved passes over all units, each of warm-up "
+                    "and --repeats runs (default 3): a machine whose speed drifts slows every unit alike")
+    pr.add_argument("--calibrate", type=int, default=20, help="drawn architectures also timed whole, to fit what a "
+                    "unit timed alone pays at its input (default 20; 0: none)")
     pr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value (repeatable)")
     pr.add_argument("--quiet", action="store_true")
@@ -127,13 +131,15 @@ def _latency(args: argparse.Namespace) -> int:
 
     table = profile_study(config, samples=args.samples, resolutions=sorted(set(res)), in_channels=chans,
                           num_classes=classes, runtime=lat.runtime, threads=lat.threads, warmup=lat.warmup,
-                          repeats=lat.repeats, seed=args.seed, on_unit=progress)
+                          repeats=lat.repeats, rounds=args.rounds, calibrate=args.calibrate, seed=args.seed,
+                          on_unit=progress)
     if not args.quiet:
         print(file=sys.stderr)
     table.save(out)
     print(f"{out}: {len(table.units):,} units of {table.source['architectures']:,} architectures at "
           f"{chans}x{'/'.join(map(str, sorted(set(res))))}, {table.runtime} {table.runtime_version}, "
-          f"{table.threads} thread(s), empty call {table.overhead_ms:.4f} ms")
+          f"{table.threads} thread(s), empty call {table.overhead_ms:.4f} ms, boundary "
+          f"{table.boundary_ms_per_element * 1e6:.3f} ms per million elements")
     return 0
 
 

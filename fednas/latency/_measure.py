@@ -15,7 +15,7 @@ from torch import nn
 
 from fednas.latency._runtimes import Runtime, get_runtime
 
-__all__ = ["Latency", "measure_latency", "pinned", "time_session"]
+__all__ = ["Latency", "measure_interleaved", "measure_latency", "pinned", "time_session"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,31 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, runtime: 
             times = time_session(session, warmup, repeats)
     p25, median, p75 = (float(v) for v in np.percentile(times, [25, 50, 75]))
     return Latency(median, p25, p75, rt.name, rt.version(), threads, repeats)
+
+
+def measure_interleaved(models: list[tuple[nn.Module, tuple[int, ...]]], *, runtime: str | Runtime = "onnxruntime",
+                        threads: int = 1, warmup: int = 10, repeats: int = 50, rounds: int = 5) -> list[Latency]:
+    """``measure_latency`` of many models at once, robust to a machine whose speed drifts.
+
+    All models are prepared first; then ``rounds`` passes each run every model ``repeats``
+    times (after ``warmup`` untimed runs), in the same order, so a slow minute of a shared or
+    throttled machine falls on all of them alike. Each model's latency is the median of its
+    ``rounds * repeats`` runs.
+    """
+    if threads < 1 or warmup < 0 or repeats < 1 or rounds < 1:
+        raise ValueError(f"threads >= 1, warmup >= 0, repeats >= 1 and rounds >= 1 expected, got {threads}, "
+                         f"{warmup}, {repeats}, {rounds}")
+    rt = get_runtime(runtime) if isinstance(runtime, str) else runtime
+    gen = torch.Generator().manual_seed(0)
+    times: list[list[np.ndarray]] = [[] for _ in models]
+    with pinned(threads), contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(rt.prepare(copy.deepcopy(m).eval(), torch.randn((1, *shape), generator=gen),
+                                                   threads)) for m, shape in models]
+        for _ in range(rounds):
+            for i, session in enumerate(sessions):
+                times[i].append(time_session(session, warmup, repeats))
+    out = []
+    for t in times:
+        p25, median, p75 = (float(v) for v in np.percentile(np.concatenate(t), [25, 50, 75]))
+        out.append(Latency(median, p25, p75, rt.name, rt.version(), threads, repeats * rounds))
+    return out

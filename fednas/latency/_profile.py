@@ -15,16 +15,22 @@ MAX_PROFILE_SAMPLES = 100_000
 
 
 def profile_study(config: StudyConfig, *, samples: int, resolutions: list[int], in_channels: int, num_classes: int,
-                  runtime: str, threads: int, warmup: int, repeats: int, seed: int = 0,
+                  runtime: str, threads: int, warmup: int, repeats: int, rounds: int = 3, calibrate: int = 20,
+                  seed: int = 0,
                   on_unit: Callable[[int, int, Unit, UnitTiming], None] | None = None) -> LatencyTable:
     """Draw ``samples`` candidates (and the space's two corners) from the study's space and labels, and time
-    every distinct unit they are built from at each of ``resolutions``.
+    every distinct unit they are built from at each of ``resolutions``; then time ``calibrate`` of
+    them whole and fit the table's boundary cost to them (``LatencyTable.calibrate``).
 
     Raises:
         ValueError: a bad count or size, or a runtime that is not installed.
     """
     from search_spaces import JointSpace, domain_from_config, get_search_space
 
+    if not 1 <= rounds <= 1000:
+        raise ValueError(f"--rounds: expected an integer in [1, 1000], got {rounds}")
+    if not 0 <= calibrate <= 10_000:
+        raise ValueError(f"--calibrate: expected an integer in [0, 10000], got {calibrate}")
     if not 0 <= samples <= MAX_PROFILE_SAMPLES:
         raise ValueError(f"--samples: expected an integer in [0, {MAX_PROFILE_SAMPLES:,}], got {samples}")
     space = JointSpace(get_search_space(config.space.name, config.space.options))
@@ -55,5 +61,6 @@ def profile_study(config: StudyConfig, *, samples: int, resolutions: list[int], 
     source = {"space": config.space.name, "space_options": config.space.options, "labels": config.space.labels,
               "samples": samples, "seed": seed, "architectures": len(seen), "in_channels": in_channels,
               "resolutions": resolutions, "num_classes": num_classes}
-    return profile_units(models, runtime=runtime, threads=threads, warmup=warmup, repeats=repeats, source=source,
+    return profile_units(models, runtime=runtime, threads=threads, warmup=warmup, repeats=repeats, rounds=rounds,
+                         source=source, calibrate=calibrate,
                          on_unit=counted, on_total=lambda n: total.__setitem__(0, n))

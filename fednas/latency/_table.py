@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fednas.latency._measure import Latency, measure_latency, pinned, time_session
+from fednas.latency._measure import Latency, measure_interleaved, pinned, time_session
 from fednas.latency._runtimes import Runtime, get_runtime
 
 __all__ = ["MAX_TABLE_BYTES", "LatencyTable", "TableError", "Unit", "UnitTiming", "draw_labels", "latency_units",
-           "load_table", "predict_latency", "profile_units"]
+           "load_table", "predict_latency", "profile_and_time", "profile_units"]
 
 FORMAT = "fednas-latency-table"
 VERSION = 1
@@ -163,6 +163,7 @@ class LatencyTable:
     repeats: int
     overhead_ms: float
     units: dict[str, UnitTiming]
+    boundary_ms_per_element: float = 0.0  # what a unit timed alone pays at its input that it does not in a model
     machine: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     source: dict[str, Any] = field(default_factory=dict)  # what was profiled: space, inputs, samples
@@ -194,27 +195,48 @@ class LatencyTable:
 
     def predict(self, units: list[Unit]) -> Latency:
         """The latency of a model made of ``units`` (``latency_units``)."""
+        ms, p25, p75 = self._sum(units)
+        fallback = sum(u.key not in self.units for u in units)
+        shared = self.shared_ms(units)
+        return Latency(max(ms - shared, self.overhead_ms), max(p25 - shared, 0.0), max(p75 - shared, 0.0),
+                       self.runtime, self.runtime_version, self.threads, self.repeats, source="predicted",
+                       units=len(units), fallback=fallback, table=self.path)
+
+    def shared_ms(self, units: list[Unit]) -> float:
+        """What the units' sum counts more than once: an empty call per unit after the first, and at each
+        junction between two units the boundary cost (per element of the activation passed on)."""
+        junction = sum(math.prod(u.input_shape) for u in units[1:])
+        return self.overhead_ms * max(len(units) - 1, 0) + self.boundary_ms_per_element * junction
+
+    def _sum(self, units: list[Unit]) -> tuple[float, float, float]:
         ms = p25 = p75 = 0.0
-        fallback = 0
         for u in units:
             t = self.units.get(u.key)
             if t is None:
-                fallback += 1
                 guess = self.estimate(u)
                 ms, p25, p75 = ms + guess, p25 + guess, p75 + guess
             else:
                 ms, p25, p75 = ms + t.ms, p25 + t.p25_ms, p75 + t.p75_ms
-        shared = self.overhead_ms * max(len(units) - 1, 0)
-        return Latency(max(ms - shared, self.overhead_ms), max(p25 - shared, 0.0), max(p75 - shared, 0.0),
-                       self.runtime, self.runtime_version, self.threads, self.repeats, source="predicted",
-                       units=len(units), fallback=fallback, table=self.path)
+        return ms, p25, p75
+
+    def calibrate(self, models: list[tuple[list[Unit], float]]) -> None:
+        """Fit ``boundary_ms_per_element`` to whole models (their units, their measured ms): least squares of
+        ``sum - empty calls - measured`` on the junction elements, at least 0."""
+        num = den = 0.0
+        for units, measured in models:
+            ms, _, _ = self._sum(units)
+            excess = ms - self.overhead_ms * max(len(units) - 1, 0) - measured
+            junction = float(sum(math.prod(u.input_shape) for u in units[1:]))
+            num, den = num + junction * excess, den + junction * junction
+        self.boundary_ms_per_element = max(num / den, 0.0) if den > 0 else 0.0
 
     # ------------------------------------------------------------------ files
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "runtime": self.runtime,
                 "runtime_version": self.runtime_version, "threads": self.threads, "repeats": self.repeats,
-                "overhead_ms": self.overhead_ms, "machine": self.machine, "created": self.created,
+                "overhead_ms": self.overhead_ms, "boundary_ms_per_element": self.boundary_ms_per_element,
+                "machine": self.machine, "created": self.created,
                 "source": self.source,
                 "units": {k: [u.ms, u.p25_ms, u.p75_ms, u.kind, u.macs, u.activations]
                           for k, u in sorted(self.units.items())}}
@@ -290,8 +312,10 @@ def load_table(path: str | Path) -> LatencyTable:
         v = doc.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 4096 * (1 if key == "threads" else 1000):
             raise _bad(p, key, f"an integer >= {low}", v)
-    if not _number(doc.get("overhead_ms")) or doc["overhead_ms"] < 0:
-        raise _bad(p, "overhead_ms", "a number >= 0", doc.get("overhead_ms"))
+    for key in ("overhead_ms", "boundary_ms_per_element"):
+        value = doc.get(key, 0.0 if key == "boundary_ms_per_element" else None)
+        if not _number(value) or value < 0:
+            raise _bad(p, key, "a number >= 0", value)
     units = doc.get("units")
     if not isinstance(units, dict) or not units:
         raise _bad(p, "units", "a non-empty table of unit timings", units)
@@ -306,6 +330,7 @@ def load_table(path: str | Path) -> LatencyTable:
         parsed[key] = UnitTiming(float(row[0]), float(row[1]), float(row[2]), row[3], row[4], row[5])
     return LatencyTable(doc["runtime"], doc["runtime_version"], doc["threads"], doc["repeats"],
                         float(doc["overhead_ms"]), parsed,
+                        boundary_ms_per_element=float(doc.get("boundary_ms_per_element", 0.0)),
                         machine=doc.get("machine") if isinstance(doc.get("machine"), dict) else {},
                         created=str(doc.get("created", "")),
                         source=doc.get("source") if isinstance(doc.get("source"), dict) else {}, path=p)
@@ -358,29 +383,67 @@ def _empty_call(runtime: Runtime, threads: int, warmup: int, repeats: int) -> fl
 
 
 def profile_units(models: Iterable[tuple[nn.Module, tuple[int, ...]]], *, runtime: str = "onnxruntime",
-                  threads: int = 1, warmup: int = 10, repeats: int = 50, source: dict[str, Any] | None = None,
+                  threads: int = 1, warmup: int = 10, repeats: int = 50, rounds: int = 3,
+                  source: dict[str, Any] | None = None,
                   on_unit: Callable[[int, Unit, UnitTiming], None] | None = None,
-                  on_total: Callable[[int], None] | None = None) -> LatencyTable:
+                  on_total: Callable[[int], None] | None = None,
+                  calibrate: int = 0) -> LatencyTable:
     """Time every distinct unit of ``models`` (each with its input shape) alone on ``runtime``.
 
-    ``on_total`` hears the number of distinct units before timing starts, ``on_unit`` each one timed.
+    Units are timed ``rounds`` times over, interleaved (``measure_interleaved``), in chunks of
+    at most 256 prepared sessions. ``on_total`` hears the number of distinct units before timing
+    starts, ``on_unit`` each one timed. ``calibrate``: the first that many models are also timed
+    whole, in the same passes as every chunk of units (so a machine whose speed drifts gives both
+    the same conditions), and the table's boundary cost is fitted to them (``LatencyTable.calibrate``).
     """
+    return profile_and_time(models, [], runtime=runtime, threads=threads, warmup=warmup, repeats=repeats,
+                            rounds=rounds, source=source, on_unit=on_unit, on_total=on_total, calibrate=calibrate)[0]
+
+
+def profile_and_time(models: Iterable[tuple[nn.Module, tuple[int, ...]]],
+                     alongside: list[tuple[nn.Module, tuple[int, ...]]], *, runtime: str = "onnxruntime",
+                     threads: int = 1, warmup: int = 10, repeats: int = 50, rounds: int = 3,
+                     source: dict[str, Any] | None = None,
+                     on_unit: Callable[[int, Unit, UnitTiming], None] | None = None,
+                     on_total: Callable[[int], None] | None = None,
+                     calibrate: int = 0) -> tuple[LatencyTable, list[Latency]]:
+    """``profile_units``, and the latencies of the ``alongside`` models timed whole in the same passes
+    (each the median over the chunks of its per-chunk median): what a benchmark compares predictions with."""
     rt = get_runtime(runtime)
+    models = list(models)
     todo: dict[str, Unit] = {}
+    cut: list[list[Unit]] = []
     for model, shape in models:
-        for u in latency_units(model, shape):
+        cut.append(latency_units(model, shape))
+        for u in cut[-1]:
             todo.setdefault(u.key, u)
     if on_total is not None:
         on_total(len(todo))
+    whole = models[:calibrate] + list(alongside)
+    per_chunk: list[list[Latency]] = [[] for _ in whole]
     timings: dict[str, UnitTiming] = {}
-    for i, (key, u) in enumerate(todo.items()):
-        lat = measure_latency(u.module, u.input_shape, runtime=rt, threads=threads, warmup=warmup, repeats=repeats)
-        timings[key] = UnitTiming(lat.ms, lat.p25_ms, lat.p75_ms, u.kind, u.macs, u.activations)
-        if on_unit is not None:
-            on_unit(i, u, timings[key])
-    return LatencyTable(rt.name, rt.version(), threads, repeats, _empty_call(rt, threads, warmup, repeats * 4),
-                        timings, machine=machine_info(),
-                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source or {})
+    items = list(todo.items())
+    for at in range(0, len(items), 256):
+        chunk = items[at:at + 256]
+        lats = measure_interleaved([(u.module, u.input_shape) for _, u in chunk] + whole, runtime=rt,
+                                   threads=threads, warmup=warmup, repeats=repeats, rounds=rounds)
+        for i, ((key, u), lat) in enumerate(zip(chunk, lats), start=at):
+            timings[key] = UnitTiming(lat.ms, lat.p25_ms, lat.p75_ms, u.kind, u.macs, u.activations)
+            if on_unit is not None:
+                on_unit(i, u, timings[key])
+        for j, lat in enumerate(lats[len(chunk):]):
+            per_chunk[j].append(lat)
+    table = LatencyTable(rt.name, rt.version(), threads, repeats * rounds,
+                         _empty_call(rt, threads, warmup, repeats * rounds * 4),
+                         timings, machine=machine_info(),
+                         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), source=source or {})
+    timed = [Latency(float(np.median([x.ms for x in ls])), float(np.median([x.p25_ms for x in ls])),
+                     float(np.median([x.p75_ms for x in ls])), rt.name, rt.version(), threads,
+                     repeats * rounds * len(ls)) for ls in per_chunk]
+    if calibrate:
+        table.calibrate([(units, lat.ms) for units, lat in zip(cut, timed[:calibrate])])
+        table.source = {**table.source, "calibrated_on": min(calibrate, len(models))}
+    return table, timed[min(calibrate, len(models)):]
 
 
 _CACHE: dict[tuple[str, int, int], LatencyTable] = {}

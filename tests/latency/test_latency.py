@@ -162,3 +162,27 @@ def test_a_runtime_that_is_not_installed_is_refused_naming_the_extra(monkeypatch
                                           r"installed \(pip install 'fednas\[export\]'\)"):
         parse_config({"objectives": {"accuracy": "maximize", "latency_ms": "minimize"}})
     parse_config({})  # not scored: nothing to measure, nothing required
+
+
+def test_calibration_fits_the_boundary_cost_that_whole_models_do_not_pay() -> None:
+    model = _tiny()
+    units = latency_units(model, SHAPE)
+    table = _table([model])
+    plain = table.predict(units).ms
+    junction = sum(int(torch.tensor(u.input_shape).prod()) for u in units[1:])
+    table.calibrate([(units, plain - 2e-6 * junction)])  # measured faster by 2e-6 ms per junction element
+    assert table.boundary_ms_per_element == pytest.approx(2e-6)
+    assert table.predict(units).ms == pytest.approx(plain - 2e-6 * junction)
+    table.calibrate([(units, plain + 1.0)])  # slower than the sum: no negative boundary cost
+    assert table.boundary_ms_per_element == 0.0
+
+
+def test_profile_and_time_times_whole_models_in_the_units_passes(tmp_path: Path) -> None:
+    from fednas.latency import profile_and_time
+
+    model, other = _tiny(), build_model(preset("mobilenet_tiny"), num_classes=10, in_channels=1)
+    table, timed = profile_and_time([(model, SHAPE)], [(other, SHAPE)], warmup=1, repeats=3, rounds=2, calibrate=1)
+    assert len(timed) == 1 and timed[0].ms > 0 and timed[0].repeats == 6
+    assert table.source["calibrated_on"] == 1 and table.boundary_ms_per_element >= 0
+    table.save(tmp_path / "t.json")
+    assert load_table(tmp_path / "t.json").boundary_ms_per_element == table.boundary_ms_per_element
