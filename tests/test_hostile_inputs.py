@@ -1,7 +1,7 @@
 """Property-based harness: hostile files of every kind fednas reads, run through the CLI.
 
 Generated architecture JSON, bundles (arch.json, metrics.json, safetensors), npz archives,
-image folders, LEAF JSON, study TOML and storage URLs are given to the verbs that read them.
+image folders, LEAF JSON, latency tables, study TOML and storage URLs are given to the verbs that read them.
 Every command must exit 0 or 2, print no traceback (an error is one line), use at most
 1 GB of memory above its start and 10 s before an error, and leave an existing study
 untouched. Commands run in one long-lived worker process (``tests/_cli_worker.py``).
@@ -445,6 +445,28 @@ def test_leaf_json(worker: Worker, world: dict[str, Any], data: st.DataObject) -
         _check_data(worker, world, "leaf", tmp, "leaf", root,
                     ("--set", f"data.partition='{partition}'", "--set", "federation.num_clients=2",
                      "--set", "federation.min_train_nodes=1"))
+
+
+# --------------------------------------------------------------------------- latency tables
+
+def _table_doc() -> dict[str, Any]:
+    return {"format": "fednas-latency-table", "version": 1, "runtime": "onnxruntime", "runtime_version": "1.0",
+            "threads": 1, "repeats": 5, "overhead_ms": 0.01, "boundary_ms_per_element": 0.0, "machine": {},
+            "created": "", "source": {}, "units": {"Sequential:ab@1x28x28": [0.1, 0.09, 0.12, "Sequential", 10, 20]}}
+
+
+@SETTINGS
+@given(data=st.data())
+def test_latency_tables(worker: Worker, world: dict[str, Any], data: st.DataObject) -> None:
+    text = data.draw(_json_text(_table_doc()))
+    with _scratch() as tmp:
+        path = tmp / "table.json"
+        path.write_bytes(text)
+        _check(worker, world, "latency table",
+               ["search", str(world["config"]), "--check", "--storage", f"sqlite:///{tmp / 'new.db'}",
+                "--set", "objectives={accuracy='maximize', latency_ms='minimize'}",
+                "--set", f"latency.table='{path}'"], tmp)
+        assert not (tmp / "new.db").exists()
 
 
 # --------------------------------------------------------------------------- study TOML and storage URLs

@@ -298,8 +298,10 @@ def load_table(path: str | Path) -> LatencyTable:
     try:
         with open(path, "rb") as fh:
             doc = json.loads(fh.read(MAX_TABLE_BYTES + 1))
+    except RecursionError:
+        raise TableError(f"{p}: not a JSON latency table (nested too deeply)") from None
     except (OSError, ValueError) as exc:
-        raise TableError(f"{p}: not a JSON latency table ({str(exc).splitlines()[0][:80]})") from None
+        raise TableError(f"{p}: not a JSON latency table ({(str(exc).splitlines() or [''])[0][:80]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise _bad(p, "format", f"{FORMAT!r} (a table written by fednas latency profile)",
                    doc.get("format") if isinstance(doc, dict) else doc)

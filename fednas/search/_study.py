@@ -257,7 +257,22 @@ def _prepare(config: StudyConfig) -> tuple[Any, Any]:
     data = federated_data(config.data, config.federation.num_clients, config.study.seed)
     _check_feasible(config, space, data)
     _check_teachers(config, data)
+    _check_latency_table(config)
     return space, data
+
+
+def _check_latency_table(config: StudyConfig) -> None:
+    """A ``[latency] table`` the study predicts from reads and checks (before any trial needs it)."""
+    from fednas import pipeline
+
+    latency = pipeline.latency_config(config)
+    if latency is not None and latency.table:
+        from fednas.latency import TableError, cached_table
+
+        try:
+            cached_table(latency.table)
+        except TableError as exc:
+            raise ConfigError(f"latency.table: {exc}") from None
 
 
 def _check_teachers(config: StudyConfig, data: Any) -> None:
