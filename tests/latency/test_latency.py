@@ -186,3 +186,11 @@ def test_profile_and_time_times_whole_models_in_the_units_passes(tmp_path: Path)
     assert table.source["calibrated_on"] == 1 and table.boundary_ms_per_element >= 0
     table.save(tmp_path / "t.json")
     assert load_table(tmp_path / "t.json").boundary_ms_per_element == table.boundary_ms_per_element
+
+
+def test_resnet_models_cut_into_units_whose_macs_add_up() -> None:
+    model = build_model(preset("resnet18"), num_classes=10, in_channels=3)
+    units = latency_units(model, (3, 32, 32))
+    assert sum(u.macs for u in units) == count_macs(model, in_channels=3, resolution=32)
+    blocks = [u for u in units if u.kind in ("BasicBlock", "Bottleneck", "PreActBasicBlock", "PreActBottleneck")]
+    assert len(blocks) == 8 and len({u.key for u in blocks}) >= 4  # a downsampling block differs from the rest
