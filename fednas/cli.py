@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--num-classes", type=int, default=None, help="default: the preset's (1000 for ImageNet ones), else 10")
     info.add_argument("--resolution", type=int, default=None, help="default: the preset's (224 for ImageNet ones), else 28")
     info.add_argument("--in-channels", type=int, default=None, help="default: the preset's (3 for RGB ones), else 1")
+    info.add_argument("--latency", metavar="RUNTIME|TABLE.json", default=None,
+                      help="also its single-image latency: measured on a runtime (onnxruntime, torch; 1 pinned "
+                           "thread, median of 50 runs) or predicted from a latency table")
     info.add_argument("--json", action="store_true")
     _add_latency_parsers(sub)
     _add_export_parsers(sub)
@@ -339,6 +342,8 @@ def _arch_info(args: argparse.Namespace) -> int:
         model = build_model(arch, num_classes=classes, in_channels=chans)
     cost = measure(model, in_channels=chans, resolution=res)
     info = {**cost.to_dict(), "num_classes": classes, "blocks": arch.num_blocks, "architecture": arch.to_dict()}
+    if args.latency is not None:
+        info["latency"] = _arch_latency(model, (chans, res, res), args.latency)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -347,8 +352,27 @@ def _arch_info(args: argparse.Namespace) -> int:
         print(f"  MACs    {cost.macs:>14,}")
         print(f"  bytes   {cost.bytes:>14,}")
         print(f"  blocks  {arch.num_blocks:>14}")
+        if "latency" in info:
+            lat = info["latency"]
+            how = (f"predicted from {lat['table']} ({lat['fallback']} of {lat['units']} units estimated)"
+                   if lat["source"] == "predicted" else f"measured, quartiles {lat['p25_ms']:.4g}-{lat['p75_ms']:.4g}")
+            print(f"  latency {lat['ms']:>11.4g} ms  {lat['runtime']} {lat['runtime_version']}, "
+                  f"{lat['threads']} thread(s), {how}")
         print("  stages  " + arch.describe())
     return 0
+
+
+def _arch_latency(model: Any, shape: tuple[int, int, int], what: str) -> dict[str, Any]:
+    """``arch info --latency``: a runtime name measures, anything else is read as a latency table."""
+    from fednas.config import LatencyConfig
+    from fednas.latency import candidate_latency
+    from fednas.runtimes import RUNTIMES
+
+    config = LatencyConfig(runtime=what) if what in RUNTIMES else LatencyConfig(table=what)
+    if not config.table and RUNTIMES[what].missing():
+        raise ValueError(f"--latency: runtime {what!r} needs {RUNTIMES[what].missing()}, which is not installed "
+                         f"(pip install 'fednas[{RUNTIMES[what].extra}]')")
+    return candidate_latency(model, shape, config).to_dict()
 
 
 def _cell(v: Any) -> str:

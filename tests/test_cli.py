@@ -69,3 +69,23 @@ def test_pareto_all_takes_its_columns_from_the_objectives_when_trial_0_failed(tm
         assert main(["pareto", "--storage", url, "--study", "s", "--all", "--format", fmt]) == 0
         first = capsys.readouterr().out.splitlines()[0]
         assert "accuracy" in first and "macs" in first and "state" in first, first
+
+
+def test_arch_info_measures_or_predicts_latency(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    from fednas.latency import profile_units
+    from search_spaces import build_model, preset
+
+    assert main(["arch", "info", "mobilenet_micro", "--latency", "torch", "--json"]) == 0
+    lat = json.loads(capsys.readouterr().out)["latency"]
+    assert lat["runtime"] == "torch" and lat["source"] == "measured" and lat["ms"] > 0
+    table = profile_units([(build_model(preset("mobilenet_micro"), num_classes=10, in_channels=1), (1, 28, 28))],
+                          warmup=1, repeats=3, rounds=1)
+    table.save(tmp_path / "t.json")
+    assert main(["arch", "info", "mobilenet_micro", "--latency", str(tmp_path / "t.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"predicted from {tmp_path / 't.json'} (0 of " in out and " units estimated)" in out
+    for bad in (str(tmp_path / "missing.json"), "tpu"):
+        assert main(["arch", "info", "mobilenet_micro", "--latency", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot read the latency table" in err[0]

@@ -453,7 +453,10 @@ _CACHE: dict[tuple[str, int, int], LatencyTable] = {}
 
 def cached_table(path: str | Path) -> LatencyTable:
     """``load_table`` once per file version (path, size, modification time) in this process."""
-    st = Path(path).stat()
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        raise TableError(f"{path}: cannot read the latency table ({exc.strerror or exc})") from None
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _CACHE:
         _CACHE.clear()
