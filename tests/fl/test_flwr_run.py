@@ -159,3 +159,60 @@ def test_flwr_run_executes_the_apps_end_to_end(superlink: dict[str, str], tmp_pa
     assert listed.returncode == 0, listed.stdout + listed.stderr
     (run,) = json.loads(listed.stdout)["runs"]
     assert run["status"] == "finished:completed", run
+
+
+def _start(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group (a node's flower-superexec and apps with it), SIGKILL what is left after 30 s."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_a_real_deployment_trains_like_the_in_process_run(tmp_path: Path) -> None:
+    """A SuperLink and two SuperNodes as real processes on localhost (insecure), each node naming its partition in
+    its node_config; `flwr run` ships fednas's apps to them. Accuracy and bytes match the in-process run."""
+    from fednas.fl import run_federation
+    from fednas.fl._spec import RunSpec
+
+    env = _env(tmp_path)
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY)
+    port = _free_port()
+    procs = [_start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+                     "--log-file", str(tmp_path / "superlink.log")], env, tmp_path, tmp_path / "superlink.out")]
+    start = time.monotonic()
+    try:
+        _wait_healthy(procs[0], port, tmp_path / "superlink.out")
+        for i in range(2):
+            procs.append(_start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                                 "--port", str(_free_port()), "--node-config", f"partition-id={i} num-partitions=2"],
+                                env, tmp_path, tmp_path / f"supernode{i}.log"))
+        (tmp_path / "flwr" / "config.toml").write_text(
+            f'[superlink]\ndefault = "dep"\n\n[superlink.dep]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+        run_config = f'study-config="{study}" num-server-rounds=2 num-partitions=2'
+        proc = _flwr(["run", ".", "--stream", "--run-config", run_config], env, RUN_TIMEOUT)
+        output = proc.stdout + proc.stderr
+    finally:
+        _stop(procs)
+    seconds = time.monotonic() - start
+    print(f"deployment run took {seconds:.1f}s\n{output}")
+    assert all(p.poll() is not None for p in procs)
+    assert proc.returncode == 0, output
+    final = re.search(r"final accuracy (\d+\.\d+), (\d+) bytes", output)
+    assert final and "ClientAppException" not in output, output
+    spec = RunSpec._from_flwr_app_config({"study-config": str(study), "num-server-rounds": 2, "num-partitions": 2})
+    local = run_federation(spec)
+    assert float(final.group(1)) == pytest.approx(local.accuracy, abs=0.02), (final.group(0), local.accuracy)
+    assert int(final.group(2)) == pytest.approx(local.comm_bytes, rel=0.01), (final.group(0), local.comm_bytes)
