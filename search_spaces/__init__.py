@@ -15,7 +15,7 @@ from typing import Any
 from . import mobilenet, resnet
 from ._arch import (FAMILIES, MAX_CHANNELS, MAX_CLASSES, MAX_PARAMS, MAX_RESOLUTION, PRESETS, Architecture, Family, Preset, WeightSlice,
                     arch_from_dict, arch_from_json, build_model, describe_arch, get_family, preset, register_family)
-from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike, domain_from_config, extreme
+from ._base import Choice, Domain, Fixed, RandomTrial, Range, SearchSpace, TrialLike, domain_from_config, extreme
 from .compression import CompressionSettings, CompressionSpace, JointSpace, with_compression
 from .mobilenet import MobileNetArch, MobileNetSpace, Stage
 from .resnet import ResNetArch, ResNetSpace, ResStage
@@ -42,6 +42,7 @@ __all__ = [
     "MobileNetArch",
     "MobileNetSpace",
     "Preset",
+    "RandomTrial",
     "Range",
     "ResNetArch",
     "ResNetSpace",

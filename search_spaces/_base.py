@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "Choice",
+    "RandomTrial",
     "Domain",
     "Fixed",
     "Range",
@@ -34,6 +35,25 @@ class TrialLike(Protocol):
     def suggest_float(
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float: ...
+
+
+class RandomTrial:
+    """``TrialLike`` over a ``random.Random``: draws every label uniformly from its domain (subnet sampling,
+    latency profiling)."""
+
+    def __init__(self, rng: Any) -> None:
+        self.rng = rng
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.rng.choice(list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return self.rng.randrange(low, high + 1, step)
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
+        if step:
+            return low + step * self.rng.randrange(int(round((high - low) / step)) + 1)
+        return self.rng.uniform(low, high)
 
 
 class Domain(ABC):

@@ -6,15 +6,11 @@ Each exporter writes its file, checks it against PyTorch right away, and returns
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import io
-import logging
 import tempfile
 import time
-import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from fednas.latency import quiet_export
 
 __all__ = ["DEFAULT_FORMATS", "EXPORTERS", "ExportContext", "ExportError", "Exporter", "ONNX_TOLERANCE"]
 
@@ -74,20 +72,6 @@ class Exporter(ABC):
         """Write ``ctx.out / self.filename``, check it, and return its record."""
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporters' progress prints, log lines and deprecation warnings."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        log.setLevel(level)
-
-
 @torch.no_grad()
 def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return model(x).numpy()
@@ -123,7 +107,7 @@ class OnnxExporter(Exporter):
         dynamo = ctx.onnx_dynamo if ctx.onnx_dynamo is not None else importlib.util.find_spec("onnxscript") is not None
         start = time.perf_counter()
         example = ctx.random_inputs(2)
-        with _quiet():
+        with quiet_export():
             if dynamo:
                 program = torch.onnx.export(
                     ctx.model, (example,), None, input_names=["input"], output_names=["logits"], dynamo=True,
@@ -197,7 +181,7 @@ class Int8Exporter(Exporter):
         path = ctx.out / self.filename
         start = time.perf_counter()
         reader = _calibration_reader("input", ctx.calibration)
-        with tempfile.TemporaryDirectory() as tmp, _quiet():
+        with tempfile.TemporaryDirectory() as tmp, quiet_export():
             pre = Path(tmp) / "pre.onnx"
             quant_pre_process(str(fp32), str(pre))
             quantize_static(
@@ -225,7 +209,7 @@ class TorchScriptExporter(Exporter):
     def export(self, ctx: ExportContext) -> dict[str, Any]:
         path = ctx.out / self.filename
         start = time.perf_counter()
-        with _quiet():  # torch.jit is deprecated in favour of torch.export, and still works
+        with quiet_export():  # torch.jit is deprecated in favour of torch.export, and still works
             scripted = torch.jit.script(ctx.model)
             scripted.save(str(path))
             loaded = torch.jit.load(str(path))
@@ -254,7 +238,7 @@ class ExecuTorchExporter(Exporter):
         path = ctx.out / self.filename
         start = time.perf_counter()
         example = ctx.random_inputs(1)
-        with _quiet():
+        with quiet_export():
             program = torch.export.export(ctx.model, (example,))
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
         path.write_bytes(lowered.buffer)

@@ -20,7 +20,7 @@ from torch import nn
 
 from fednas.runtimes import get_runtime_spec
 
-__all__ = ["OnnxRuntime", "Runtime", "Session", "TorchRuntime", "get_runtime"]
+__all__ = ["OnnxRuntime", "Runtime", "Session", "TorchRuntime", "get_runtime", "quiet_export"]
 
 
 class Session(ABC):
@@ -51,10 +51,11 @@ class Runtime(ABC):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
+    """Silence exporters' progress prints, log lines and deprecation warnings (here and in ``fednas export``)."""
     log = logging.getLogger("torch.onnx")
     level = log.level
-    log.setLevel(logging.ERROR)
+    log.setLevel(logging.ERROR)  # e.g. "torchvision is not installed. Skipping torchvision::nms"
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -84,7 +85,7 @@ class OnnxRuntime(Runtime):
         import onnxruntime as ort
 
         buf = io.BytesIO()
-        with _quiet(), torch.no_grad():
+        with quiet_export(), torch.no_grad():
             torch.onnx.export(model, (example,), buf, input_names=["input"], output_names=["output"], dynamo=False)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

@@ -33,6 +33,7 @@ from torch import nn
 
 from fednas.latency._measure import Latency, measure_interleaved, pinned, time_session
 from fednas.latency._runtimes import Runtime, get_runtime
+from search_spaces import RandomTrial
 
 __all__ = ["MAX_TABLE_BYTES", "LatencyTable", "TableError", "Unit", "UnitTiming", "draw_labels", "latency_units",
            "load_table", "predict_latency", "profile_and_time", "profile_units"]
@@ -345,32 +346,11 @@ def predict_latency(table: LatencyTable, model: nn.Module, input_shape: tuple[in
 
 # ---------------------------------------------------------------------- profiling
 
-class _Draw:
-    """A ``TrialLike`` drawing every label uniformly from its domain with a seeded generator."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        return self.rng.choice(list(choices))
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return self.rng.randrange(low, high + 1, step)
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
-        if step:
-            return low + step * self.rng.randrange(int(round((high - low) / step)) + 1)
-        if log and low > 0:
-            return math.exp(self.rng.uniform(math.log(low), math.log(high)))
-        return self.rng.uniform(low, high)
-
-
 def draw_labels(space: Any, overrides: dict[str, Any], count: int, seed: int) -> list[dict[str, Any]]:
     """``count`` label dicts drawn from ``space`` (its domains with ``overrides``), seeded, plus its two corners."""
     rng = random.Random(seed)
     draws = [space.corner("low", overrides), space.corner("high", overrides)]
-    draws += [space.suggest(_Draw(rng), overrides) for _ in range(count)]
+    draws += [space.suggest(RandomTrial(rng), overrides) for _ in range(count)]
     return draws
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from fednas.config import Tier, tier_counts
 from fednas.cost import count_macs, count_params
-from search_spaces import Architecture, Domain, SearchSpace, build_model
+from search_spaces import Architecture, Domain, RandomTrial, SearchSpace, build_model
 
 __all__ = ["RandomTrial", "SubnetSampler", "Tier", "admitting_nodes", "assign_tiers"]
 
@@ -47,24 +47,6 @@ def admitting_nodes(node_ids: list[int], tiers: tuple[Tier, ...], macs: int, par
     """The node ids (ascending) whose device tier can run a model of this size (all of them without tiers)."""
     tier_of = assign_tiers(node_ids, tiers)
     return [n for n in sorted(node_ids) if tier_of[n].admits(macs, params)]
-
-
-class RandomTrial:
-    """``search_spaces.TrialLike`` over a ``random.Random``: draws labels uniformly, for sampling subnets."""
-
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        return self.rng.choice(list(choices))
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return self.rng.randrange(low, high + 1, step)
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float:
-        if step:
-            return low + step * self.rng.randrange(int(round((high - low) / step)) + 1)
-        return self.rng.uniform(low, high)
 
 
 @dataclass(frozen=True)
