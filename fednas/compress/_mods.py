@@ -32,7 +32,7 @@ acts only on messages that carry its keys. ``@app.train(mods=[...])`` scopes the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,14 +163,25 @@ def _seed(msg: Message, context: Context, server_round: int) -> list[int]:
 # --------------------------------------------------------------------------- uplink
 
 
-def make_uplink_mod(*, arrays_key: str = "arrays", config_key: str = "config", state_key: str = UPLINK_RESIDUAL) -> Mod:
+def make_uplink_mod(
+    *,
+    arrays_key: str = "arrays",
+    config_key: str = "config",
+    state_key: str = UPLINK_RESIDUAL,
+    seed: Callable[[Message, Context, int], Sequence[int]] | None = None,
+) -> Mod:
     """A ClientApp mod that encodes the model update of every ``train`` reply.
 
     Args:
         arrays_key: name of the ArrayRecord in messages and replies (the strategy's).
         config_key: name of the ConfigRecord of train messages (the strategy's).
         state_key: where ``context.state`` keeps the error-feedback residual (an ArrayRecord).
+        seed: ``seed(msg, context, server_round)`` seeds stochastic codecs. The default,
+            ``(run id, node id, round)``, is unique per update but not reproducible under
+            Flower's deployment runtime, whose run and node ids are random; an app that
+            knows a run seed and the node's partition should pass its own.
     """
+    seed_of = seed or _seed
 
     def uplink_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         config = msg.content.config_records.get(config_key) if msg.has_content() else None
@@ -183,7 +194,7 @@ def make_uplink_mod(*, arrays_key: str = "arrays", config_key: str = "config", s
             return reply
         layout = Layout.of(received)
         update = update_between(to_numpy(reply.content[arrays_key]), received, layout)
-        rng = np.random.default_rng(_seed(msg, context, int(config.get("server-round", 0))))
+        rng = np.random.default_rng(list(seed_of(msg, context, int(config.get("server-round", 0)))))
         if bool(config.get("uplink-error-feedback", codec.default_error_feedback)):
             residual = _load_residual(context, state_key, layout)
             encoded, residual = encode_with_feedback(codec, update, residual, layout=layout, rng=rng)

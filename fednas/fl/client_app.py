@@ -33,7 +33,16 @@ __all__ = ["app", "derive_seed", "model_from_message"]
 # privacy_mod innermost: a central-DP run's update is clipped before anything else sees the reply
 # (it passes messages without a clipping norm through). secure_mod runs SecAgg+ stages and turns
 # the legacy message of the stage that trains into fednas's own for the mods inside it.
-app = ClientApp(mods=[fault_mod, secure_mod, make_downlink_mod(), make_uplink_mod(), privacy_mod])
+
+
+def _uplink_seed(msg: Message, context: Context, server_round: int) -> list[int]:
+    """Stochastic rounding of the update seeded by the run seed, the round and the partition: the same under
+    the in-process grid and under Flower's deployment runtime (whose run and node ids are random)."""
+    spec = RunSpec.from_run_config(context.run_config)
+    return [derive_seed(spec.seed, "uplink", server_round, int(context.node_config["partition-id"]))]
+
+
+app = ClientApp(mods=[fault_mod, secure_mod, make_downlink_mod(), make_uplink_mod(seed=_uplink_seed), privacy_mod])
 
 
 def _node_data(context: Context) -> tuple[RunSpec, FederatedData, int]:

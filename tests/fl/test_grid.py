@@ -80,6 +80,26 @@ def test_same_seed_same_result_and_bn_pooling_changes_only_statistics() -> None:
     assert a.rounds[-1].download_bytes > b.rounds[0].download_bytes
 
 
+def test_a_run_does_not_depend_on_run_or_node_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower's deployment runtime gives random run and node ids: every seed (training, stochastic rounding of a
+    quantized uplink, attacks) comes from the run seed, the round and the partition, so the result is the same."""
+    from functools import partial
+
+    import fednas.fl._run as run_module
+    from search_spaces import CompressionSettings
+
+    spec = _spec(rounds=2)
+    spec = RunSpec(spec.data, spec.federation, spec.seed, spec.arch,
+                   CompressionSettings(uplink_codec="quantize", uplink_bits=2))
+    a = run_federation(spec)
+    monkeypatch.setattr(run_module, "InProcessGrid",
+                        partial(InProcessGrid, node_ids=[8_424_019_127_110_033_191, 17, 5_551_234]))
+    b = run_federation(spec, run_id=4_242_424)
+    assert a.comm_bytes == b.comm_bytes
+    sa, sb = a.arrays.to_torch_state_dict(), b.arrays.to_torch_state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), "a quantized federation's result depends on the node ids"
+
+
 def _echo_app(fail_nodes: set[int]) -> ClientApp:
     app = ClientApp()
 
