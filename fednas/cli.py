@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--resolution", type=int, default=None, help="default: the preset's (224 for ImageNet ones), else 28")
     info.add_argument("--in-channels", type=int, default=None, help="default: the preset's (3 for RGB ones), else 1")
     info.add_argument("--latency", metavar="RUNTIME|TABLE.json", default=None,
-                      help="also its single-image latency: measured on a runtime (onnxruntime, torch; 1 pinned "
+                      help="also its single-image latency: measured on a runtime (onnxruntime, tflite, torch; 1 pinned "
                            "thread, median of 50 runs) or predicted from a latency table")
     info.add_argument("--json", action="store_true")
     _add_latency_parsers(sub)
@@ -147,7 +147,8 @@ def _latency(args: argparse.Namespace) -> int:
 
 
 def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
-    formats = "onnx, int8, torchscript, executorch (comma-separated; default: all whose extras are installed)"
+    formats = ("onnx, int8, torchscript, executorch, tflite, tflite_int8, coreml, or all (comma-separated; default: "
+               "the first four whose extras are installed; all: every format whose extra is installed)")
     e = sub.add_parser("export", help="export a trial's model: weights, ONNX, int8 ONNX, TorchScript, model card")
     e.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
     e.add_argument("--study", default="quickstart", help="study name (default: quickstart)")

@@ -39,6 +39,8 @@ class RuntimeSpec:
 RUNTIMES: dict[str, RuntimeSpec] = {s.name: s for s in (
     RuntimeSpec("onnxruntime", "fednas.latency._runtimes:OnnxRuntime", ("onnx", "onnxruntime"), "export",
                 "the model exported to ONNX (batch 1, static shapes) in an ONNX Runtime CPU session"),
+    RuntimeSpec("tflite", "fednas.latency._runtimes:TFLiteRuntime", ("litert_torch", "ai_edge_litert"), "tflite",
+                "the model converted to TFLite by litert-torch (float32, batch 1) in the LiteRT interpreter"),
     RuntimeSpec("torch", "fednas.latency._runtimes:TorchRuntime", (), "",
                 "the PyTorch module itself, eager, in inference mode"),
 )}

@@ -3,15 +3,16 @@
 ``source_from_trial`` reads a stored trial (by number or picked from the Pareto front);
 ``train_architecture`` runs a longer federation of one architecture; ``write_bundle``
 writes arch.json, safetensors weights, metrics.json, a model card and the formats in
-``EXPORTERS`` (ONNX, int8 ONNX, TorchScript, ExecuTorch), each checked against PyTorch;
-``load_model`` reads a bundle back. onnx/onnxruntime and executorch are imported only by
+``EXPORTERS`` (ONNX, int8 ONNX, TorchScript, ExecuTorch, TFLite, int8 TFLite, Core ML), each checked;
+``load_model`` reads a bundle back. onnx/onnxruntime, executorch, litert-torch and coremltools are imported only by
 the exporters that need them.
 """
 
 from __future__ import annotations
 
 from fednas.export._bundle import BundleResult, check_bundle_out, load_model, resolve_formats, write_bundle
-from fednas.export._formats import DEFAULT_FORMATS, EXPORTERS, ONNX_TOLERANCE, ExportContext, ExportError, Exporter
+from fednas.export._formats import ONNX_TOLERANCE, ExportContext, ExportError, Exporter
+from fednas.export._registry import DEFAULT_FORMATS, EXPORTERS
 from fednas.export._source import PICKS, ModelSource, pick_trial, source_from_trial
 from fednas.export._train import train_architecture
 

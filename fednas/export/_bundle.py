@@ -23,7 +23,8 @@ from torch import nn
 from fednas._errors import ConfigError
 from fednas._paths import ensure_writable_dir, replaced_dir
 from fednas.compress import CALIBRATION_SAMPLES
-from fednas.export._formats import DEFAULT_FORMATS, EXPORTERS, ExportContext
+from fednas.export._formats import ExportContext
+from fednas.export._registry import DEFAULT_FORMATS, EXPORTERS
 from fednas.export._source import ModelSource
 from fednas.models import (ARCH_FILE, MAX_BUNDLE_JSON_BYTES, METRICS_FILE, WEIGHTS_FILE, load_model,
                            trained_structure)
@@ -47,16 +48,17 @@ class BundleResult:
 def resolve_formats(formats: list[str] | None) -> tuple[list[str], dict[str, str]]:
     """The formats to export, in order, and those skipped for a missing optional extra.
 
-    Formats asked for by name must be available; the default set skips what is missing.
+    Formats asked for by name must be available; the default set (``DEFAULT_FORMATS``) and
+    ``["all"]`` (every format) skip what is missing.
 
     Raises:
         ConfigError: an unknown format, or a requested one whose extra is not installed.
     """
-    explicit = formats is not None
-    wanted = list(formats) if explicit else list(DEFAULT_FORMATS)
+    explicit = formats is not None and formats != ["all"]
+    wanted = list(formats) if explicit else list(EXPORTERS if formats == ["all"] else DEFAULT_FORMATS)
     for name in wanted:
         if name not in EXPORTERS:
-            raise ConfigError(f"--formats: unknown format {name!r}; valid: {', '.join(EXPORTERS)}")
+            raise ConfigError(f"--formats: unknown format {name!r}; valid: {', '.join(EXPORTERS)}, or all")
     for name in list(wanted):  # a format's prerequisites are exported too
         wanted += [r for r in EXPORTERS[name].requires if r not in wanted]
     order = [n for n in EXPORTERS if n in wanted]

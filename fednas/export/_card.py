@@ -10,7 +10,9 @@ from search_spaces import arch_from_dict
 __all__ = ["render_card"]
 
 _FORMAT_NAMES = {"onnx": "ONNX (float32)", "int8": "ONNX (int8, static quantization)",
-                 "torchscript": "TorchScript", "executorch": "ExecuTorch (XNNPACK)"}
+                 "torchscript": "TorchScript", "executorch": "ExecuTorch (XNNPACK)",
+                 "tflite": "TFLite / LiteRT (float32)", "tflite_int8": "TFLite / LiteRT (full-integer int8)",
+                 "coreml": "Core ML (mlprogram, float16)"}
 
 
 def render_card(doc: dict[str, Any]) -> str:
@@ -167,12 +169,24 @@ def _files(doc: dict[str, Any]) -> str:
     for name, r in doc["exports"].items():
         rows.append([f"`{r['file']}`", _FORMAT_NAMES.get(name, name), _size(r["bytes"]), _check(name, r)])
     lines = ["## Files", "", _table(["file", "format", "size", "check"], rows)]
-    q = doc["exports"].get("int8")
-    if q:
-        lines += ["", f"int8 model: accuracy {_pct(q['accuracy'])} vs {_pct(q['fp32_accuracy'])} in float32 "
-                      f"(same top-1 class on {_pct(q['agreement'])} of the test images), size "
-                      f"{_size(q['bytes'])} vs {_size(q['fp32_bytes'])} ({q['size_ratio']:.2f}x); calibrated on "
-                      f"{q['calibration_samples']} training images. {q['method']}."]
+    for name, what in (("int8", "int8 model"), ("tflite_int8", "int8 TFLite model")):
+        q = doc["exports"].get(name)
+        if q:
+            lines += ["", f"{what}: accuracy {_pct(q['accuracy'])} vs {_pct(q['fp32_accuracy'])} in float32 "
+                          f"(same top-1 class on {_pct(q['agreement'])} of the test images), size "
+                          f"{_size(q['bytes'])} vs {_size(q['fp32_bytes'])} ({q['size_ratio']:.2f}x); calibrated on "
+                          f"{q['calibration_samples']} training images. {q['method']}."]
+    if t8 := doc["exports"].get("tflite_int8"):
+        i, o = t8["input_quantization"], t8["output_quantization"]
+        lines += ["", f"The int8 TFLite model takes {i['dtype']} input, q = round(x / {i['scale']:.6g}) + "
+                      f"{i['zero_point']}, and gives {o['dtype']} logits, x = (q - {o['zero_point']}) * "
+                      f"{o['scale']:.6g}, with x the standardized input and the logits of the float model."]
+    c = doc["exports"].get("coreml")
+    if c and not c.get("numerics_checked"):
+        lines += ["", f"The Core ML package's numerics were not checked: Core ML runs only on Apple's systems and this "
+                      f"export ran on {c['platform']}. Checked: the spec loads, its input and output shapes, and "
+                      f"{c['layers_checked']['conv']} conv and {c['layers_checked']['linear']} linear operations, as in "
+                      f"the PyTorch model. It computes in float16."]
     for name, why in doc.get("skipped", {}).items():
         lines += ["", f"Not exported: {why}"]
     return "\n".join(lines)
@@ -182,8 +196,15 @@ def _check(name: str, r: dict[str, Any]) -> str:
     if name == "onnx":
         return (f"opset {r['opset']} ({r['exporter']} exporter); onnxruntime vs PyTorch max abs diff "
                 f"{r['max_abs_diff']:.2g} (<= {r['tolerance']:g}); accuracy {_pct(r['accuracy'])}")
-    if name == "int8":
+    if name in ("int8", "tflite_int8"):
         return f"accuracy {_pct(r['accuracy'])} (float32 {_pct(r['fp32_accuracy'])})"
+    if name == "tflite":
+        return (f"LiteRT interpreter vs PyTorch max abs diff {r['max_abs_diff']:.2g} (<= {r['tolerance']:.2g}); "
+                f"accuracy {_pct(r['accuracy'])}")
+    if name == "coreml":
+        if r.get("numerics_checked"):
+            return f"Core ML vs PyTorch max abs diff {r['max_abs_diff']:.2g} (<= {r['tolerance']:g}, float16)"
+        return "spec, shapes and conv/linear counts checked; numerics not checked (not macOS)"
     if "max_abs_diff" in r:
         return f"max abs diff vs PyTorch {r['max_abs_diff']:.2g}"
     return "-"
@@ -211,6 +232,12 @@ def _loading(doc: dict[str, Any]) -> str:
                 'logits = session.run(None, {"input": x})[0]', "```"]
     if "torchscript" in doc["exports"]:
         out += ["", "TorchScript: `torch.jit.load(\"model.torchscript.pt\")` (no fednas needed)."]
+    if "tflite" in doc["exports"]:
+        out += ["", "TFLite / LiteRT: `ai_edge_litert.interpreter.Interpreter(model_path=\"model.tflite\")` (or the "
+                    "Android LiteRT API); one image per call, NCHW float32 like the PyTorch model."]
+    if "coreml" in doc["exports"]:
+        out += ["", "Core ML: `coremltools.models.MLModel(\"model.mlpackage\").predict({\"input\": x})[\"logits\"]` on "
+                    "macOS, or add the package to an Xcode project (iOS 16 / macOS 13 and later)."]
     if "executorch" in doc["exports"]:
         out += ["", "ExecuTorch: load `model.pte` with the ExecuTorch runtime (XNNPACK delegate, batch of 1)."]
     out += ["", "By hand: `search_spaces.build_model(search_spaces.arch_from_json(open('arch.json').read()), "

@@ -1,4 +1,4 @@
-"""Exporters: one per file format, looked up by name in ``EXPORTERS``.
+"""Exporters: one per file format, looked up by name in ``EXPORTERS`` (``fednas.export._registry``).
 
 Each exporter writes its file, checks it against PyTorch right away, and returns a record
 (file, bytes, seconds and what the check measured) for ``metrics.json`` and the card.
@@ -21,7 +21,8 @@ from torch import nn
 
 from fednas.latency import quiet_export
 
-__all__ = ["DEFAULT_FORMATS", "EXPORTERS", "ExportContext", "ExportError", "Exporter", "ONNX_TOLERANCE"]
+__all__ = ["ExportContext", "ExportError", "ExecuTorchExporter", "Exporter", "Int8Exporter", "ONNX_TOLERANCE",
+           "OnnxExporter", "TorchScriptExporter"]
 
 ONNX_TOLERANCE = 1e-4  # max abs difference between onnxruntime and PyTorch outputs
 
@@ -58,6 +59,7 @@ class Exporter(ABC):
     extra: str = "export"
     modules: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()  # formats that must be exported first
+    default: bool = True  # exported when --formats is not given (and the extra is installed)
 
     def missing(self) -> str | None:
         """None when the format's libraries are importable, else a message naming the extra."""
@@ -262,7 +264,3 @@ class ExecuTorchExporter(Exporter):
 def _reference_t(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
-
-EXPORTERS: dict[str, Exporter] = {e.name: e for e in (OnnxExporter(), Int8Exporter(), TorchScriptExporter(),
-                                                      ExecuTorchExporter())}
-DEFAULT_FORMATS = tuple(EXPORTERS)

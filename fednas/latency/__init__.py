@@ -13,11 +13,13 @@ from __future__ import annotations
 from fednas.latency._config import candidate_latency
 from fednas.latency._profile import MAX_PROFILE_SAMPLES, profile_study
 from fednas.latency._measure import Latency, measure_interleaved, measure_latency, pinned
-from fednas.latency._runtimes import OnnxRuntime, Runtime, Session, TorchRuntime, get_runtime, quiet_export
+from fednas.latency._runtimes import (OnnxRuntime, Runtime, Session, TFLiteRuntime, TorchRuntime, get_runtime, quiet_export,
+                                      tflite_interpreter, to_tflite)
 from fednas.latency._table import (MAX_TABLE_BYTES, LatencyTable, TableError, Unit, UnitTiming, cached_table,
                                    draw_labels, latency_units, load_table, machine_info, predict_latency,
                                    profile_and_time, profile_units)
 
 __all__ = ["MAX_PROFILE_SAMPLES", "MAX_TABLE_BYTES", "Latency", "LatencyTable", "OnnxRuntime", "Runtime", "Session", "TableError",
-           "TorchRuntime", "Unit", "UnitTiming", "cached_table", "candidate_latency", "draw_labels", "get_runtime", "latency_units", "load_table",
-           "machine_info", "measure_interleaved", "measure_latency", "pinned", "predict_latency", "profile_and_time", "profile_study", "profile_units", "quiet_export"]
+           "TFLiteRuntime", "TorchRuntime", "Unit", "UnitTiming", "cached_table", "candidate_latency", "draw_labels", "get_runtime", "latency_units", "load_table",
+           "machine_info", "measure_interleaved", "measure_latency", "pinned", "predict_latency", "profile_and_time", "profile_study", "profile_units", "quiet_export",
+           "tflite_interpreter", "to_tflite"]

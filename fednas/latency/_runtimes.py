@@ -20,7 +20,8 @@ from torch import nn
 
 from fednas.runtimes import get_runtime_spec
 
-__all__ = ["OnnxRuntime", "Runtime", "Session", "TorchRuntime", "get_runtime", "quiet_export"]
+__all__ = ["OnnxRuntime", "Runtime", "Session", "TFLiteRuntime", "TorchRuntime", "get_runtime", "quiet_export",
+           "tflite_interpreter", "to_tflite"]
 
 
 class Session(ABC):
@@ -62,6 +63,32 @@ def quiet_export() -> Iterator[None]:
             yield
     finally:
         log.setLevel(level)
+
+
+@contextlib.contextmanager
+def native_quiet() -> Iterator[None]:
+    """Hold back what native libraries write to file descriptor 2 (LiteRT's and TensorFlow's C++ log lines).
+
+    The lines are written out after all if the block raises, so a failure keeps its context.
+    """
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 class _OrtSession(Session):
@@ -131,6 +158,56 @@ class TorchRuntime(Runtime):
 
     def version(self) -> str:
         return torch.__version__
+
+
+def to_tflite(model: nn.Module, example: torch.Tensor) -> bytes:
+    """``model`` (eval mode) converted to a float32 TFLite flatbuffer by litert-torch, static shape of ``example``.
+
+    The input keeps PyTorch's NCHW layout (litert-torch transposes inside the graph), so
+    the file takes the same tensor as ``fednas.load_model``'s module.
+    """
+    with quiet_export(), native_quiet(), torch.no_grad():
+        import litert_torch  # its import logs torchao's missing CUDA kernels
+
+        return bytes(litert_torch.convert(model.eval(), (example,)).model_content())
+
+
+def tflite_interpreter(content: bytes, threads: int | None = None) -> Any:
+    """The LiteRT interpreter (``ai_edge_litert``, XNNPACK delegate) of a flatbuffer, tensors allocated."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with native_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = Interpreter(model_content=content, num_threads=threads)
+        interpreter.allocate_tensors()
+    return interpreter
+
+
+class _TFLiteSession(Session):
+    def __init__(self, interpreter: Any, example: torch.Tensor) -> None:
+        self.interpreter = interpreter
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], example.numpy().astype(detail["dtype"]))
+
+    def run(self) -> Any:
+        self.interpreter.invoke()
+
+
+class TFLiteRuntime(Runtime):
+    """The model converted to TFLite by litert-torch (float32, batch 1) in the LiteRT interpreter.
+
+    What an Android app runs with the CPU (XNNPACK) delegate, here on this machine's CPU with
+    ``threads`` threads; a table profiled with it on a phone predicts that phone.
+    """
+
+    name = "tflite"
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int) -> Session:
+        return _TFLiteSession(tflite_interpreter(to_tflite(model, example), threads), example)
+
+    def version(self) -> str:
+        from importlib.metadata import version
+
+        return f"ai-edge-litert {version('ai-edge-litert')}, litert-torch {version('litert-torch')}"
 
 
 def get_runtime(name: str) -> Runtime:

@@ -220,7 +220,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_store_alone(
         "empty Pareto front": ["export", "--storage", f"sqlite:///{empty_db}", "--study", "void", "--pick", "knee",
                                "--out", str(tmp_path / "a")],
         "cannot write": [*base, "--trial", "0", "--out", str(blocker / "sub")],
-        "unknown format": [*base, "--trial", "0", "--out", str(tmp_path / "a"), "--formats", "onnx,tflite"],
+        "unknown format": [*base, "--trial", "0", "--out", str(tmp_path / "a"), "--formats", "onnx,tflite32"],
         "no such SQLite file": ["export", "--storage", f"sqlite:///{tmp_path / 'missing.db'}", "--trial", "0",
                                 "--out", str(tmp_path / "a")],
     }
@@ -303,7 +303,7 @@ def test_a_failed_export_leaves_the_earlier_bundle_whole(study: dict, tmp_path: 
     def broken(self, ctx):
         raise _formats.ExportError("simulated failure half-way")
 
-    monkeypatch.setattr(_formats.EXPORTERS["onnx"].__class__, "export", broken)
+    monkeypatch.setattr(_formats.OnnxExporter, "export", broken)
     with pytest.raises(_formats.ExportError):
         from fednas.export import source_from_trial, write_bundle
 

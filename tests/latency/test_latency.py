@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,14 @@ def _tiny() -> nn.Module:
     return build_model(preset("mobilenet_micro"), num_classes=10, in_channels=1)
 
 
-@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch", "tflite"])
 def test_a_measured_latency_is_a_median_with_its_spread_and_where_it_ran(runtime: str) -> None:
+    from fednas.runtimes import get_runtime_spec
+
+    if (missing := get_runtime_spec(runtime).missing()) is not None:
+        if os.environ.get("FEDNAS_REQUIRE_EXTRAS"):
+            pytest.fail(f"{missing} not installed and FEDNAS_REQUIRE_EXTRAS is set")
+        pytest.skip(f"{missing} not installed: pip install 'fednas[{get_runtime_spec(runtime).extra}]'")
     lat = measure_latency(_tiny(), SHAPE, runtime=runtime, threads=1, warmup=2, repeats=9)
     assert 0 < lat.p25_ms <= lat.ms <= lat.p75_ms
     assert (lat.runtime, lat.threads, lat.repeats, lat.source) == (runtime, 1, 9, "measured")
@@ -36,7 +43,7 @@ def test_a_measured_latency_is_a_median_with_its_spread_and_where_it_ran(runtime
     for bad in ({"threads": 0}, {"repeats": 0}, {"warmup": -1}):
         with pytest.raises(ValueError):
             measure_latency(_tiny(), SHAPE, **bad)
-    with pytest.raises(ValueError, match="unknown latency runtime 'tpu'; valid: onnxruntime, torch"):
+    with pytest.raises(ValueError, match="unknown latency runtime 'tpu'; valid: onnxruntime, tflite, torch"):
         measure_latency(_tiny(), SHAPE, runtime="tpu")
 
 
@@ -139,7 +146,7 @@ def test_unreadable_and_oversized_tables_are_refused_before_reading(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("doc", "message"), [
-    ({"latency": {"runtime": "tpu"}}, "latency.runtime: expected one of ['onnxruntime', 'torch']"),
+    ({"latency": {"runtime": "tpu"}}, "latency.runtime: expected one of ['onnxruntime', 'tflite', 'torch']"),
     ({"latency": {"threads": 0}}, "latency.threads: expected an integer in [1, 256]"),
     ({"latency": {"repeats": 0}}, "latency.repeats: expected an integer in [1, 100000]"),
     ({"latency": {"table": "/no/such/table.json"}, "objectives": {"accuracy": "maximize", "latency_ms": "minimize"}},
