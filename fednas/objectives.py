@@ -73,6 +73,13 @@ for _o in (
               "bytes of the final model after post-training int8 quantization (serialized state dict)"),
     Objective("accuracy_int8", "maximize", "fraction", "post", "held-out accuracy after int8",
               "held-out accuracy of the final model after post-training int8 quantization"),
+    Objective("weight_bytes", "minimize", "B", "post", "packed weight size",
+              "bytes of the final model with its conv/linear weights packed at the candidate's precision "
+              "(weight_bits, s{i}_wbits: float32, float16, or 8/6/4-bit codes with a float16 scale per output "
+              "channel), everything else at float32"),
+    Objective("accuracy_quantized", "maximize", "fraction", "post", "held-out accuracy at its precision",
+              "held-out accuracy of the final model with its weights at the candidate's precision (weight-only "
+              "post-training quantization; the float accuracy when every weight is float32)"),
     Objective("latency_ms", "minimize", "ms", "static", "latency per image",
               "median single-image latency on [latency] runtime (ONNX Runtime, 1 thread by default), measured "
               "after warm-up on pinned threads, or predicted from a [latency] table made on the target device"),

@@ -30,8 +30,8 @@ from fednas.models import build_run_model, example_input
 from fednas.objectives import OBJECTIVES
 from search_spaces import Architecture, CompressionSettings, arch_from_dict
 
-__all__ = ["Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish", "int8_metrics",
-           "latency_config", "needs_int8", "run_candidate"]
+__all__ = ["POST_METRICS", "Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish",
+           "int8_metrics", "latency_config", "needs_int8", "post_metrics", "precision_metrics", "run_candidate"]
 
 
 class CandidateError(RuntimeError):
@@ -178,8 +178,16 @@ def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: Fed
     if lat is not None:
         metrics["latency"] = lat  # how latency_ms was obtained: runtime, threads, spread, measured or predicted
     if int8:
-        metrics.update(int8_metrics(model, data))
+        metrics.update(post_metrics(model, candidate, data))
     return CandidateResult(candidate, model.eval(), metrics, before, outcome)
+
+
+POST_METRICS = ("model_bytes", "accuracy_int8", "weight_bytes", "accuracy_quantized", "precision")
+
+
+def post_metrics(model: nn.Module, candidate: Candidate, data: FederatedData) -> dict[str, Any]:
+    """What post-training quantization makes of the final model: ``int8_metrics`` and ``precision_metrics``."""
+    return {**int8_metrics(model, data), **precision_metrics(model, candidate, data)}
 
 
 def int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
@@ -189,6 +197,27 @@ def int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
     q = quantize_int8(model, data.train.x[:CALIBRATION_SAMPLES])
     _, acc = evaluate_int8(q, data.test.x, data.test.y)
     return {"model_bytes": q.bytes, "accuracy_int8": acc}
+
+
+def precision_metrics(model: nn.Module, candidate: Candidate, data: FederatedData) -> dict[str, Any]:
+    """The final model's weights at the candidate's precision (``weight_bits``, ``s{i}_wbits``): their packed
+    bytes, the held-out accuracy with them, and per width how many weights (``precision``)."""
+    from fednas.compress import quantize_weights, weight_plan
+    from fednas.train import evaluate
+
+    c = candidate.compression
+    try:
+        plan = weight_plan(model, candidate.arch, c.weight_bits, c.stage_weight_bits)
+    except ValueError as exc:
+        raise CandidateError(str(exc)) from None
+    quantized, packed = quantize_weights(model, plan)
+    _, acc = evaluate(quantized, data.test.x, data.test.y)  # all float32: the float model's accuracy
+    counts: dict[str, int] = {}
+    for name, bits in plan.items():
+        counts[str(bits)] = counts.get(str(bits), 0) + torch.Size(packed.tensors[name]["shape"]).numel()
+    return {"weight_bytes": packed.nbytes, "accuracy_quantized": acc,
+            "precision": {"weight_bits": c.weight_bits, "stage_weight_bits": list(c.stage_weight_bits),
+                          "weights_by_bits": counts, "float32_rest_bytes": packed.rest}}
 
 
 def latency_config(config: StudyConfig) -> LatencyConfig | None:

@@ -13,15 +13,19 @@ carries in its ``RunSpec``. Plain data: no PyTorch, no Flower here.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike
 
-__all__ = ["CODEC_CHOICES", "PRUNE_METHODS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
+__all__ = ["CODEC_CHOICES", "PRUNE_METHODS", "WEIGHT_BITS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
 
 CODEC_CHOICES = {"uplink": ("none", "quantize", "topk"), "downlink": ("none", "quantize")}
 BITS = (16, 8, 4, 2)
+# Weight precision after training (fednas.compress._precision): float32, float16, 8/6/4-bit integers.
+WEIGHT_BITS = (32, 16, 8, 6, 4)
+_STAGE_BITS = re.compile(r"s([1-9][0-9]*)_wbits")
 # l1/l2/fpgm rank channels on the server (data-free); taylor by Taylor scores the clients compute.
 PRUNE_METHODS = ("none", "l1", "l2", "fpgm", "taylor")
 
@@ -51,6 +55,10 @@ class CompressionSettings:
             ``[federation.<name>]`` sub-table.
         dp_noise_multiplier: the Gaussian noise multiplier of this candidate's central DP run
             (None: ``privacy.noise_multiplier``); searched, it puts the privacy budget on the front.
+        weight_bits: precision of the final model's conv and linear weights after training: 32
+            (float32, off), 16 (float16), or 8, 6, 4 (integers with a float16 scale per output channel).
+        stage_weight_bits: per stage, the precision of its blocks' weights (0: ``weight_bits``); the
+            labels ``s1_wbits``, ``s2_wbits``, ... of a space whose family has stages.
     """
 
     uplink_codec: str = "none"
@@ -69,12 +77,22 @@ class CompressionSettings:
     prune_round: int = 1
     aggregation: str = ""
     dp_noise_multiplier: float | None = None
+    weight_bits: int = 32
+    stage_weight_bits: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage_weight_bits", tuple(int(b) for b in self.stage_weight_bits))
 
     @classmethod
     def from_labels(cls, labels: dict[str, Any]) -> CompressionSettings:
-        """The settings among ``labels`` (others are ignored; missing ones are off)."""
+        """The settings among ``labels`` (others are ignored; missing ones are off); ``s{i}_wbits`` labels
+        make ``stage_weight_bits``."""
         types = {f.name: f.type for f in fields(cls)}
-        return cls(**{k: _CAST.get(types[k], _same)(v) for k, v in labels.items() if k in types})
+        values = {k: _CAST.get(types[k], _same)(v) for k, v in labels.items() if k in types}
+        stages = {int(m.group(1)): int(v) for k, v in labels.items() if (m := _STAGE_BITS.fullmatch(k))}
+        if any(stages.values()):
+            values["stage_weight_bits"] = tuple(stages.get(i, 0) for i in range(1, max(stages) + 1))
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +104,11 @@ class CompressionSettings:
         if unknown:
             raise ValueError(f"unknown compression setting(s) {unknown}; valid: {', '.join(sorted(names))}")
         return cls(**data)
+
+    @property
+    def precision_on(self) -> bool:
+        """Weights stored below float32 somewhere (``weight_bits`` or a stage's ``s{i}_wbits``)."""
+        return self.weight_bits != 32 or any(b not in (0, 32) for b in self.stage_weight_bits)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -131,6 +154,9 @@ class CompressionSettings:
             parts.append(f"agg {self.aggregation}")
         if self.dp_noise_multiplier is not None:
             parts.append(f"dp z={_num(self.dp_noise_multiplier)}")
+        if self.precision_on:
+            stages = "/".join(str(b or self.weight_bits) for b in self.stage_weight_bits)
+            parts.append(f"w{self.weight_bits}" + (f" stages {stages}" if stages else ""))
         return ", ".join(parts) or "-"
 
 
@@ -191,7 +217,7 @@ class CompressionSpace(SearchSpace):
     name = "compression"
 
     def domains(self) -> dict[str, Domain]:
-        return {f.name: Fixed(f.default) for f in fields(CompressionSettings)}
+        return {f.name: Fixed(f.default) for f in fields(CompressionSettings) if f.name != "stage_weight_bits"}
 
     def allowed_domains(self) -> dict[str, Domain]:
         return {
@@ -211,6 +237,7 @@ class CompressionSpace(SearchSpace):
             "prune_round": Range(1, 1_000_000),
             "aggregation": _Text(),
             "dp_noise_multiplier": _OptionalRange(0.01, 1000.0),
+            "weight_bits": Choice(WEIGHT_BITS),
         }
 
     def decode(self, values: dict[str, Any]) -> CompressionSettings:
@@ -232,11 +259,18 @@ class JointSpace(SearchSpace):
         if clash:
             raise ValueError(f"search space {arch.name!r} defines compression label(s) {clash}")
 
+    def _stage_bits(self) -> list[str]:
+        """``s{i}_wbits`` for each stage of the architecture space (its ``s{i}_depth`` labels)."""
+        stages = sorted(int(m.group(1)) for k in self.arch.domains() if (m := re.fullmatch(r"s([0-9]+)_depth", k)))
+        return [f"s{i}_wbits" for i in stages]
+
     def domains(self) -> dict[str, Domain]:
-        return {**self.arch.domains(), **self.compression.domains()}
+        return {**self.arch.domains(), **self.compression.domains(), **dict.fromkeys(self._stage_bits(), Fixed(0))}
 
     def allowed_domains(self) -> dict[str, Domain]:
-        return {**self.arch.allowed_domains(), **self.compression.allowed_domains()}
+        per_stage = Choice((0, *WEIGHT_BITS))  # 0: the stage keeps weight_bits
+        return {**self.arch.allowed_domains(), **self.compression.allowed_domains(),
+                **dict.fromkeys(self._stage_bits(), per_stage)}
 
     def decode(self, values: dict[str, Any]) -> Any:
         own = self.arch.domains()

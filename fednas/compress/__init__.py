@@ -107,6 +107,7 @@ from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, Downlink
                                    make_downlink_mod, make_uplink_mod, array_numpy, from_torch, numpy_array, to_array_record,
                                    to_numpy, to_torch,
                                    wire_bytes)
+from fednas.compress._precision import PRECISIONS, PackedWeights, packed_bytes, quantize_weights, unpack_weight, weight_plan
 from fednas.compress._prune import (PRUNING_METHODS, ChannelMasks, apply_channel_masks, decode_channel_masks,
                                    encode_channel_masks, mask_digest, masks_from_scores, prune_channels,
                                    prune_channels_with_masks)
@@ -123,6 +124,12 @@ __all__ = [
     "COMPRESSION_RECORD",
     "INT8_BACKENDS",
     "PRUNING_METHODS",
+    "PRECISIONS",
+    "PackedWeights",
+    "packed_bytes",
+    "quantize_weights",
+    "unpack_weight",
+    "weight_plan",
     "Codec",
     "CompressedFedAvg",
     "CompressionMixin",

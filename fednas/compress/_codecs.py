@@ -185,12 +185,19 @@ class Layout:
 
 
 def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned codes ``< 2**bits`` into bytes (bits 1, 2, 4, 8) or uint16 (16), little end first."""
+    """Pack unsigned codes ``< 2**bits`` into bytes (bits 1 to 8) or uint16 (16), little end first.
+
+    Widths that do not divide 8 (3, 5, 6, 7) are one continuous little-endian bit stream:
+    ``ceil(n * bits / 8)`` bytes.
+    """
     codes = np.asarray(codes).ravel()
     if bits == 16:
         return codes.astype("<u2")
-    if bits not in (1, 2, 4, 8):
-        raise ValueError(f"bits: expected one of 1, 2, 4, 8, 16, got {bits!r}")
+    if bits not in range(1, 9):
+        raise ValueError(f"bits: expected 1 to 8 or 16, got {bits!r}")
+    if 8 % bits:
+        planes = (codes.astype(np.uint8)[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+        return np.packbits(planes.ravel(), bitorder="little")
     codes = codes.astype(np.uint8)
     if bits == 8:
         return codes
@@ -206,13 +213,17 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     packed = np.asarray(packed).ravel()
     if bits in (8, 16):
         out = packed.astype(np.int64)
+    elif bits in (3, 5, 6, 7):
+        stream = np.unpackbits(packed.astype(np.uint8), bitorder="little")
+        usable = len(stream) // bits * bits
+        out = (stream[:usable].reshape(-1, bits).astype(np.int64) << np.arange(bits)).sum(1)
     elif bits in (1, 2, 4):
         per_byte = 8 // bits
         shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
         mask = np.uint8((1 << bits) - 1)
         out = ((packed.astype(np.uint8)[:, None] >> shifts) & mask).ravel().astype(np.int64)
     else:
-        raise ValueError(f"bits: expected one of 1, 2, 4, 8, 16, got {bits!r}")
+        raise ValueError(f"bits: expected 1 to 8 or 16, got {bits!r}")
     if len(out) < count:
         raise ValueError(f"packed codes hold {len(out)} values; expected at least {count}")
     return out[:count]

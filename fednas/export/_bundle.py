@@ -28,7 +28,7 @@ from fednas.export._registry import DEFAULT_FORMATS, EXPORTERS
 from fednas.export._source import ModelSource
 from fednas.models import (ARCH_FILE, MAX_BUNDLE_JSON_BYTES, METRICS_FILE, WEIGHTS_FILE, load_model,
                            trained_structure)
-from search_spaces import CompressionSettings, CompressionSpace, get_search_space
+from search_spaces import CompressionSettings, get_search_space, with_compression
 
 __all__ = ["BundleResult", "check_bundle_out", "load_model", "resolve_formats", "write_bundle"]
 
@@ -192,6 +192,15 @@ def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: 
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise ConfigError(f"weights do not fit the architecture ({first})") from None
+    settings = CompressionSettings.from_labels(source.labels)
+    if settings.precision_on:  # the model the trial scored: its weights at the chosen precision
+        from fednas.compress import quantize_weights, weight_plan
+
+        try:
+            plan = weight_plan(model, source.arch, settings.weight_bits, settings.stage_weight_bits)
+        except ValueError as exc:
+            raise ConfigError(f"labels: {exc}") from None
+        model = quantize_weights(model, plan)[0]
     return model.eval()
 
 
@@ -210,10 +219,11 @@ def _input_info(train: Any) -> dict[str, Any]:
 def _compression(source: ModelSource) -> dict[str, Any]:
     """Labels beyond the architecture's own (compression settings), those not at their "off" default."""
     try:
-        arch_labels = set(get_search_space(source.config.space.name, source.config.space.options).domains())
+        space = with_compression(get_search_space(source.config.space.name, source.config.space.options))
     except ValueError:
         return {}
-    off = {k: d.value for k, d in CompressionSpace().domains().items()}  # type: ignore[attr-defined]
+    arch_labels = set(space.arch.domains())
+    off = {k: d.value for k, d in space.domains().items() if k not in arch_labels}  # type: ignore[attr-defined]
     return {k: v for k, v in source.labels.items() if k not in arch_labels and (k not in off or v != off[k])}
 
 

@@ -96,7 +96,16 @@ def _compression(doc: dict[str, Any]) -> str:
     if not comp:
         return ""
     rows = [[k, _n(v)] for k, v in comp.items()]
-    return "## Compression settings\n\n" + _table(["label", "value"], rows)
+    out = "## Compression settings\n\n" + _table(["label", "value"], rows)
+    p = (doc.get("metrics") or {}).get("precision")
+    if p and any(k == "weight_bits" or k.endswith("_wbits") for k in comp):
+        by = ", ".join(f"{_n(n)} at {b} bits" for b, n in sorted(p["weights_by_bits"].items(), key=lambda x: -int(x[0])))
+        m = doc.get("metrics") or {}
+        out += (f"\n\nWeights at the chosen precision (weight-only post-training quantization; 16 = float16, "
+                f"8/6/4 = integers with a float16 scale per output channel): {by}. Packed, with the rest at "
+                f"float32: {_size(m.get('weight_bytes', 0))}; held-out accuracy at this precision "
+                f"{_pct(m.get('accuracy_quantized', float('nan')))}. The exported files hold these weight values.")
+    return out
 
 
 def _training(doc: dict[str, Any]) -> str:

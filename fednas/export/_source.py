@@ -15,8 +15,9 @@ from search_spaces import Architecture, arch_from_dict
 
 __all__ = ["PICKS", "ModelSource", "pick_trial", "source_from_trial"]
 
-# The metrics a bundle records: those known before and after training (not the post-training int8 ones).
-METRICS = objective_names("static") + objective_names("trained")
+# The metrics a bundle records: those known before and after training, and the mixed-precision ones (the bundle
+# holds those weights); not the post-training int8 ones (the export quantizes to int8 again).
+METRICS = objective_names("static") + objective_names("trained") + ("weight_bytes", "accuracy_quantized")
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ def source_from_trial(storage: str, study: str, *, trial: int | None = None, pic
         raise ConfigError(f"trial {chosen.number}: stored architecture is invalid ({exc})") from None
     state = load_file(str(weights_path(view, chosen)))
     metrics = {k: chosen.attrs[k] for k in METRICS if k in chosen.attrs}
-    if isinstance(chosen.attrs.get("latency"), dict):  # how latency_ms was obtained (runtime, spread, table)
-        metrics["latency"] = chosen.attrs["latency"]
+    for key in ("latency", "precision"):  # how latency_ms was obtained; the weights per bit width
+        if isinstance(chosen.attrs.get(key), dict):
+            metrics[key] = chosen.attrs[key]
     origin = {"storage": storage, "study": study, "trial": chosen.number, "picked": pick or "",
               "weights_artifact": chosen.attrs.get("weights_artifact", "")}
     if chosen.attrs.get("mode") == "supernet":  # inherited weights, fine-tuned when phase 3 ran

@@ -147,7 +147,7 @@ class TrialRunner:
         # CPU kernels round differently with other thread counts: what reproduces this trial
         trial.set_user_attr("torch_threads", sorted(self.threads_used))
         if int8:
-            for k in ("model_bytes", "accuracy_int8"):
+            for k in pipeline.POST_METRICS:
                 trial.set_user_attr(k, metrics[k])
 
     def _set_constraints(self, trial: optuna.Trial, metrics: dict[str, Any]) -> None:

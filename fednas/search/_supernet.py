@@ -149,7 +149,7 @@ class SubnetTrialRunner(TrialRunner):
         metrics: dict[str, Any] = {**static, "accuracy": score.accuracy, "accuracy_inherited": score.accuracy,
                                    "comm_bytes": down + up, "download_bytes": down, "upload_bytes": up}
         if pipeline.needs_int8(self.config.objectives):
-            metrics.update(pipeline.int8_metrics(score.model, self.data))
+            metrics.update(pipeline.post_metrics(score.model, candidate, self.data))
         for k, v in metrics.items():
             trial.set_user_attr(k, v)
         if built.latency is not None:
