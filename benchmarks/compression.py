@@ -14,7 +14,10 @@ trained (final) model. ``prune50`` is federated pruning: after aggregating the m
 (``rounds // 2``) the server prunes 50 % of the global model's channels (L1 ranking, NNI +
 ModelSpeedup), and the remaining rounds train and send the smaller model; its MACs/params
 are of the final pruned model. ``int8`` is post-training static int8 of the baseline's final
-model, calibrated on 256 training images.
+model, calibrated on 256 training images. ``w16`` ... ``w8_stages_4/4/4`` are the weight
+precisions of the ``weight_bits`` / ``s{i}_wbits`` labels applied to the baseline's final
+model (weight-only, float16 scale per output channel); their note gives the packed bytes
+against float32 (``weight_bytes``).
 """
 
 from __future__ import annotations
@@ -96,6 +99,28 @@ def _int8(model: torch.nn.Module, data: Any, base: Row) -> Row:
                    note=f"post-training; {q.bytes:,} B vs {serialized_bytes(model):,} B float")
 
 
+# Weight precisions applied after training to the baseline's final model (weight_bits, per-stage s{i}_wbits).
+PRECISIONS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "w16": (16, ()), "w8": (8, ()), "w6": (6, ()), "w4": (4, ()),
+    "w8_stages_8/6/4": (8, (8, 6, 4)), "w8_stages_4/4/4": (8, (4, 4, 4)),
+}
+
+
+def _precision(model: torch.nn.Module, arch: Any, data: Any, base: Row, name: str, bits: int,
+               stages: tuple[int, ...]) -> tuple[Row, float]:
+    from fednas.compress import quantize_weights, weight_plan
+    from fednas.train import evaluate
+
+    plan32 = weight_plan(model, arch, 32)
+    float_bytes = quantize_weights(model, plan32)[1].nbytes
+    quantized, packed = quantize_weights(model, weight_plan(model, arch, bits, stages))
+    _, acc = evaluate(quantized, data.test.x, data.test.y)
+    ratio = packed.nbytes / float_bytes
+    return replace(base, name=name, accuracy=acc, seconds=0.0,
+                   note=f"weight-only post-training; packed {packed.nbytes:,} B vs {float_bytes:,} B float32 "
+                        f"({ratio:.3f})"), ratio
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=4)
@@ -121,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: accuracy {row.accuracy:.4f}, train upload {row.train_upload:,} B", file=sys.stderr)
     data = federated_data(base_spec.data, fed.num_clients, base_spec.seed)
     rows["int8"] = _int8(baseline_model, data, rows["baseline"])
+    weight_ratio: dict[str, float] = {}
+    for name, (bits, stages) in PRECISIONS.items():
+        rows[name], weight_ratio[name] = _precision(baseline_model, preset(args.arch), data, rows["baseline"], name,
+                                                    bits, stages)
     b = rows["baseline"]
     lines = [
         f"`{args.arch}`, mnist5k, {args.clients} clients Dirichlet 0.5, {args.rounds} rounds, seed {args.seed}; "
@@ -143,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "prune50_macs_ratio": rows["prune50"].macs / b.macs,
         "upload_counts": "train exchanges only (query.bn_moments excluded)",
         "accuracy_delta": {k: rows[k].accuracy - b.accuracy
-                           for k in ("q8", "q4", "topk1", "prune50", "kd", "lowrank50", "int8")},
+                           for k in ("q8", "q4", "topk1", "prune50", "kd", "lowrank50", "int8", *PRECISIONS)},
+        "weight_bytes_ratio": weight_ratio,
     }
     if not args.no_write:
         _write_table(lines + ["", "Last line: `" + json.dumps(summary) + "`"])

@@ -210,6 +210,7 @@ class ConstraintsConfig:
     max_comm_bytes: int = 0
     max_epsilon: float = 0.0  # the privacy loss at privacy.delta ([privacy])
     max_latency_ms: float = 0.0  # latency_ms ([latency]): measured, or predicted from a table
+    max_weight_bytes: int = 0  # weight_bytes: the weights packed at the candidate's weight_bits / s{i}_wbits
 
     def check(self) -> None:
         for f in fields(self):

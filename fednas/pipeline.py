@@ -31,7 +31,7 @@ from fednas.objectives import OBJECTIVES
 from search_spaces import Architecture, CompressionSettings, arch_from_dict
 
 __all__ = ["POST_METRICS", "Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish",
-           "int8_metrics", "latency_config", "needs_int8", "post_metrics", "precision_metrics", "run_candidate"]
+           "int8_metrics", "latency_config", "needs_int8", "needs_post", "post_metrics", "precision_metrics", "run_candidate"]
 
 
 class CandidateError(RuntimeError):
@@ -152,6 +152,11 @@ def federate(candidate: Candidate, config: StudyConfig, *,
 def needs_int8(objectives: dict[str, str] | list[str]) -> bool:
     """Whether any objective is known only after post-training quantization."""
     return any(OBJECTIVES[n].phase == "post" for n in objectives if n in OBJECTIVES)
+
+
+def needs_post(config: StudyConfig) -> bool:
+    """Whether the study's objectives or bounds need the post-training metrics (``post_metrics``)."""
+    return needs_int8([*config.objectives, *config.constraints.active()])
 
 
 def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: FederatedData, *,

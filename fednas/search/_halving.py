@@ -208,7 +208,7 @@ class HalvingRunner:
     def _finish(self, study: optuna.Study, m: _Member) -> None:
         r = self.runner
         merged = merge_outcomes(m.outcomes)
-        int8 = pipeline.needs_int8(self.config.objectives)
+        int8 = pipeline.needs_post(self.config)
         result = pipeline.finish(m.candidate, m.built, merged, r.data, int8=int8,
                                  latency=pipeline.latency_config(self.config))
         r._store_result(m.trial, result, int8)

@@ -112,7 +112,7 @@ class TrialRunner:
         except TrialFailed as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
             raise
-        int8 = pipeline.needs_int8(self.config.objectives)
+        int8 = pipeline.needs_post(self.config)
         result = pipeline.finish(candidate, built, outcome, self.data, int8=int8,
                                  latency=pipeline.latency_config(self.config))
         self._store_result(trial, result, int8)

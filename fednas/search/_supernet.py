@@ -148,7 +148,7 @@ class SubnetTrialRunner(TrialRunner):
         down, up = round(score.download_bytes / score.nodes), round(score.upload_bytes / score.nodes)
         metrics: dict[str, Any] = {**static, "accuracy": score.accuracy, "accuracy_inherited": score.accuracy,
                                    "comm_bytes": down + up, "download_bytes": down, "upload_bytes": up}
-        if pipeline.needs_int8(self.config.objectives):
+        if pipeline.needs_post(self.config):
             metrics.update(pipeline.post_metrics(score.model, candidate, self.data))
         for k, v in metrics.items():
             trial.set_user_attr(k, v)

@@ -106,7 +106,8 @@ def _choice(values: tuple) -> object:
 
 
 PRECISION = ("study.trials=4", "objectives={accuracy_quantized='maximize', weight_bytes='minimize'}",
-             "space.labels.weight_bits=[32, 8, 4]", "space.labels.s2_wbits=[0, 4]", "federation.rounds=1")
+             "space.labels.weight_bits=[32, 8, 4]", "space.labels.s2_wbits=[0, 4]", "federation.rounds=1",
+             "constraints.max_weight_bytes=20000")
 
 
 def test_a_study_searches_precision_and_its_export_holds_the_quantized_weights(tiny_study_factory,
@@ -124,6 +125,7 @@ def test_a_study_searches_precision_and_its_export_holds_the_quantized_weights(t
         p = t.user_attrs["precision"]
         assert t.values == [t.user_attrs["accuracy_quantized"], t.user_attrs["weight_bytes"]]
         assert p["weight_bits"] == t.params["weight_bits"]
+        assert t.constraints == {"max_weight_bytes": t.user_attrs["weight_bytes"] - 20000}
         assert p["stage_weight_bits"] == ([0, 4] if t.params["s2_wbits"] == 4 else [])
         if p["weight_bits"] == 32 and not p["stage_weight_bits"]:
             assert t.user_attrs["accuracy_quantized"] == t.user_attrs["accuracy"]
