@@ -173,6 +173,9 @@ def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
     t.add_argument("--formats", type=_csv_list, default=None, help=formats)
     t.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"), default=None)
+    t.add_argument("--superlink", nargs="?", const="", default=None, metavar="CONNECTION",
+                   help="train on Flower's deployment runtime through `flwr run`: a SuperLink connection named in "
+                        "$FLWR_HOME/config.toml (no name: its default); SuperNodes hold the data shards")
 
 
 def _add_plot_parsers(sub: argparse._SubParsersAction) -> None:

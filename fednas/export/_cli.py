@@ -80,6 +80,8 @@ def run_train(args: argparse.Namespace) -> int:
               f"bytes {r.download_bytes + r.upload_bytes:>12,}  {r.seconds:5.1f} s", flush=True)
 
     start = time.perf_counter()
+    if getattr(args, "superlink", None) is not None:
+        return _train_on_superlink(args, candidate, config, rounds, origin, start)
     try:
         with stop_at_safe_points():  # Ctrl-C stops between batches; main() reports it
             source = train_architecture(candidate, config, rounds=rounds, on_round=on_round, origin=origin)
@@ -89,6 +91,46 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"final accuracy {source.metrics['accuracy']:.4f} after {rounds} rounds "
           f"({time.perf_counter() - start:.1f} s)")
     result = write_bundle(source, args.out, formats=args.formats, onnx_dynamo=_dynamo(args))
+    _report(result, time.perf_counter() - start)
+    return 0
+
+
+def _train_on_superlink(args: argparse.Namespace, candidate: Any, config: StudyConfig, rounds: int,
+                        origin: dict[str, Any], start: float) -> int:
+    """``fednas train --superlink``: the run goes through ``flwr run``; the bundle is written from what the
+    ServerApp saved (when it ran on this machine)."""
+    import shutil
+    import tempfile
+
+    from fednas.export import write_bundle
+    from fednas.export._deploy import app_root, train_on_superlink
+    from fednas.fl import FederationError
+
+    app_root()  # refused before anything runs when fednas has no project folder
+    out = Path(args.out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.superlink-", dir=out.parent))
+    connection = args.superlink or None
+    print(f"submitting to SuperLink connection {connection or '(Flower default)'}: {config.federation.num_clients} "
+          f"SuperNodes expected, started with --node-config \"partition-id=I num-partitions="
+          f"{config.federation.num_clients}\"", flush=True)
+    try:
+        source = train_on_superlink(candidate, config, rounds=rounds, connection=connection,
+                                    origin={**origin, "superlink": connection or "default"}, staging=staging)
+    except FederationError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"fednas: training failed: {exc}", file=sys.stderr)
+        return 1
+    if source is None:
+        print(f"the run finished; its ServerApp ran on another machine and saved the final model there in "
+              f"{staging / 'result'} (model.safetensors, outcome.json)")
+        return 0
+    try:
+        print(f"final accuracy {source.metrics['accuracy']:.4f} after {rounds} rounds "
+              f"({time.perf_counter() - start:.1f} s)")
+        result = write_bundle(source, args.out, formats=args.formats, onnx_dynamo=_dynamo(args))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _report(result, time.perf_counter() - start)
     return 0
 

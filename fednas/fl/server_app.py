@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ from fednas.models import build_run_model, example_input
 from fednas.train import apply_batchnorm_moments, evaluate, resolve_device
 from search_spaces import arch_from_dict
 
-__all__ = ["FederationError", "RoundRecord", "RunHooks", "ServerOutcome", "app", "run_hooks", "run_server"]
+__all__ = ["OUTCOME_FILE", "OUTCOME_WEIGHTS", "OUT_KEY", "FederationError", "RoundRecord", "RunHooks", "ServerOutcome", "app",
+           "run_hooks", "run_server", "save_outcome"]
 
 app = ServerApp()
 
@@ -120,6 +122,37 @@ class RunHooks:
 run_hooks: contextvars.ContextVar[RunHooks | None] = contextvars.ContextVar("fednas_run_hooks", default=None)
 
 
+OUT_KEY = "out-dir"  # run config: where the ServerApp of a deployed run saves the final model (its machine)
+OUTCOME_FILE, OUTCOME_WEIGHTS = "outcome.json", "model.safetensors"
+
+
+def save_outcome(out_dir: str, spec: RunSpec, outcome: ServerOutcome) -> Path:
+    """Write the run's final weights and record into ``out_dir`` (created; files replaced atomically).
+
+    ``outcome.json`` holds the spec, the per-round records, bytes, pruning masks and the privacy
+    and secure-aggregation reports; ``load_outcome`` reads both back.
+    """
+    import json
+    import os
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in to_torch(outcome.arrays).items()}
+    doc = {"spec": json.loads(spec.to_run_config()["fednas-run"]), "rounds": [asdict(r) for r in outcome.rounds],
+           "download_bytes": outcome.download_bytes, "upload_bytes": outcome.upload_bytes,
+           "seconds": outcome.seconds, "bytes_by_type": outcome.bytes_by_type, "prune_masks": outcome.prune_masks,
+           "pruned_round": outcome.pruned_round, "privacy": outcome.privacy, "secure": outcome.secure}
+    for name, write in ((OUTCOME_WEIGHTS, lambda p: save_file(state, p)),
+                        (OUTCOME_FILE, lambda p: Path(p).write_text(json.dumps(doc, indent=2) + "\n"))):
+        tmp = folder / f".{name}.tmp"
+        write(str(tmp))
+        os.replace(tmp, folder / name)
+    return folder
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     spec = RunSpec.from_run_config(context.run_config)
@@ -133,6 +166,8 @@ def main(grid: Grid, context: Context) -> None:
                          initial=hooks.initial if hooks else None)
     if hooks:
         hooks.outcomes.append(outcome)
+    if out_dir := str(context.run_config.get(OUT_KEY, "") or ""):
+        save_outcome(out_dir, spec, outcome)
     context.state["fednas-arrays"] = outcome.arrays
     context.state["fednas-metrics"] = MetricRecord(
         {"accuracy": outcome.accuracy, "download_bytes": outcome.download_bytes, "upload_bytes": outcome.upload_bytes}

@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -182,9 +183,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 def test_a_real_deployment_trains_like_the_in_process_run(tmp_path: Path) -> None:
     """A SuperLink and two SuperNodes as real processes on localhost (insecure), each node naming its partition in
-    its node_config; `flwr run` ships fednas's apps to them. Accuracy and bytes equal the in-process run's."""
-    from fednas.fl import run_federation
-    from fednas.fl._spec import RunSpec
+    its node_config; `fednas train --superlink` ships fednas's apps to them through `flwr run` and bundles what the
+    ServerApp saved. Accuracy, bytes and weights equal the in-process `fednas train` of the same candidate."""
+    from safetensors.torch import load_file
+
+    from fednas.export import train_architecture
+    from fednas.export._cli import _train_inputs
+    from fednas.cli import _parser
 
     env = _env(tmp_path)
     study = tmp_path / "tiny.toml"
@@ -192,6 +197,7 @@ def test_a_real_deployment_trains_like_the_in_process_run(tmp_path: Path) -> Non
     port = _free_port()
     procs = [_start([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
                      "--log-file", str(tmp_path / "superlink.log")], env, tmp_path, tmp_path / "superlink.out")]
+    out = tmp_path / "bundle"
     start = time.monotonic()
     try:
         _wait_healthy(procs[0], port, tmp_path / "superlink.out")
@@ -201,8 +207,10 @@ def test_a_real_deployment_trains_like_the_in_process_run(tmp_path: Path) -> Non
                                 env, tmp_path, tmp_path / f"supernode{i}.log"))
         (tmp_path / "flwr" / "config.toml").write_text(
             f'[superlink]\ndefault = "dep"\n\n[superlink.dep]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-        run_config = f'study-config="{study}" num-server-rounds=2 num-partitions=2'
-        proc = _flwr(["run", ".", "--stream", "--run-config", run_config], env, RUN_TIMEOUT)
+        args = ["train", "mobilenet_tiny", str(study), "--rounds", "2", "--superlink", "dep", "--out", str(out),
+                "--formats", "onnx"]
+        proc = subprocess.run([str(BIN / "fednas"), *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT, check=False)
         output = proc.stdout + proc.stderr
     finally:
         _stop(procs)
@@ -210,11 +218,33 @@ def test_a_real_deployment_trains_like_the_in_process_run(tmp_path: Path) -> Non
     print(f"deployment run took {seconds:.1f}s\n{output}")
     assert all(p.poll() is not None for p in procs)
     assert proc.returncode == 0, output
-    final = re.search(r"final accuracy (\d+\.\d+), (\d+) bytes", output)
-    assert final and "ClientAppException" not in output, output
-    spec = RunSpec._from_flwr_app_config({"study-config": str(study), "num-server-rounds": 2, "num-partitions": 2})
-    local = run_federation(spec)
+    assert "ClientAppException" not in output, output  # (the streamed log may end before the ServerApp's last line)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["origin"]["runtime"] == "flower deployment" and doc["origin"]["superlink"] == "dep"
+    assert not list(tmp_path.glob(".bundle.superlink-*")), "the staging folder is removed"
+
+    # The same candidate trained in this process (what `fednas train` without --superlink does).
+    candidate, config, origin = _train_inputs(_parser().parse_args(args[:5] + ["--out", str(tmp_path / "x")]))
+    local = train_architecture(candidate, config, rounds=2, origin=origin)
     # Every seed comes from the run seed, the round and the partition (not the deployment's random run and node
-    # ids), so the deployment reproduces the in-process run: same accuracy (printed to 4 places), same bytes.
-    assert float(final.group(1)) == pytest.approx(local.accuracy, abs=5e-5), (final.group(0), local.accuracy)
-    assert int(final.group(2)) == local.comm_bytes, (final.group(0), local.comm_bytes)
+    # ids), so the deployment reproduces the in-process run: same accuracy, bytes and weights.
+    assert doc["metrics"]["accuracy"] == pytest.approx(local.metrics["accuracy"], abs=1e-9), output
+    assert doc["metrics"]["comm_bytes"] == local.metrics["comm_bytes"]
+    deployed = load_file(str(out / "model.safetensors"))
+    assert deployed.keys() == local.state.keys()
+    assert all(torch.allclose(deployed[k].float(), local.state[k].float(), atol=1e-6) for k in deployed)
+    assert [r["accuracy"] for r in doc["rounds"]] == [r["accuracy"] for r in local.rounds]
+
+
+def test_an_unknown_superlink_connection_fails_cleanly(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    study = tmp_path / "tiny.toml"
+    study.write_text(TINY)
+    out = tmp_path / "bundle"
+    proc = subprocess.run([str(BIN / "fednas"), "train", "mobilenet_tiny", str(study), "--rounds", "1",
+                           "--superlink", "nosuch", "--out", str(out)], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "fednas: training failed: flwr run exited with" in proc.stderr
+    assert "'nosuch' not found" in proc.stdout + proc.stderr  # Flower's own message about the connection
+    assert not out.exists() and not list(tmp_path.glob(".bundle.superlink-*"))
