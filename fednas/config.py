@@ -20,6 +20,7 @@ from fednas._errors import ConfigError
 from fednas.objectives import DIRECTIONS, OBJECTIVES
 from fednas.attacks import ATTACKS
 from fednas.runtimes import RUNTIMES
+from fednas.samplers import SAMPLERS
 from fednas.strategies import LEGACY_KEYS, MIN_REPLIES, STRATEGIES
 from search_spaces import MAX_RESOLUTION
 
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = "studies/quickstart.toml"  # the study `fednas search`/`train` use when given none
-SAMPLERS = ("nsga2", "tpe", "random")
 BN_MODES = ("final", "every_round", "off")
 MODES = ("scratch", "supernet")
 FIDELITIES = ("none", "halving")

@@ -11,6 +11,7 @@ import logging
 import signal
 from collections.abc import Iterator
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,19 @@ def open_storage(url: str, *, create: bool = True, heartbeat: int = 0) -> optuna
 
 def _sampler(config: StudyConfig, n_existing: int, salt: str = "") -> optuna.samplers.BaseSampler:
     # A resumed study re-seeds from its history size, so it does not replay the same draws.
+    import importlib
+
+    from fednas.samplers import SAMPLERS
+
     seed = derive_seed(config.study.seed, "sampler", n_existing, salt)
-    name = config.study.sampler
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            population_size=config.study.population_size, seed=seed
-        )
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    return optuna.samplers.RandomSampler(seed=seed)
+    spec = SAMPLERS[config.study.sampler]
+    module, _, cls = spec.cls.partition(":")
+    kwargs: dict[str, Any] = {"seed": seed, **dict(spec.options)}
+    if spec.population:
+        kwargs["population_size"] = config.study.population_size
+    with warnings.catch_warnings():  # GPSampler and NSGAIIISampler are experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
 def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna.Study:
