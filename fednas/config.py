@@ -65,7 +65,8 @@ DP_STRATEGIES = ("fedavg", "fedprox")
 SECURE_AGGREGATIONS = ("off", "secagg+", "ckks")
 SECURE_STRATEGIES = DP_STRATEGIES  # the rules that are a weighted mean of the updates (all a secure sum gives)
 # compression labels that change how a candidate is trained: a supernet study inherits weights instead
-TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "kd_weight": 0.0,
+TRAINING_LABELS = {"uplink_codec": "none", "downlink_codec": "none", "lowrank_ratio": 1.0, "tucker_ratio": 1.0,
+                   "kd_weight": 0.0,
                    "prune_method": "none", "aggregation": ""}
 
 

@@ -47,13 +47,18 @@ def build_run_model(
     arch: Architecture | dict[str, Any], compression: CompressionSettings | None = None, *, num_classes: int,
     in_channels: int,
 ) -> nn.Module:
-    """The model a run trains: the architecture, low-rank factorized when ``lowrank_ratio < 1``."""
+    """The model a run trains: the architecture, SVD-factorized when ``lowrank_ratio < 1`` and Tucker-2 factorized
+    when ``tucker_ratio < 1``."""
     arch = arch_from_dict(arch)
     model = build_model(arch, num_classes=num_classes, in_channels=in_channels)
     if compression is not None and compression.lowrank_on:
         from fednas.compress import low_rank
 
         model = low_rank(model, compression.lowrank_ratio)
+    if compression is not None and compression.tucker_on:
+        from fednas.compress import tucker
+
+        model = tucker(model, compression.tucker_ratio)
     return model
 
 

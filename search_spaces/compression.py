@@ -42,6 +42,7 @@ class CompressionSettings:
         downlink_codec: server -> client codec for the global-model delta: "none" or "quantize".
         downlink_bits / downlink_per_channel: as for the uplink.
         lowrank_ratio: SVD rank of pointwise convs and linears as a fraction of full rank (1.0: off).
+        tucker_ratio: Tucker-2 core widths of dense k x k convs as a fraction of their channels (1.0: off).
         kd_weight: weight of the distillation term in local training (0: off).
         kd_temperature: distillation temperature.
         kd_teacher: a ``fednas export`` bundle folder used as teacher ("" : the received global model).
@@ -69,6 +70,7 @@ class CompressionSettings:
     downlink_bits: int = 8
     downlink_per_channel: bool = False
     lowrank_ratio: float = 1.0
+    tucker_ratio: float = 1.0
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     kd_teacher: str = ""
@@ -126,6 +128,10 @@ class CompressionSettings:
         return self.lowrank_ratio < 1.0
 
     @property
+    def tucker_on(self) -> bool:
+        return self.tucker_ratio < 1.0
+
+    @property
     def kd_on(self) -> bool:
         return self.kd_weight > 0
 
@@ -146,6 +152,8 @@ class CompressionSettings:
                 parts.append(f"top{_num(100 * self.uplink_topk)}% {short}")
         if self.lowrank_on:
             parts.append(f"rank {_num(self.lowrank_ratio)}")
+        if self.tucker_on:
+            parts.append(f"tucker {_num(self.tucker_ratio)}")
         if self.kd_on:
             parts.append(f"kd {_num(self.kd_weight)}" + (" bundle" if self.kd_teacher else ""))
         if self.prune_on:
@@ -229,6 +237,7 @@ class CompressionSpace(SearchSpace):
             "downlink_bits": Choice(BITS),
             "downlink_per_channel": Choice((False, True)),
             "lowrank_ratio": Range(0.01, 1.0),
+            "tucker_ratio": Range(0.01, 1.0),
             "kd_weight": Range(0.0, 1.0),
             "kd_temperature": Range(0.1, 100.0),
             "kd_teacher": _Text(),

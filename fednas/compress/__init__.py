@@ -102,7 +102,7 @@ from fednas.compress._codecs import (CODECS, Codec, Identity, Layout, Quantize, 
                                      unpack_bits, update_between)
 from fednas.compress._distill import distillation_loss, train_with_teacher
 from fednas.compress._int8 import CALIBRATION_SAMPLES, INT8_BACKENDS, Int8Model, evaluate_int8, quantize_int8, serialized_bytes
-from fednas.compress._lowrank import factorize, low_rank, low_rank_rank
+from fednas.compress._lowrank import factorize, low_rank, low_rank_rank, tucker, tucker2
 from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, DownlinkOutOfSync, DownlinkPlan,
                                    make_downlink_mod, make_uplink_mod, array_numpy, from_torch, numpy_array, to_array_record,
                                    to_numpy, to_torch,
@@ -152,6 +152,8 @@ __all__ = [
     "factorize",
     "low_rank",
     "low_rank_rank",
+    "tucker",
+    "tucker2",
     "make_codec",
     "make_downlink_mod",
     "make_uplink_mod",

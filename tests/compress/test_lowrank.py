@@ -67,3 +67,81 @@ def test_bad_arguments() -> None:
         factorize(nn.Conv2d(4, 4, 3), 2)
     with pytest.raises(ValueError, match="rank"):
         factorize(nn.Linear(4, 3), 4)
+
+
+# ----------------------------------------------------------------------------- Tucker-2 of k x k convolutions
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(6, 10, 3, padding=1, bias=True),
+    nn.Conv2d(8, 5, 5, stride=2, padding=2, bias=False),
+    nn.Conv2d(4, 7, 3, dilation=2, padding=2),
+])
+def test_tucker2_at_full_ranks_reproduces_the_layer(conv: nn.Conv2d) -> None:
+    from fednas.compress import tucker2
+
+    torch.manual_seed(0)
+    x = torch.randn(2, conv.in_channels, 11, 11)
+    factors = tucker2(conv.eval(), conv.out_channels, conv.in_channels)
+    assert [type(m) for m in factors] == [nn.Conv2d] * 3
+    assert factors[0].kernel_size == (1, 1) and factors[1].kernel_size == conv.kernel_size
+    assert factors[1].stride == conv.stride and (factors[2].bias is not None) == (conv.bias is not None)
+    with torch.no_grad():
+        assert torch.allclose(factors(x), conv(x), atol=1e-5)
+
+
+def test_tucker2_error_shrinks_with_the_ranks_and_matches_the_reconstructed_kernel() -> None:
+    from fednas.compress import tucker2
+
+    torch.manual_seed(1)
+    conv = nn.Conv2d(12, 16, 3, padding=1)
+    x = torch.randn(4, 12, 9, 9)
+    errors = []
+    for r in (2, 4, 8, 12):
+        f = tucker2(conv, min(r, 16), r)
+        with torch.no_grad():
+            errors.append(float((f(x) - conv(x)).norm()))
+            # the three layers equal one convolution with the kernel C x_0 U_out x_1 U_in
+            kernel = torch.einsum("or,rskl,si->oikl", f[2].weight[:, :, 0, 0], f[1].weight, f[0].weight[:, :, 0, 0])
+            assert torch.allclose(nn.functional.conv2d(x, kernel, conv.bias, padding=1), f(x), atol=1e-5)
+    assert errors == sorted(errors, reverse=True) and errors[-1] < errors[0] / 2
+
+
+def test_tucker_factorizes_dense_kxk_convs_only_and_the_model_shrinks() -> None:
+    from fednas.compress import tucker
+    from fednas.cost import measure
+    from fednas.models import build_run_model
+    from search_spaces import CompressionSettings, build_model, preset
+
+    resnet = build_model(preset("resnet_micro"), num_classes=10, in_channels=3)
+    half = tucker(resnet, 0.5)
+    dense = [n for n, m in resnet.named_modules() if type(m) is nn.Conv2d and m.kernel_size != (1, 1) and m.groups == 1]
+    replaced = [n for n in dense if isinstance(half.get_submodule(n), nn.Sequential)]
+    assert replaced and set(replaced) <= set(dense)
+    mobilenet = build_model(preset("mobilenet_tiny"), num_classes=10, in_channels=3)
+    depthwise = [n for n, m in mobilenet.named_modules() if type(m) is nn.Conv2d and m.groups > 1]
+    assert all(type(tucker(mobilenet, 0.5).get_submodule(n)) is nn.Conv2d for n in depthwise)
+    full = measure(build_run_model(preset("resnet_micro"), num_classes=10, in_channels=3), in_channels=3, resolution=32)
+    small = measure(build_run_model(preset("resnet_micro"), CompressionSettings(tucker_ratio=0.5), num_classes=10,
+                                    in_channels=3), in_channels=3, resolution=32)
+    assert small.params < full.params and small.macs < full.macs
+    assert CompressionSettings(tucker_ratio=0.5).describe() == "tucker 0.5"
+    with pytest.raises(ValueError, match="ratio"):
+        tucker(resnet, 0.0)
+    with pytest.raises(TypeError):
+        from fednas.compress import tucker2
+
+        tucker2(nn.Conv2d(4, 4, 1), 2, 2)
+
+
+def test_a_federation_trains_and_sends_the_tucker_factorized_model() -> None:
+    from fednas.config import DataConfig, FederationConfig
+    from fednas.fl import RunSpec, run_federation
+    from search_spaces import CompressionSettings
+
+    fed = FederationConfig(num_clients=2, rounds=1, bn_recalibration="off")
+    base = RunSpec(DataConfig(limit=120), fed, 0, preset("resnet_micro").to_dict())
+    full = run_federation(base)
+    small = run_federation(RunSpec(base.data, fed, 0, base.arch, CompressionSettings(tucker_ratio=0.5)))
+    assert 0 < small.upload_bytes < 0.8 * full.upload_bytes
+    assert any(".1.weight" in k and v.ndim == 4 for k, v in small.arrays.to_torch_state_dict().items())
