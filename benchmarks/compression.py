@@ -17,7 +17,14 @@ are of the final pruned model. ``int8`` is post-training static int8 of the base
 model, calibrated on 256 training images. ``w16`` ... ``w8_stages_4/4/4`` are the weight
 precisions of the ``weight_bits`` / ``s{i}_wbits`` labels applied to the baseline's final
 model (weight-only, float16 scale per output channel); their note gives the packed bytes
-against float32 (``weight_bytes``).
+against float32 (``weight_bytes``). ``prune50_weight`` / ``prune80_weight`` / ``prune50_neuron`` /
+``prune50_block`` (and ``_block_taylor``) are the other ``prune_granularity`` values at the same
+round; ``tucker50`` is Tucker-2 of the dense k x k convs (ResNet's). ``--depths``/``--hidden``
+make the preset deeper or give it a hidden linear, so that blocks and neurons exist to prune;
+``--only`` runs some knobs; ``--table NAME`` writes between ``compression-table-NAME`` markers:
+
+    python benchmarks/compression.py --depths 1,2,2 --hidden 64 --table deeper
+    python benchmarks/compression.py --arch resnet_micro --depths 2,2 --table resnet --only tucker50,prune50_block
 """
 
 from __future__ import annotations
@@ -72,22 +79,38 @@ def _federated(spec: RunSpec, name: str) -> tuple[Row, Any]:
     train = out.bytes_by_type.get("train", {"upload_bytes": 0, "download_bytes": 0})
     bn = out.bytes_by_type.get("query.bn_moments", {"upload_bytes": 0, "download_bytes": 0})
     note = ""
-    if out.prune_masks:  # the server pruned during the run: the final model is the smaller structure
-        from fednas.compress import apply_channel_masks, decode_channel_masks
+    s = spec.compression
+    if out.pruned_round:  # the server pruned during the run: the final model is the smaller structure
+        from fednas.compress import apply_prune_plan, is_block_plan
         from fednas.fl._pruning import example_input
 
-        model = apply_channel_masks(model, decode_channel_masks(out.prune_masks),
-                                    example_input(data.train.in_channels, data.train.resolution))
+        model = apply_prune_plan(model, out.prune_masks, example_input(data.train.in_channels, data.train.resolution))
         cost = measure(model, in_channels=data.train.in_channels, resolution=data.train.resolution)
-        s = spec.compression
-        note = f"federated {s.prune_method.upper()} {s.prune_sparsity:.0%} after round {out.pruned_round}"
+        note = (f"federated {s.prune_method.upper()} {s.prune_granularity} {s.prune_sparsity:.0%} after round "
+                f"{out.pruned_round}")
+        if is_block_plan(out.prune_masks):
+            note += f"; blocks removed {json.loads(out.prune_masks)['#blocks']}"
         taylor = out.bytes_by_type.get("query.taylor_scores")
         if taylor:
             note += f"; Taylor scores round trip {taylor['upload_bytes'] + taylor['download_bytes']:,} B"
     model.load_state_dict(out.arrays.to_torch_state_dict())
+    if s.prune_on and s.prune_granularity == "weight":
+        note += f"; {_sparse_note(model, data)}"
+    if s.tucker_on or s.lowrank_on:
+        note = "factorized before training"
     row = Row(name, out.accuracy, cost.macs, cost.params, train["upload_bytes"], train["download_bytes"],
               bn["upload_bytes"] + bn["download_bytes"], time.perf_counter() - start, note)
     return row, model
+
+
+def _sparse_note(model: torch.nn.Module, data: Any) -> str:
+    """Sparsity reached and the int8 file size with and without the bitmap encoding of zero weights."""
+    from fednas.compress import quantize_int8, sparse_saving, sparsity_of
+
+    q = quantize_int8(model, data.train.x[:256])
+    weights = {n: m.weight for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    return (f"sparsity {sparsity_of(model):.3f}; int8 {q.bytes - sparse_saving(weights, 8):,} B with a bitmap "
+            f"encoding vs {q.bytes:,} B dense")
 
 
 def _int8(model: torch.nn.Module, data: Any, base: Row) -> Row:
@@ -127,15 +150,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default="mobilenet_tiny")
+    p.add_argument("--depths", default="", help="comma-separated stage depths replacing the preset's (e.g. 1,2,2)")
+    p.add_argument("--hidden", type=int, default=-1, help="MobileNet classifier_hidden width replacing the preset's")
+    p.add_argument("--only", default="", help="comma-separated knobs to run besides the baseline (default: all)")
+    p.add_argument("--table", default="", help="write between the compression-table-TABLE markers instead")
     p.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
     fed = FederationConfig(num_clients=args.clients, rounds=args.rounds)
-    base_spec = RunSpec(DataConfig(), fed, args.seed, preset(args.arch).to_dict())
+    arch = _arch(args)
+    base_spec = RunSpec(DataConfig(), fed, args.seed, arch.to_dict())
     middle = max(args.rounds // 2, 1)
-    runs = {**RUNS,
-            "prune50": CompressionSettings(prune_method="l1", prune_sparsity=0.5, prune_round=middle),
-            "prune50_taylor": CompressionSettings(prune_method="taylor", prune_sparsity=0.5, prune_round=middle)}
+
+    def prune(method: str, granularity: str = "channel", sparsity: float = 0.5) -> CompressionSettings:
+        return CompressionSettings(prune_method=method, prune_granularity=granularity, prune_sparsity=sparsity,
+                                   prune_round=middle)
+
+    runs = {**RUNS, "tucker50": CompressionSettings(tucker_ratio=0.5),
+            "prune50": prune("l1"), "prune50_taylor": prune("taylor"),
+            "prune50_weight": prune("l1", "weight"), "prune80_weight": prune("l1", "weight", 0.8),
+            "prune50_neuron": prune("l1", "neuron"), "prune50_block": prune("l1", "block"),
+            "prune50_block_taylor": prune("taylor", "block")}
+    if args.only:
+        keep = {"baseline", *args.only.split(",")}
+        unknown = sorted(keep - set(runs) - set(PRECISIONS) - {"int8"})
+        if unknown:
+            p.error(f"--only: unknown knob(s) {unknown}; expected some of {sorted(set(runs) | set(PRECISIONS))}")
+        runs = {k: v for k, v in runs.items() if k in keep}
     rows: dict[str, Row] = {}
     baseline_model = None
     for name, settings in runs.items():
@@ -145,15 +186,20 @@ def main(argv: list[str] | None = None) -> int:
             baseline_model = model
         print(f"{name}: accuracy {row.accuracy:.4f}, train upload {row.train_upload:,} B", file=sys.stderr)
     data = federated_data(base_spec.data, fed.num_clients, base_spec.seed)
-    rows["int8"] = _int8(baseline_model, data, rows["baseline"])
+    post = set(PRECISIONS) | {"int8"} if not args.only else set(args.only.split(","))
+    if "int8" in post:
+        rows["int8"] = _int8(baseline_model, data, rows["baseline"])
     weight_ratio: dict[str, float] = {}
     for name, (bits, stages) in PRECISIONS.items():
-        rows[name], weight_ratio[name] = _precision(baseline_model, preset(args.arch), data, rows["baseline"], name,
-                                                    bits, stages)
+        if name in post:
+            rows[name], weight_ratio[name] = _precision(baseline_model, arch, data, rows["baseline"], name, bits,
+                                                        stages)
     b = rows["baseline"]
+    shape = f" (stage depths {args.depths})" if args.depths else ""
+    shape += f" (classifier_hidden {args.hidden})" if args.hidden >= 0 else ""
     lines = [
-        f"`{args.arch}`, mnist5k, {args.clients} clients Dirichlet 0.5, {args.rounds} rounds, seed {args.seed}; "
-        "upload = training uploads only (batch-norm pooling in its own column)",
+        f"`{args.arch}`{shape}, mnist5k, {args.clients} clients Dirichlet 0.5, {args.rounds} rounds, seed "
+        f"{args.seed}; upload = training uploads only (batch-norm pooling in its own column)",
         "",
         "| knob | accuracy | Δ acc | MACs | params | train upload B | ratio | train download B | ratio | BN pooling B | s | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -165,27 +211,41 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.train_download / b.train_download:.3f} | {r.bn_bytes:,} | {r.seconds:.1f} | {r.note} |"
         )
     print("\n".join(lines))
-    summary = {
-        "q8_upload_ratio": rows["q8"].train_upload / b.train_upload,
-        "q4_upload_ratio": rows["q4"].train_upload / b.train_upload,
-        "topk1_upload_ratio": rows["topk1"].train_upload / b.train_upload,
-        "prune50_macs_ratio": rows["prune50"].macs / b.macs,
+    summary = {f"{k}_upload_ratio": rows[k].train_upload / b.train_upload for k in ("q8", "q4", "topk1") if k in rows}
+    summary.update({f"{k}_macs_ratio": rows[k].macs / b.macs for k in rows if k.startswith("prune")})
+    summary.update({
         "upload_counts": "train exchanges only (query.bn_moments excluded)",
-        "accuracy_delta": {k: rows[k].accuracy - b.accuracy
-                           for k in ("q8", "q4", "topk1", "prune50", "kd", "lowrank50", "int8", *PRECISIONS)},
+        "accuracy_delta": {k: rows[k].accuracy - b.accuracy for k in rows if k != "baseline"},
         "weight_bytes_ratio": weight_ratio,
-    }
+    })
     if not args.no_write:
-        _write_table(lines + ["", "Last line: `" + json.dumps(summary) + "`"])
+        _write_table(lines + ["", "Last line: `" + json.dumps(summary) + "`"], args.table)
     print()
     print(json.dumps(summary))
     return 0
 
 
-def _write_table(lines: list[str]) -> None:
+def _arch(args: argparse.Namespace) -> Any:
+    """The preset, with ``--depths`` / ``--hidden`` applied (a deeper or wider member of its family)."""
+    import dataclasses
+
+    arch = preset(args.arch)
+    if args.depths:
+        depths = [int(d) for d in args.depths.split(",")]
+        if len(depths) != len(arch.stages):
+            raise SystemExit(f"--depths: {args.arch} has {len(arch.stages)} stages, got {len(depths)} depths")
+        arch = dataclasses.replace(arch, stages=tuple(dataclasses.replace(s, depth=d)
+                                                      for s, d in zip(arch.stages, depths)))
+    if args.hidden >= 0:
+        arch = dataclasses.replace(arch, classifier_hidden=args.hidden)
+    return arch
+
+
+def _write_table(lines: list[str], table: str = "") -> None:
     """Replace the text between the markers in BENCHMARKS.md (append the section if absent)."""
     path = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-    begin, end = "<!-- compression-table:begin (benchmarks/compression.py) -->", "<!-- compression-table:end -->"
+    name = f"compression-table-{table}" if table else "compression-table"
+    begin, end = f"<!-- {name}:begin (benchmarks/compression.py) -->", f"<!-- {name}:end -->"
     block = "\n".join([begin, *lines, end])
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if begin in text and end in text:

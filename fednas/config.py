@@ -911,7 +911,8 @@ def _label_values(value: Any) -> list[Any]:
 
 
 def _check_pruning(config: StudyConfig) -> None:
-    """Federated pruning: ``prune_round`` inside the run, and no downlink codec beside it."""
+    """Federated pruning: ``prune_round`` inside the run, no downlink codec beside it, and every method a trial may
+    draw able to rank every granularity it may draw."""
     labels = config.space.labels
     methods = _label_values(labels.get("prune_method")) or ["none"]
     if all(m == "none" for m in methods):
@@ -924,6 +925,14 @@ def _check_pruning(config: StudyConfig) -> None:
     if any(c not in ("none", None) for c in _label_values(labels.get("downlink_codec"))):
         raise ConfigError("space.labels.prune_method: pruning cannot be combined with a downlink_codec (the "
                           "downlink delta's reference model changes shape when the server prunes)")
+    from search_spaces.compression import GRANULARITY_METHODS
+
+    for g in _label_values(labels.get("prune_granularity")) or ["channel"]:
+        allowed = GRANULARITY_METHODS.get(g, ())
+        bad = [m for m in methods if m != "none" and m not in allowed]
+        if bad:
+            raise ConfigError(f"space.labels.prune_method: {bad[0]!r} cannot rank prune_granularity = {g!r}; expected "
+                              f"one of {list(allowed)} for it (a trial may draw both)")
 
 
 def _check_mode(config: StudyConfig) -> None:
@@ -1030,6 +1039,10 @@ def _check_local_dp(config: StudyConfig, why: str) -> None:
     if "taylor" in _label_values(labels.get("prune_method")):
         raise ConfigError(f"space.labels.prune_method: 'taylor' cannot be used {why} (it scores channels on each "
                           "client's data in the clear); the data-free l1, l2 and fpgm can")
+    if "weight" in _label_values(labels.get("prune_granularity")) and any(
+            m != "none" for m in _label_values(labels.get("prune_method"))):
+        raise ConfigError(f"space.labels.prune_granularity: 'weight' cannot be used {why} (keeping the pruned "
+                          "weights at zero reparametrizes them, which Opacus's per-example gradients do not see)")
     _refuse_bn_pooling(fed, why, "unprotected")
 
 

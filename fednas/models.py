@@ -71,12 +71,13 @@ def trained_structure(
     arch: Architecture | dict[str, Any], compression: CompressionSettings | None, *, num_classes: int,
     in_channels: int, resolution: int, prune_masks: str = "",
 ) -> nn.Module:
-    """The structure a finished run's weights fit: ``build_run_model``, then the server's pruning."""
+    """The structure a finished run's weights fit: ``build_run_model``, then the server's pruning (channel masks
+    or a block plan, ``fednas.compress.apply_prune_plan``)."""
     model = build_run_model(arch, compression, num_classes=num_classes, in_channels=in_channels)
     if prune_masks:
-        from fednas.compress import apply_channel_masks, decode_channel_masks
+        from fednas.compress import apply_prune_plan
 
-        model = apply_channel_masks(model, decode_channel_masks(prune_masks), example_input(in_channels, resolution))
+        model = apply_prune_plan(model, prune_masks, example_input(in_channels, resolution))
     return model
 
 

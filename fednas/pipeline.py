@@ -30,8 +30,9 @@ from fednas.models import build_run_model, example_input
 from fednas.objectives import OBJECTIVES
 from search_spaces import Architecture, CompressionSettings, arch_from_dict
 
-__all__ = ["POST_METRICS", "Built", "Candidate", "CandidateError", "CandidateResult", "build", "federate", "finish",
-           "int8_metrics", "latency_config", "needs_int8", "needs_post", "post_metrics", "precision_metrics", "run_candidate"]
+__all__ = ["POST_METRICS", "PRUNING_METRICS", "Built", "Candidate", "CandidateError", "CandidateResult", "build",
+           "federate", "finish", "int8_metrics", "latency_config", "needs_int8", "needs_post", "post_metrics",
+           "precision_metrics", "pruning_metrics", "run_candidate"]
 
 
 class CandidateError(RuntimeError):
@@ -166,11 +167,10 @@ def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: Fed
     train = data.train
     model, static, before = built.model, built.static, {}
     lat = built.latency
-    if outcome.prune_masks:
-        from fednas.compress import apply_channel_masks, decode_channel_masks
+    if outcome.prune_masks:  # channel masks or a block plan: a smaller structure
+        from fednas.compress import apply_prune_plan
 
-        model = apply_channel_masks(model, decode_channel_masks(outcome.prune_masks),
-                                    example_input(train.in_channels, train.resolution))
+        model = apply_prune_plan(model, outcome.prune_masks, example_input(train.in_channels, train.resolution))
         cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
         lat = _latency(model, data, latency) if built.latency is not None else None
         before, static = static, {"macs": cost.macs, "params": cost.params, "bytes": cost.bytes,
@@ -182,37 +182,70 @@ def finish(candidate: Candidate, built: Built, outcome: ServerOutcome, data: Fed
         metrics["epsilon"] = outcome.privacy["epsilon"]
     if lat is not None:
         metrics["latency"] = lat  # how latency_ms was obtained: runtime, threads, spread, measured or predicted
+    metrics.update(pruning_metrics(model, candidate, outcome))
     if int8:
-        metrics.update(post_metrics(model, candidate, data))
+        metrics.update(post_metrics(model, candidate, data, prune_plan=outcome.prune_masks))
     return CandidateResult(candidate, model.eval(), metrics, before, outcome)
 
 
 POST_METRICS = ("model_bytes", "accuracy_int8", "weight_bytes", "accuracy_quantized", "precision")
 
 
-def post_metrics(model: nn.Module, candidate: Candidate, data: FederatedData) -> dict[str, Any]:
-    """What post-training quantization makes of the final model: ``int8_metrics`` and ``precision_metrics``."""
-    return {**int8_metrics(model, data), **precision_metrics(model, candidate, data)}
+PRUNING_METRICS = ("sparsity", "pruned_blocks", "pruned_depths")
+
+
+def pruning_metrics(model: nn.Module, candidate: Candidate, outcome: ServerOutcome) -> dict[str, Any]:
+    """What the server's pruning left, beyond the re-measured cost: the weights' ``sparsity`` (unstructured
+    pruning), or the removed blocks and the depths they leave (``pruned_blocks``, ``pruned_depths``)."""
+    from fednas.compress import is_block_plan, plan_arch, sparsity_of
+
+    c = candidate.compression
+    if not c.prune_on or not outcome.pruned_round:
+        return {}
+    if c.prune_granularity == "weight":
+        return {"sparsity": round(sparsity_of(model), 6)}
+    if c.prune_granularity == "block" and is_block_plan(outcome.prune_masks):
+        import json
+
+        arch = plan_arch(candidate.arch, outcome.prune_masks)
+        return {"pruned_blocks": json.loads(outcome.prune_masks)["#blocks"],
+                "pruned_depths": [int(s.depth) for s in arch.stages]}
+    return {}
+
+
+def post_metrics(model: nn.Module, candidate: Candidate, data: FederatedData, *, prune_plan: str = "") -> dict[str, Any]:
+    """What post-training quantization makes of the final model: ``int8_metrics`` and ``precision_metrics``
+    (``prune_plan``: the server's block plan or channel masks, which the per-stage widths follow)."""
+    return {**int8_metrics(model, data), **precision_metrics(model, candidate, data, prune_plan=prune_plan)}
 
 
 def int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
-    """Post-training int8 of the final model: calibrated on training data, scored on the held-out split."""
-    from fednas.compress import CALIBRATION_SAMPLES, evaluate_int8, quantize_int8
+    """Post-training int8 of the final model: calibrated on training data, scored on the held-out split.
+
+    ``model_bytes`` is the serialized int8 model, less what a bitmap encoding of zero weights saves
+    (``fednas.compress.sparse_saving`` at 8 bits; int8's symmetric weight quantization keeps zeros zero): an
+    unstructured-pruned model is counted as it would be stored sparse, a dense one as before.
+    """
+    from fednas.compress import CALIBRATION_SAMPLES, evaluate_int8, quantize_int8, sparse_saving
 
     q = quantize_int8(model, data.train.x[:CALIBRATION_SAMPLES])
     _, acc = evaluate_int8(q, data.test.x, data.test.y)
-    return {"model_bytes": q.bytes, "accuracy_int8": acc}
+    weights = {n: m.weight for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    return {"model_bytes": q.bytes - sparse_saving(weights, 8), "accuracy_int8": acc}
 
 
-def precision_metrics(model: nn.Module, candidate: Candidate, data: FederatedData) -> dict[str, Any]:
+def precision_metrics(model: nn.Module, candidate: Candidate, data: FederatedData, *,
+                      prune_plan: str = "") -> dict[str, Any]:
     """The final model's weights at the candidate's precision (``weight_bits``, ``s{i}_wbits``): their packed
-    bytes, the held-out accuracy with them, and per width how many weights (``precision``)."""
-    from fednas.compress import quantize_weights, weight_plan
+    bytes (less what a bitmap encoding of the zero codes saves), the held-out accuracy with them, and per width
+    how many weights (``precision``)."""
+    from fednas.compress import plan_arch, quantize_weights, sparse_saving, weight_plan
     from fednas.train import evaluate
 
     c = candidate.compression
     try:
-        plan = weight_plan(model, candidate.arch, c.weight_bits, c.stage_weight_bits)
+        plan = weight_plan(model, plan_arch(candidate.arch, prune_plan), c.weight_bits,
+                           c.stage_weight_bits)
     except ValueError as exc:
         raise CandidateError(str(exc)) from None
     quantized, packed = quantize_weights(model, plan)
@@ -220,7 +253,9 @@ def precision_metrics(model: nn.Module, candidate: Candidate, data: FederatedDat
     counts: dict[str, int] = {}
     for name, bits in plan.items():
         counts[str(bits)] = counts.get(str(bits), 0) + torch.Size(packed.tensors[name]["shape"]).numel()
-    return {"weight_bytes": packed.nbytes, "accuracy_quantized": acc,
+    params = dict(quantized.named_parameters())
+    saved = sparse_saving({n: params[n] for n in plan}, plan)
+    return {"weight_bytes": packed.nbytes - saved, "accuracy_quantized": acc,
             "precision": {"weight_bits": c.weight_bits, "stage_weight_bits": list(c.stage_weight_bits),
                           "weights_by_bits": counts, "float32_rest_bytes": packed.rest}}
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike
 
-__all__ = ["CODEC_CHOICES", "PRUNE_METHODS", "WEIGHT_BITS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
+__all__ = ["CODEC_CHOICES", "GRANULARITY_METHODS", "PRUNE_GRANULARITIES", "PRUNE_METHODS", "WEIGHT_BITS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
 
 CODEC_CHOICES = {"uplink": ("none", "quantize", "topk"), "downlink": ("none", "quantize")}
 BITS = (16, 8, 4, 2)
@@ -28,6 +28,14 @@ WEIGHT_BITS = (32, 16, 8, 6, 4)
 _STAGE_BITS = re.compile(r"s([1-9][0-9]*)_wbits")
 # l1/l2/fpgm rank channels on the server (data-free); taylor by Taylor scores the clients compute.
 PRUNE_METHODS = ("none", "l1", "l2", "fpgm", "taylor")
+# What the server removes (fednas.fl.server_app._ServerPruning): output channels of convs and hidden linears,
+# neurons of hidden linears only, single weights (unstructured, by magnitude), or whole residual blocks.
+PRUNE_GRANULARITIES = ("channel", "neuron", "weight", "block")
+# The rankings each granularity can use: a single weight has no filter to take a geometric median of, nor
+# one Taylor score the clients compute (theirs are per channel); a block is ranked by the norm of its residual
+# branch's output (l1/l2) or by the sum of its layers' channel Taylor scores.
+GRANULARITY_METHODS = {"channel": ("l1", "l2", "fpgm", "taylor"), "neuron": ("l1", "l2", "fpgm", "taylor"),
+                       "weight": ("l1", "l2"), "block": ("l1", "l2", "taylor")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +57,13 @@ class CompressionSettings:
         prune_method: structured pruning of the global model during the federation: "none", "l1", "l2"
             or "fpgm" (data-free rankings on the server), or "taylor" (first-order Taylor
             scores computed by the clients on their data and summed by the server).
-        prune_sparsity: share of output channels removed per layer, in (0, 0.9].
+        prune_granularity: what pruning removes: "channel" (output channels of convs and hidden
+            linears), "neuron" (output neurons of hidden linear layers only), "weight" (single
+            weights by magnitude, per layer: unstructured, the model keeps its shape and its zeros)
+            or "block" (whole residual blocks: a stage loses blocks after its first, i.e. its depth
+            shrinks; see ``GRANULARITY_METHODS`` for the rankings each allows).
+        prune_sparsity: share removed: of output channels (neurons, weights) per layer, or of the
+            removable blocks of the network, in (0, 0.9].
         prune_round: the server prunes after aggregating this round (1 <= prune_round < rounds).
         aggregation: the ``federation.strategy`` that aggregates this candidate's run ("": the
             study's own), e.g. a Byzantine-robust rule; its options come from its
@@ -75,6 +89,7 @@ class CompressionSettings:
     kd_temperature: float = 4.0
     kd_teacher: str = ""
     prune_method: str = "none"
+    prune_granularity: str = "channel"
     prune_sparsity: float = 0.5
     prune_round: int = 1
     aggregation: str = ""
@@ -157,7 +172,8 @@ class CompressionSettings:
         if self.kd_on:
             parts.append(f"kd {_num(self.kd_weight)}" + (" bundle" if self.kd_teacher else ""))
         if self.prune_on:
-            parts.append(f"prune {self.prune_method} {_num(100 * self.prune_sparsity)}% @r{self.prune_round}")
+            kind = "" if self.prune_granularity == "channel" else f" {self.prune_granularity}"
+            parts.append(f"prune {self.prune_method}{kind} {_num(100 * self.prune_sparsity)}% @r{self.prune_round}")
         if self.aggregation:
             parts.append(f"agg {self.aggregation}")
         if self.dp_noise_multiplier is not None:
@@ -242,6 +258,7 @@ class CompressionSpace(SearchSpace):
             "kd_temperature": Range(0.1, 100.0),
             "kd_teacher": _Text(),
             "prune_method": Choice(PRUNE_METHODS),
+            "prune_granularity": Choice(PRUNE_GRANULARITIES),
             "prune_sparsity": _OpenLowRange(0.0, 0.9),
             "prune_round": Range(1, 1_000_000),
             "aggregation": _Text(),

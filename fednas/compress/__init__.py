@@ -49,6 +49,13 @@ Model compression
     apply_channel_masks(model, masks, example_input)     the same pruned structure from masks (federated pruning:
                                                          clients rebuild the server's pruned model this way)
     encode_channel_masks(masks) -> str / decode_channel_masks(text) / mask_digest(text)
+    (``prune_channels_with_masks(..., kinds=(nn.Linear,))``: neurons of hidden linear layers only)
+    weight_masks(model, sparsity, *, method="l1") -> {weight name: bool keep mask}   unstructured, per layer
+    apply_weight_masks(model, masks) (in place); keep_zeros(model) (context: zeros stay zero while training)
+    sparsity_of(model) -> float; sparse_saving(weights, bits) -> int   bytes a bitmap encoding saves
+    removable_blocks(arch) -> [k]; block_scores(model, arch, method, channel_scores=None) -> {k: score}
+    choose_blocks(scores, sparsity) -> [k]; drop_blocks(model, ks) -> nn.Module; reduced_arch(arch, ks)
+    block_plan(ks) -> str; apply_prune_plan(model, plan, example_input); plan_arch(arch, plan)
     low_rank(model, ratio, *, only_if_smaller=True, exclude=()) -> nn.Module
                                                          SVD-factorized 1x1 convs and linears (copy)
     factorize(layer, rank) -> nn.Sequential; low_rank_rank(ratio, out, in) -> int
@@ -101,6 +108,9 @@ from fednas.compress._codecs import (CODECS, Codec, Identity, Layout, Quantize, 
                                      codec_from_config, codecs_for, encode_with_feedback, make_codec, pack_bits, payload_bytes,
                                      unpack_bits, update_between)
 from fednas.compress._distill import distillation_loss, train_with_teacher
+from fednas.compress._granular import (apply_prune_plan, apply_weight_masks, block_plan, block_scores, choose_blocks,
+                                      drop_blocks, is_block_plan, keep_zeros, plan_arch, prunable_layers, reduced_arch,
+                                      removable_blocks, sparse_saving, sparsity_of, weight_masks)
 from fednas.compress._int8 import CALIBRATION_SAMPLES, INT8_BACKENDS, Int8Model, evaluate_int8, quantize_int8, serialized_bytes
 from fednas.compress._lowrank import factorize, low_rank, low_rank_rank, tucker, tucker2
 from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, DownlinkOutOfSync, DownlinkPlan,
@@ -174,4 +184,19 @@ __all__ = [
     "unpack_bits",
     "update_between",
     "wire_bytes",
+    "apply_prune_plan",
+    "apply_weight_masks",
+    "block_plan",
+    "block_scores",
+    "choose_blocks",
+    "drop_blocks",
+    "is_block_plan",
+    "keep_zeros",
+    "plan_arch",
+    "prunable_layers",
+    "reduced_arch",
+    "removable_blocks",
+    "sparse_saving",
+    "sparsity_of",
+    "weight_masks",
 ]

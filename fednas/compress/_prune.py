@@ -153,15 +153,17 @@ def prune_channels_with_masks(
     example_input: torch.Tensor,
     batches: Batches | None = None,
     exclude: Collection[str] = (),
+    kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
 ) -> tuple[nn.Module, ChannelMasks]:
     """``prune_channels``, also returning the output-channel masks it applied.
 
     ``apply_channel_masks(model_of_same_structure, masks, example_input)`` rebuilds the
     same pruned structure (the federation's clients do that; ``encode_channel_masks``
-    makes the masks a short string for a ConfigRecord).
+    makes the masks a short string for a ConfigRecord). ``kinds``: the layer types pruned
+    (``(nn.Linear,)``: neurons of hidden linear layers only).
     """
     _check_args(model, sparsity, method, batches)
-    channel = _rank_channels(model, sparsity, method, batches, exclude, example_input)
+    channel = _rank_channels(model, sparsity, method, batches, exclude, example_input, kinds)
     if not channel:
         return copy.deepcopy(model), {}
     return apply_channel_masks(model, channel, example_input), channel
@@ -169,7 +171,7 @@ def prune_channels_with_masks(
 
 def _rank_channels(
     model: nn.Module, sparsity: float, method: str, batches: Batches | None, exclude: Collection[str],
-    example_input: torch.Tensor | None = None,
+    example_input: torch.Tensor | None = None, kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear),
 ) -> ChannelMasks:
     """NNI's masks (dependency-aware) as output-channel keep vectors; nothing is sped up here.
 
@@ -188,7 +190,7 @@ def _rank_channels(
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input)
     keep = _output_layers(gm) | set(exclude)
-    names = [n for n, m in work.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in keep]
+    names = [n for n, m in work.named_modules() if isinstance(m, kinds) and n not in keep]
     if not names:
         return {}
     with _quiet():
@@ -308,7 +310,8 @@ def _taylor_pruner(pruning: Any, nni: Any, evaluator_cls: Any, model: nn.Module,
 
 
 def masks_from_scores(model: nn.Module, scores: dict[str, torch.Tensor], sparsity: float, *,
-                      example_input: torch.Tensor | None = None) -> ChannelMasks:
+                      example_input: torch.Tensor | None = None,
+                      kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> ChannelMasks:
     """Channel masks that drop the lowest-scored channels, with NNI's dependency groups.
 
     ``scores`` maps a conv/linear layer name to one importance per output channel, e.g.
@@ -327,4 +330,4 @@ def masks_from_scores(model: nn.Module, scores: dict[str, torch.Tensor], sparsit
                 per_weight = s / module.weight[0].numel()
                 module.weight.copy_(per_weight.view(-1, *([1] * (module.weight.dim() - 1))).expand_as(module.weight))
     _check_args(model, sparsity, "l1", None)
-    return _rank_channels(proxy, sparsity, "l1", None, (), example_input)
+    return _rank_channels(proxy, sparsity, "l1", None, (), example_input, kinds)

@@ -194,10 +194,11 @@ def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: 
         raise ConfigError(f"weights do not fit the architecture ({first})") from None
     settings = CompressionSettings.from_labels(source.labels)
     if settings.precision_on:  # the model the trial scored: its weights at the chosen precision
-        from fednas.compress import quantize_weights, weight_plan
+        from fednas.compress import plan_arch, quantize_weights, weight_plan
 
         try:
-            plan = weight_plan(model, source.arch, settings.weight_bits, settings.stage_weight_bits)
+            plan = weight_plan(model, plan_arch(source.arch, source.prune_masks), settings.weight_bits,
+                               settings.stage_weight_bits)
         except ValueError as exc:
             raise ConfigError(f"labels: {exc}") from None
         model = quantize_weights(model, plan)[0]

@@ -141,11 +141,10 @@ def _source(candidate: Candidate, config: StudyConfig, rounds: int, doc: dict[st
                                "train_seconds": round(float(doc.get("seconds", 0.0)), 3)}
     masks = str(doc.get("prune_masks") or "")
     if masks:  # the server pruned: the final structure's cost, the planned one's kept beside it
-        from fednas.compress import apply_channel_masks, decode_channel_masks
+        from fednas.compress import apply_prune_plan
         from fednas.models import example_input
 
-        model = apply_channel_masks(built.model, decode_channel_masks(masks),
-                                    example_input(data.train.in_channels, data.train.resolution))
+        model = apply_prune_plan(built.model, masks, example_input(data.train.in_channels, data.train.resolution))
         cost = measure(model, in_channels=data.train.in_channels, resolution=data.train.resolution)
         metrics.update({f"{k}_before_pruning": v for k, v in built.static.items()},
                        macs=cost.macs, params=cost.params, bytes=cost.bytes)

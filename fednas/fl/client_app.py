@@ -7,6 +7,7 @@ architecture JSON and the local training settings; the node's data shard comes f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
@@ -15,11 +16,11 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fednas._seeds import derive_seed
-from fednas.compress import from_torch, make_downlink_mod, make_uplink_mod, to_torch
+from fednas.compress import from_torch, keep_zeros, make_downlink_mod, make_uplink_mod, to_torch
 from fednas.fl._attacks import ATTACKER_KEY, attack_update, flip_labels, malicious_partitions
 from fednas.fl._faults import fault_mod
 from fednas.fl._privacy import privacy_mod
-from fednas.fl._pruning import MASKS_KEY
+from fednas.fl._pruning import KEEP_ZEROS_KEY, MASKS_KEY
 from fednas.fl._secure import secure_mod
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.models import load_model, model_template, pruned_template
@@ -117,28 +118,31 @@ def train_fn(msg: Message, context: Context) -> Message:
         y = flip_labels(shard.y, data.train.num_classes, fed.strength(), seed)
     kd = spec.compression
     dp_metrics: dict[str, float] = {}
-    if spec.privacy.local:  # DP-SGD (Opacus); the config refuses distillation and FedProx beside it
-        from fednas.fl._dpsgd import EPSILON_KEY, record_steps, train_dpsgd
+    # after unstructured pruning the received zeros stay zero while this client trains
+    hold = keep_zeros(model) if bool(cfg.get(KEEP_ZEROS_KEY, False)) else contextlib.nullcontext()
+    with hold:
+        if spec.privacy.local:  # DP-SGD (Opacus); the config refuses distillation and FedProx beside it
+            from fednas.fl._dpsgd import EPSILON_KEY, record_steps, train_dpsgd
 
-        z = kd.dp_noise_multiplier if kd.dp_noise_multiplier is not None else spec.privacy.noise_multiplier
-        result, rate = train_dpsgd(model, shard.x, y, local, seed=seed, noise_multiplier=z,
-                                   max_grad_norm=spec.privacy.clipping_norm)
-        dp_metrics = {EPSILON_KEY: record_steps(context, z, rate, result.steps, spec.privacy.delta)}
-    elif kd.kd_on:
-        from fednas.compress import train_with_teacher
+            z = kd.dp_noise_multiplier if kd.dp_noise_multiplier is not None else spec.privacy.noise_multiplier
+            result, rate = train_dpsgd(model, shard.x, y, local, seed=seed, noise_multiplier=z,
+                                       max_grad_norm=spec.privacy.clipping_norm)
+            dp_metrics = {EPSILON_KEY: record_steps(context, z, rate, result.steps, spec.privacy.delta)}
+        elif kd.kd_on:
+            from fednas.compress import train_with_teacher
 
-        result = train_with_teacher(model, _teacher(model, kd), shard.x, y, local, seed=seed,
-                                    temperature=kd.kd_temperature, weight=kd.kd_weight)
-    elif "inplace-kd-arch" in cfg:  # a supernet round: also train a smaller subnet inside this one
-        from fednas.supernet import inplace_distillation_loss
-        from search_spaces import arch_from_json
+            result = train_with_teacher(model, _teacher(model, kd), shard.x, y, local, seed=seed,
+                                        temperature=kd.kd_temperature, weight=kd.kd_weight)
+        elif "inplace-kd-arch" in cfg:  # a supernet round: also train a smaller subnet inside this one
+            from fednas.supernet import inplace_distillation_loss
+            from search_spaces import arch_from_json
 
-        loss = inplace_distillation_loss(model, arch_from_json(str(cfg["arch"])),
-                                         arch_from_json(str(cfg["inplace-kd-arch"])),
-                                         num_classes=data.train.num_classes, in_channels=data.train.in_channels)
-        result = train(model, shard.x, y, local, seed=seed, loss_fn=loss)
-    else:
-        result = train(model, shard.x, y, local, seed=seed)
+            loss = inplace_distillation_loss(model, arch_from_json(str(cfg["arch"])),
+                                             arch_from_json(str(cfg["inplace-kd-arch"])),
+                                             num_classes=data.train.num_classes, in_channels=data.train.in_channels)
+            result = train(model, shard.x, y, local, seed=seed, loss_fn=loss)
+        else:
+            result = train(model, shard.x, y, local, seed=seed)
     state = model.state_dict()
     if malicious:
         state = attack_update(fed.attack, fed.strength(), received, state, seed)

@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from fednas._seeds import derive_seed
 from fednas.compress import from_torch, to_torch
 from fednas.fl._grid import CountingGrid, Exchange, NodeSubset
-from fednas.fl._pruning import MASKS_KEY
+from fednas.fl._pruning import KEEP_ZEROS_KEY, MASKS_KEY
 from fednas.fl._spec import FederatedData, RunSpec, federated_data
 from fednas.fl._strategies import make_strategy
 from fednas.models import build_run_model, example_input
@@ -299,8 +299,13 @@ def _flower_quiet() -> Iterator[None]:
 class _ServerPruning:
     """The server's prune step (``PruningMixin``'s ``prune_fn``) and the model structure it leaves.
 
-    l1/l2/fpgm rank channels on the server (data-free); taylor ranks them by first-order
-    Taylor scores that the clients compute on their own data and the server sums.
+    By ``prune_granularity``: ``channel`` and ``neuron`` remove output channels (of convs and
+    hidden linears, or of hidden linears only) through NNI, ranked on the server (l1/l2/fpgm,
+    data-free) or by first-order Taylor scores that the clients compute on their own data and
+    the server sums; ``block`` removes whole residual blocks (``fednas.compress.block_scores``;
+    the clients' channel Taylor scores summed per block for taylor); ``weight`` zeroes the
+    smallest weights of each layer, keeps the shape, re-applies its masks after every later
+    aggregation (``reapply``) and asks the clients to keep their zeros (``train_config``).
     """
 
     def __init__(self, spec: RunSpec, data: FederatedData, grid: CountingGrid, arch_json: str,
@@ -308,22 +313,54 @@ class _ServerPruning:
         self.spec, self.data, self.grid, self.arch_json = spec, data, grid, arch_json
         self.model = model  # the global model's structure: replaced by the pruned one
         self.masks, self.pruned_round = "", 0
+        self.weight_masks: dict[str, torch.Tensor] = {}
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, str]:
-        from fednas.compress import apply_channel_masks, encode_channel_masks, masks_from_scores, prune_channels_with_masks
+        from fednas import compress as C
 
         comp, train = self.spec.compression, self.data.train
         self.model.load_state_dict(to_torch(arrays))
         example = example_input(train.in_channels, train.resolution)
-        if comp.prune_method == "taylor":
-            scores = _pool_taylor_scores(self.grid, arrays, self.arch_json)
-            masks = masks_from_scores(self.model, scores, comp.prune_sparsity, example_input=example)
-            pruned = apply_channel_masks(self.model, masks, example)
+        granularity, method = comp.prune_granularity, comp.prune_method
+        scores = _pool_taylor_scores(self.grid, arrays, self.arch_json) if method == "taylor" else None
+        self.pruned_round = server_round
+        if granularity == "weight":
+            self.weight_masks = C.weight_masks(self.model, comp.prune_sparsity, method=method)
+            C.apply_weight_masks(self.model, self.weight_masks)
+            return from_torch(self.model.state_dict()), ""
+        if granularity == "block":
+            arch = arch_from_dict(self.spec.arch)
+            chosen = C.choose_blocks(C.block_scores(self.model, arch, method, scores), comp.prune_sparsity)
+            if not chosen:
+                logging.getLogger(__name__).info("block pruning removes nothing: %g of %d removable blocks rounds to 0",
+                            comp.prune_sparsity, len(C.removable_blocks(arch)))
+            self.masks = C.block_plan(chosen)
+            self.model = C.drop_blocks(self.model, chosen)
+            return from_torch(self.model.state_dict()), self.masks
+        kinds = (torch.nn.Linear,) if granularity == "neuron" else (torch.nn.Conv2d, torch.nn.Linear)
+        if scores is not None:
+            masks = C.masks_from_scores(self.model, scores, comp.prune_sparsity, example_input=example, kinds=kinds)
+            pruned = C.apply_channel_masks(self.model, masks, example)
         else:
-            pruned, masks = prune_channels_with_masks(self.model, comp.prune_sparsity, method=comp.prune_method,
-                                                      example_input=example)
-        self.model, self.masks, self.pruned_round = pruned, encode_channel_masks(masks), server_round
+            pruned, masks = C.prune_channels_with_masks(self.model, comp.prune_sparsity, method=method,
+                                                        example_input=example, kinds=kinds)
+        self.model, self.masks = pruned, C.encode_channel_masks(masks)
         return from_torch(pruned.state_dict()), self.masks
+
+    def reapply(self, arrays: ArrayRecord) -> ArrayRecord:
+        """An aggregate after the pruning round with the pruned weights zero again (unstructured pruning)."""
+        if not self.weight_masks:
+            return arrays
+        from fednas.compress import apply_weight_masks
+
+        state = to_torch(arrays)
+        self.model.load_state_dict(state)
+        apply_weight_masks(self.model, self.weight_masks)
+        return from_torch(self.model.state_dict())
+
+    def train_config(self) -> dict[str, Any]:
+        """Keys later train messages carry: unstructured pruning asks the clients to keep their zeros."""
+        return {KEEP_ZEROS_KEY: True} if self.weight_masks else {}
 
 
 def _local_report(spec: RunSpec, epsilon: float) -> dict[str, Any]:

@@ -122,7 +122,8 @@ class TrialRunner:
         """The trial's user attributes: metrics, per-round records, pruning, what reproduces it.
 
         For a run the server pruned, ``macs``/``params``/``bytes`` are those of the pruned
-        model and the costs measured before training stay as ``*_before_pruning``.
+        model and the costs measured before training stay as ``*_before_pruning``; unstructured
+        pruning stores the ``sparsity`` reached, block pruning ``pruned_blocks`` and ``pruned_depths``.
         """
         outcome, metrics = result.outcome, result.metrics
         if outcome.prune_masks:
@@ -132,6 +133,9 @@ class TrialRunner:
                 if k in metrics:
                     trial.set_user_attr(k, metrics[k])
             trial.set_user_attr("prune_masks", outcome.prune_masks)
+        for k in pipeline.PRUNING_METRICS:  # unstructured sparsity, or the blocks removed and the depths left
+            if k in metrics:
+                trial.set_user_attr(k, metrics[k])
         for k in ("accuracy", "comm_bytes", "upload_bytes", "download_bytes"):
             trial.set_user_attr(k, metrics[k])
         if outcome.privacy:  # central DP: epsilon is a metric; how it was spent is kept beside it

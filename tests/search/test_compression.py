@@ -221,3 +221,60 @@ def test_pruning_settings_accepted(tiny_config: Path) -> None:
     settings = CompressionSettings(prune_method="fpgm", prune_sparsity=0.25, prune_round=2)
     assert CompressionSettings.from_json(settings.to_json()) == settings
     assert settings.describe() == "prune fpgm 25% @r2"
+
+
+# --------------------------------------------------------------------------- pruning granularities
+
+
+def test_unstructured_pruning_stores_its_sparsity_and_counts_sparse_bytes(tiny_config: Path) -> None:
+    dense = _trial(tiny_config, "dense8", objectives=("accuracy_int8",))
+    sparse = _trial(tiny_config, "sparse8", "space.labels.prune_method=l1", "space.labels.prune_granularity=weight",
+                    "space.labels.prune_sparsity=0.8", "space.labels.prune_round=1", objectives=("accuracy_int8",))
+    attrs = sparse.user_attrs
+    assert 0.5 < attrs["sparsity"] < 0.8  # 80 % of each prunable layer; the classifier keeps its weights
+    assert attrs["macs"] == dense.user_attrs["macs"] and attrs["params"] == dense.user_attrs["params"]
+    assert attrs["model_bytes"] < dense.user_attrs["model_bytes"]  # bitmap + nonzero int8 values (a tiny model: the int8 file is mostly scales and headers)
+    assert attrs["weight_bytes"] < 0.6 * dense.user_attrs["weight_bytes"]
+    assert "prune_masks" not in attrs  # nothing to rebuild: the shape stays
+
+
+@pytest.fixture(scope="module")
+def block_storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.conftest import TINY_STUDY
+
+    path = tmp_path_factory.mktemp("block") / "tiny.toml"
+    path.write_text(TINY_STUDY)
+    sets = [*FIXED_ARCH, "study.name=block", "space.labels.s2_depth=3", "space.labels.prune_method=l1",
+            "space.labels.prune_granularity=block", "space.labels.prune_sparsity=0.5", "space.labels.prune_round=1",
+            "space.labels.s2_wbits=8", "objectives.weight_bytes=minimize"]
+    return run_search(load_config(path, sets), progress=False).storage
+
+
+def test_block_pruning_leaves_a_shallower_member_and_it_exports(block_storage: str, tmp_path: Path) -> None:
+    from fednas.cost import measure
+    from fednas.export import load_model, source_from_trial, write_bundle
+
+    study = optuna.load_study(study_name="block", storage=block_storage)
+    (trial,) = [t for t in study.trials if t.state.name == "COMPLETE"]
+    attrs = trial.user_attrs
+    assert attrs["pruned_depths"] == [1, 2] and len(attrs["pruned_blocks"]) == 1  # 0.5 of 2 removable -> 1
+    assert attrs["macs"] < attrs["macs_before_pruning"] and attrs["params"] < attrs["params_before_pruning"]
+    bundle = write_bundle(source_from_trial(block_storage, "block", trial=trial.number), tmp_path / "b", formats=[])
+    model = load_model(bundle.out)  # the stage precision follows the remaining blocks
+    assert measure(model, in_channels=1, resolution=28).macs == attrs["macs"]
+    assert len(model.blocks) == 3
+    assert abs(bundle.metrics["pytorch_accuracy"] - attrs["accuracy_quantized"]) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(("space.labels.prune_method=fpgm", "space.labels.prune_granularity=weight"), "'fpgm' cannot rank"),
+     (('space.labels.prune_method=["l1", "taylor"]', 'space.labels.prune_granularity=["channel", "weight"]'),
+      "'taylor' cannot rank prune_granularity = 'weight'"),
+     (("space.labels.prune_method=fpgm", "space.labels.prune_granularity=block"), "'fpgm' cannot rank"),
+     (("space.labels.prune_method=l1", "space.labels.prune_granularity=layer"), "prune_granularity")],
+)
+def test_impossible_granularity_combinations_name_the_labels(tiny_config: Path, overrides: tuple[str, ...],
+                                                             message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(tiny_config, list(overrides))
