@@ -21,7 +21,11 @@ against float32 (``weight_bytes``). ``prune50_weight`` / ``prune80_weight`` / ``
 ``prune50_block`` (and ``_block_taylor``) are the other ``prune_granularity`` values at the same
 round; ``tucker50`` is Tucker-2 of the dense k x k convs (ResNet's). ``--depths``/``--hidden``
 make the preset deeper or give it a hidden linear, so that blocks and neurons exist to prune;
-``--only`` runs some knobs; ``--table NAME`` writes between ``compression-table-NAME`` markers:
+``greedy@w6`` / ``dp@w6`` (and ``@w4``) are the compression
+policies (``fednas.compress.allocate_bits``: per-layer widths from 16/8/6/4/3/2 bits, chosen by
+per-layer sensitivity on 512 training images) at the packed-weight budget of uniform 6-bit
+(4-bit) weights, against the uniform ``w6`` / ``w4`` rows; ``--only`` runs some knobs
+(``policies@w6``, ``policies@w4`` for those); ``--table NAME`` writes between ``compression-table-NAME`` markers:
 
     python benchmarks/compression.py --depths 1,2,2 --hidden 64 --table deeper
     python benchmarks/compression.py --arch resnet_micro --depths 2,2 --table resnet --only tucker50,prune50_block
@@ -144,6 +148,36 @@ def _precision(model: torch.nn.Module, arch: Any, data: Any, base: Row, name: st
                         f"({ratio:.3f})"), ratio
 
 
+POLICY_WIDTHS = (16, 8, 6, 4, 3, 2)  # what the greedy/DP policies may give a layer
+
+
+def _policies(model: torch.nn.Module, arch: Any, data: Any, base: Row, uniform: int) -> tuple[dict[str, Row], dict]:
+    """Greedy and DP per-layer widths at the packed-weight budget of uniform ``uniform``-bit weights; sensitivity
+    from 512 training images; accuracy on the held-out split."""
+    from fednas.compress import allocate_bits, layer_costs, quantize_weights, weight_plan
+    from fednas.train import evaluate
+
+    costs = layer_costs(model, (uniform, *POLICY_WIDTHS))
+    budget = sum(c[uniform] for c in costs.values())
+    x, y = data.train.x[:512], data.train.y[:512]
+    rows, info = {}, {}
+    for policy in ("greedy", "dp"):
+        start = time.perf_counter()
+        plan = allocate_bits(model, policy, budget, x, y, widths=POLICY_WIDTHS)
+        seconds = time.perf_counter() - start
+        spent = sum(costs[n][b] for n, b in plan.items())
+        _, acc = evaluate(quantize_weights(model, plan)[0], data.test.x, data.test.y)
+        counts = {b: sum(1 for v in plan.values() if v == b) for b in sorted(set(plan.values()), reverse=True)}
+        name = f"{policy}@w{uniform}"
+        rows[name] = replace(base, name=name, accuracy=acc, seconds=seconds,
+                             note=f"post-training; planned weights {spent:,.0f} B of the uniform w{uniform} budget "
+                                  f"{budget:,.0f} B; layers per width {counts}")
+        info[name] = {"accuracy": acc, "bytes": spent, "budget": budget}
+    _, uacc = evaluate(quantize_weights(model, weight_plan(model, arch, uniform))[0], data.test.x, data.test.y)
+    info[f"uniform@w{uniform}"] = {"accuracy": uacc, "bytes": budget, "budget": budget}
+    return rows, info
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=4)
@@ -173,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "prune50_block_taylor": prune("taylor", "block")}
     if args.only:
         keep = {"baseline", *args.only.split(",")}
-        unknown = sorted(keep - set(runs) - set(PRECISIONS) - {"int8"})
+        unknown = sorted(keep - set(runs) - set(PRECISIONS) - {"int8", "policies@w6", "policies@w4"})
         if unknown:
             p.error(f"--only: unknown knob(s) {unknown}; expected some of {sorted(set(runs) | set(PRECISIONS))}")
         runs = {k: v for k, v in runs.items() if k in keep}
@@ -194,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         if name in post:
             rows[name], weight_ratio[name] = _precision(baseline_model, arch, data, rows["baseline"], name, bits,
                                                         stages)
+    policy_info: dict[str, Any] = {}
+    for uniform in (6, 4):
+        if not args.only or f"policies@w{uniform}" in post:
+            extra, info = _policies(baseline_model, arch, data, rows["baseline"], uniform)
+            rows.update(extra)
+            policy_info.update(info)
     b = rows["baseline"]
     shape = f" (stage depths {args.depths})" if args.depths else ""
     shape += f" (classifier_hidden {args.hidden})" if args.hidden >= 0 else ""
@@ -217,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         "upload_counts": "train exchanges only (query.bn_moments excluded)",
         "accuracy_delta": {k: rows[k].accuracy - b.accuracy for k in rows if k != "baseline"},
         "weight_bytes_ratio": weight_ratio,
+        "policies": policy_info,
     })
     if not args.no_write:
         _write_table(lines + ["", "Last line: `" + json.dumps(summary) + "`"], args.table)

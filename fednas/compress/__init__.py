@@ -56,6 +56,9 @@ Model compression
     removable_blocks(arch) -> [k]; block_scores(model, arch, method, channel_scores=None) -> {k: score}
     choose_blocks(scores, sparsity) -> [k]; drop_blocks(model, ks) -> nn.Module; reduced_arch(arch, ks)
     block_plan(ks) -> str; apply_prune_plan(model, plan, example_input); plan_arch(arch, plan)
+    allocate_bits(model, "greedy"|"dp", budget_bytes, x, y) -> {weight name: bits}   per-layer widths under a budget
+    greedy_allocation / dp_allocation(costs, sensitivity, budget)   NetAdapt-style steps / multiple-choice knapsack
+    layer_costs(model) / layer_sensitivity(model, x, y)   per layer and width: packed bytes / loss increase
     low_rank(model, ratio, *, only_if_smaller=True, exclude=()) -> nn.Module
                                                          SVD-factorized 1x1 convs and linears (copy)
     factorize(layer, rank) -> nn.Sequential; low_rank_rank(ratio, out, in) -> int
@@ -117,6 +120,8 @@ from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, Downlink
                                    make_downlink_mod, make_uplink_mod, array_numpy, from_torch, numpy_array, to_array_record,
                                    to_numpy, to_torch,
                                    wire_bytes)
+from fednas.compress._policy import (POLICIES, allocate_bits, dp_allocation, greedy_allocation, layer_costs,
+                                    layer_sensitivity)
 from fednas.compress._precision import PRECISIONS, PackedWeights, packed_bytes, quantize_weights, unpack_weight, weight_plan
 from fednas.compress._prune import (PRUNING_METHODS, ChannelMasks, apply_channel_masks, decode_channel_masks,
                                    encode_channel_masks, mask_digest, masks_from_scores, prune_channels,
@@ -199,4 +204,10 @@ __all__ = [
     "sparse_saving",
     "sparsity_of",
     "weight_masks",
+    "POLICIES",
+    "allocate_bits",
+    "dp_allocation",
+    "greedy_allocation",
+    "layer_costs",
+    "layer_sensitivity",
 ]

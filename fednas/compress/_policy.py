@@ -1,0 +1,183 @@
+"""Compression policies: how many bits each layer gets under a byte budget, chosen from per-layer sensitivity.
+
+A uniform policy gives every conv and linear weight the same width (``weight_bits``). Layers
+differ in how much the loss minds their quantization and in how many bytes they hold, so a
+budget is better spent unevenly. Both policies here take, per layer and per width of
+``PRECISIONS``, a **cost** (the layer's packed bytes at that width, exactly as
+``quantize_weights`` stores them) and a **sensitivity** (``layer_sensitivity``: the increase
+in loss on a calibration batch when that layer alone is quantized to that width, the rest kept
+float; the usual first-order additive model of mixed-precision search, as in HAQ's and
+HAWQ's budgets), and return a width per layer whose total cost fits the budget:
+
+* ``greedy_allocation`` (NetAdapt-style): start every layer at its widest option; while over
+  budget, lower by one step the layer whose step costs the least added sensitivity per byte
+  saved. Fast, not optimal.
+* ``dp_allocation``: the multiple-choice knapsack solved by dynamic programming over the
+  budget in units of ``resolution`` bytes (costs rounded *up* to units, so every answer
+  fits the real budget): the least total sensitivity among all allocations that fit.
+  Optimal for the additive model at unit resolution (tested against brute force).
+
+``allocate_bits`` puts it together for a model: sensitivities, costs, the policy's
+allocation, returned as a ``weight_plan``-style ``{weight name: bits}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from fednas.compress._precision import PRECISIONS, _quantize, _weights
+
+__all__ = ["POLICIES", "allocate_bits", "dp_allocation", "greedy_allocation", "layer_costs", "layer_sensitivity"]
+
+POLICIES = ("uniform", "greedy", "dp")
+
+Table = Mapping[str, Mapping[int, float]]  # layer -> {bits: value}
+
+
+def _check(costs: Table, sensitivity: Table) -> None:
+    if set(costs) != set(sensitivity):
+        raise ValueError("costs and sensitivity must name the same layers")
+    for name in costs:
+        if not costs[name] or set(costs[name]) != set(sensitivity[name]):
+            raise ValueError(f"layer {name!r}: costs and sensitivity must give the same non-empty options")
+
+
+def _infeasible(costs: Table, budget: float) -> ValueError:
+    least = sum(min(c.values()) for c in costs.values())
+    return ValueError(f"budget {budget:,.0f} B is below the smallest allocation ({least:,.0f} B, every layer at its "
+                      "narrowest width)")
+
+
+def greedy_allocation(costs: Table, sensitivity: Table, budget: float) -> dict[str, int]:
+    """Every layer at its widest option, then one step narrower at a time, least added sensitivity per byte first.
+
+    Raises:
+        ValueError: the budget is below every layer at its narrowest option, or mismatched tables.
+    """
+    _check(costs, sensitivity)
+    order = {n: sorted(costs[n], key=lambda b: -costs[n][b]) for n in costs}  # widest (costliest) first
+    pick = {n: 0 for n in costs}
+    total = sum(costs[n][order[n][0]] for n in costs)
+    while total > budget:
+        best, best_rate = None, math.inf
+        for n in sorted(costs):
+            i = pick[n]
+            if i + 1 >= len(order[n]):
+                continue
+            now, nxt = order[n][i], order[n][i + 1]
+            saved = costs[n][now] - costs[n][nxt]
+            added = max(sensitivity[n][nxt] - sensitivity[n][now], 0.0)
+            rate = added / saved if saved > 0 else math.inf
+            if rate < best_rate:
+                best, best_rate = n, rate
+        if best is None:
+            raise _infeasible(costs, budget)
+        i = pick[best]
+        total -= costs[best][order[best][i]] - costs[best][order[best][i + 1]]
+        pick[best] = i + 1
+    return {n: order[n][pick[n]] for n in costs}
+
+
+def dp_allocation(costs: Table, sensitivity: Table, budget: float, *, resolution: float = 1.0) -> dict[str, int]:
+    """The allocation of least total sensitivity whose cost fits ``budget`` (multiple-choice knapsack, DP).
+
+    ``resolution``: bytes per budget unit; each option's cost is rounded up to whole units, so
+    the answer always fits and is optimal among allocations that fit after rounding (exactly
+    optimal at 1 byte for integer costs). Time and memory: layers x options x budget/resolution.
+
+    Raises:
+        ValueError: no allocation fits, mismatched tables, or a resolution that is not positive.
+    """
+    _check(costs, sensitivity)
+    if not resolution > 0:
+        raise ValueError(f"resolution: expected bytes > 0, got {resolution!r}")
+    units = int(math.floor(budget / resolution + 1e-9))
+    if units < 0:
+        raise _infeasible(costs, budget)
+    if units > 50_000_000 // max(len(costs), 1):
+        raise ValueError(f"budget {budget:,.0f} B in units of {resolution:g} B is too fine for the DP table; "
+                         "raise resolution")
+    names = sorted(costs)
+    inf = math.inf
+    best = [0.0] * (units + 1)  # best[u]: least sensitivity of the layers so far within u units
+    choices: list[list[int]] = []
+    for n in names:
+        opts = [(b, int(math.ceil(costs[n][b] / resolution - 1e-9)), float(sensitivity[n][b])) for b in costs[n]]
+        new, arg = [inf] * (units + 1), [-1] * (units + 1)
+        for u in range(units + 1):
+            for k, (_, c, s) in enumerate(opts):
+                if c <= u and best[u - c] + s < new[u]:
+                    new[u], arg[u] = best[u - c] + s, k
+        best = new
+        choices.append(arg)
+    if best[units] == inf:
+        raise _infeasible(costs, budget)
+    out: dict[str, int] = {}
+    u = units
+    for idx in range(len(names) - 1, -1, -1):
+        n = names[idx]
+        opts = [(b, int(math.ceil(costs[n][b] / resolution - 1e-9))) for b in costs[n]]
+        k = choices[idx][u]
+        out[n] = opts[k][0]
+        u -= opts[k][1]
+    return {n: out[n] for n in names}
+
+
+def layer_costs(model: nn.Module, widths: Sequence[int] = PRECISIONS) -> dict[str, dict[int, float]]:
+    """Per conv/linear weight and width, its packed bytes (codes + float16 scales), as ``quantize_weights`` stores."""
+    out: dict[str, dict[int, float]] = {}
+    params = dict(model.named_parameters())
+    for name in _weights(model):
+        w = params[name]
+        out[name] = {}
+        for b in widths:
+            record = _quantize(w, int(b))[1]
+            out[name][int(b)] = float(len(record["data"]) + len(record.get("scales", b"")))
+    return out
+
+
+@torch.no_grad()
+def layer_sensitivity(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      widths: Sequence[int] = PRECISIONS) -> dict[str, dict[int, float]]:
+    """Per conv/linear weight and width: the cross-entropy on ``(x, y)`` with only that weight quantized, minus
+    the float model's (clamped at 0; float32 is 0 by definition)."""
+    model = model.eval()
+    params = dict(model.named_parameters())
+    base = float(nn.functional.cross_entropy(model(x), y))
+    out: dict[str, dict[int, float]] = {}
+    for name in _weights(model):
+        w = params[name]
+        keep = w.detach().clone()
+        out[name] = {}
+        for b in widths:
+            if int(b) == 32:
+                out[name][32] = 0.0
+                continue
+            w.copy_(_quantize(keep, int(b))[0])
+            out[name][int(b)] = max(float(nn.functional.cross_entropy(model(x), y)) - base, 0.0)
+            w.copy_(keep)
+    return out
+
+
+def allocate_bits(model: nn.Module, policy: str, budget: float, x: torch.Tensor, y: torch.Tensor, *,
+                  widths: Sequence[int] = PRECISIONS, resolution: float | None = None) -> dict[str, int]:
+    """A width per conv/linear weight of ``model`` whose packed weights take at most ``budget`` bytes.
+
+    ``budget`` counts the planned weights only (codes and scales; biases and norms are the same
+    under every plan). ``policy``: "greedy" or "dp" (``resolution`` default: budget / 4000 bytes,
+    at least 1). The sensitivities come from ``(x, y)``, a calibration batch of training data.
+
+    Raises:
+        ValueError: an unknown policy, or a budget nothing fits.
+    """
+    if policy not in ("greedy", "dp"):
+        raise ValueError(f"policy: expected 'greedy' or 'dp', got {policy!r}")
+    costs = layer_costs(model, widths)
+    sens = layer_sensitivity(model, x, y, widths)
+    if policy == "greedy":
+        return greedy_allocation(costs, sens, budget)
+    return dp_allocation(costs, sens, budget, resolution=resolution or max(budget / 4000, 1.0))
