@@ -24,7 +24,9 @@ make the preset deeper or give it a hidden linear, so that blocks and neurons ex
 ``greedy@w6`` / ``dp@w6`` (and ``@w4``) are the compression
 policies (``fednas.compress.allocate_bits``: per-layer widths from 16/8/6/4/3/2 bits, chosen by
 per-layer sensitivity on 512 training images) at the packed-weight budget of uniform 6-bit
-(4-bit) weights, against the uniform ``w6`` / ``w4`` rows; ``--only`` runs some knobs
+(4-bit) weights, against the uniform ``w6`` / ``w4`` rows; ``kd_feature`` / ``kd_attention``
+distil the received global model's stage outputs (FitNets hints) or attention maps instead of
+its soft targets (``kd``); ``--only`` runs some knobs
 (``policies@w6``, ``policies@w4`` for those); ``--table NAME`` writes between ``compression-table-NAME`` markers:
 
     python benchmarks/compression.py --depths 1,2,2 --hidden 64 --table deeper
@@ -57,6 +59,8 @@ RUNS: dict[str, CompressionSettings] = {
     "q8down": CompressionSettings(downlink_codec="quantize", downlink_bits=8),
     "lowrank50": CompressionSettings(lowrank_ratio=0.5),
     "kd": CompressionSettings(kd_weight=0.3, kd_temperature=4.0),
+    "kd_feature": CompressionSettings(kd_weight=0.3, kd_kind="feature"),
+    "kd_attention": CompressionSettings(kd_weight=0.3, kd_kind="attention"),
 }
 
 

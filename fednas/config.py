@@ -86,6 +86,9 @@ class StudySection:
     halving_eta: int = 3
     halving_min_rounds: int = 2
     halving_bracket: int = 0
+    warm_start: str = ""
+    warm_start_study: str = ""
+    warm_start_trials: int = 10
 
     def check(self) -> None:
         _require(self.name.strip() != "" and "/" not in self.name, "study.name", "a non-empty name without '/'", self.name)
@@ -100,6 +103,9 @@ class StudySection:
         _require(self.halving_min_rounds >= 1, "study.halving_min_rounds", "an integer >= 1", self.halving_min_rounds)
         _require(self.halving_bracket >= 0, "study.halving_bracket", "an integer >= 0 (0: eta ** number of rungs)",
                  self.halving_bracket)
+        _require(self.warm_start_trials >= 1, "study.warm_start_trials", "an integer >= 1", self.warm_start_trials)
+        _require(not self.warm_start_study or bool(self.warm_start), "study.warm_start_study",
+                 "a study name together with study.warm_start (the storage that holds it)", self.warm_start_study)
 
     def rungs(self, rounds: int) -> list[int]:
         """Successive halving's rungs: ``halving_min_rounds`` times powers of ``halving_eta``, up to ``rounds``."""

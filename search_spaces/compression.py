@@ -19,7 +19,7 @@ from typing import Any
 
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike
 
-__all__ = ["CODEC_CHOICES", "GRANULARITY_METHODS", "PRUNE_GRANULARITIES", "PRUNE_METHODS", "WEIGHT_BITS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
+__all__ = ["CODEC_CHOICES", "GRANULARITY_METHODS", "KD_KINDS", "PRUNE_GRANULARITIES", "PRUNE_METHODS", "WEIGHT_BITS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
 
 CODEC_CHOICES = {"uplink": ("none", "quantize", "topk"), "downlink": ("none", "quantize")}
 BITS = (16, 8, 4, 2)
@@ -30,6 +30,8 @@ _STAGE_BITS = re.compile(r"s([1-9][0-9]*)_wbits")
 PRUNE_METHODS = ("none", "l1", "l2", "fpgm", "taylor")
 # What the server removes (fednas.fl.server_app._ServerPruning): output channels of convs and hidden linears,
 # neurons of hidden linears only, single weights (unstructured, by magnitude), or whole residual blocks.
+# Distillation by soft targets, by stage feature maps (FitNets hints) or by attention maps (attention transfer).
+KD_KINDS = ("soft", "feature", "attention")
 PRUNE_GRANULARITIES = ("channel", "neuron", "weight", "block")
 # The rankings each granularity can use: a single weight has no filter to take a geometric median of, nor
 # one Taylor score the clients compute (theirs are per channel); a block is ranked by the norm of its residual
@@ -54,6 +56,9 @@ class CompressionSettings:
         kd_weight: weight of the distillation term in local training (0: off).
         kd_temperature: distillation temperature.
         kd_teacher: a ``fednas export`` bundle folder used as teacher ("" : the received global model).
+        kd_kind: what is distilled: "soft" (the teacher's softened logits), "feature" (stage
+            outputs through 1x1 regressors, FitNets) or "attention" (spatial attention maps of
+            the stage outputs, attention transfer).
         prune_method: structured pruning of the global model during the federation: "none", "l1", "l2"
             or "fpgm" (data-free rankings on the server), or "taylor" (first-order Taylor
             scores computed by the clients on their data and summed by the server).
@@ -88,6 +93,7 @@ class CompressionSettings:
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     kd_teacher: str = ""
+    kd_kind: str = "soft"
     prune_method: str = "none"
     prune_granularity: str = "channel"
     prune_sparsity: float = 0.5
@@ -170,7 +176,8 @@ class CompressionSettings:
         if self.tucker_on:
             parts.append(f"tucker {_num(self.tucker_ratio)}")
         if self.kd_on:
-            parts.append(f"kd {_num(self.kd_weight)}" + (" bundle" if self.kd_teacher else ""))
+            kind = "" if self.kd_kind == "soft" else f" {self.kd_kind}"
+            parts.append(f"kd {_num(self.kd_weight)}{kind}" + (" bundle" if self.kd_teacher else ""))
         if self.prune_on:
             kind = "" if self.prune_granularity == "channel" else f" {self.prune_granularity}"
             parts.append(f"prune {self.prune_method}{kind} {_num(100 * self.prune_sparsity)}% @r{self.prune_round}")
@@ -257,6 +264,7 @@ class CompressionSpace(SearchSpace):
             "kd_weight": Range(0.0, 1.0),
             "kd_temperature": Range(0.1, 100.0),
             "kd_teacher": _Text(),
+            "kd_kind": Choice(KD_KINDS),
             "prune_method": Choice(PRUNE_METHODS),
             "prune_granularity": Choice(PRUNE_GRANULARITIES),
             "prune_sparsity": _OpenLowRange(0.0, 0.9),

@@ -67,8 +67,11 @@ Model compression
     evaluate_int8(q, x, y) -> (loss, accuracy); serialized_bytes(model) -> int (torch.save of the state dict)
     distillation_loss(student_logits, teacher_logits, targets, temperature=4.0, weight=0.5) -> Tensor
                                                          (1 - w) CE + w T^2 KL(p_teacher || p_student)
-    train_with_teacher(model, teacher, x, y, config, *, seed, temperature=4.0, weight=0.5) -> TrainResult
-                                                         ``fednas.train.train`` with that loss
+    train_with_teacher(model, teacher, x, y, config, *, seed, temperature=4.0, weight=0.5, kind="soft")
+                                                         ``fednas.train.train`` with that loss; kind "feature"
+                                                         (FitNets hints, 1x1 regressors) or "attention"
+                                                         (attention transfer) distils stage outputs instead
+    stage_ends(model, sample) -> (block indices, shapes); hint_loss(...); attention_loss(...)
 
 Integration (federation)
     * ClientApp: ``ClientApp(mods=[make_downlink_mod(), make_uplink_mod()])`` (downlink outermost, so
@@ -110,7 +113,7 @@ from __future__ import annotations
 from fednas.compress._codecs import (CODECS, Codec, Identity, Layout, Quantize, TensorSpec, TopK, apply_update,
                                      codec_from_config, codecs_for, encode_with_feedback, make_codec, pack_bits, payload_bytes,
                                      unpack_bits, update_between)
-from fednas.compress._distill import distillation_loss, train_with_teacher
+from fednas.compress._distill import KD_KINDS, attention_loss, distillation_loss, hint_loss, stage_ends, train_with_teacher
 from fednas.compress._granular import (apply_prune_plan, apply_weight_masks, block_plan, block_scores, choose_blocks,
                                       drop_blocks, is_block_plan, keep_zeros, plan_arch, prunable_layers, reduced_arch,
                                       removable_blocks, sparse_saving, sparsity_of, weight_masks)
@@ -204,6 +207,10 @@ __all__ = [
     "sparse_saving",
     "sparsity_of",
     "weight_masks",
+    "KD_KINDS",
+    "attention_loss",
+    "hint_loss",
+    "stage_ends",
     "POLICIES",
     "allocate_bits",
     "dp_allocation",

@@ -132,7 +132,7 @@ def train_fn(msg: Message, context: Context) -> Message:
             from fednas.compress import train_with_teacher
 
             result = train_with_teacher(model, _teacher(model, kd), shard.x, y, local, seed=seed,
-                                        temperature=kd.kd_temperature, weight=kd.kd_weight)
+                                        temperature=kd.kd_temperature, weight=kd.kd_weight, kind=kd.kd_kind)
         elif "inplace-kd-arch" in cfg:  # a supernet round: also train a smaller subnet inside this one
             from fednas.supernet import inplace_distillation_loss
             from search_spaces import arch_from_json

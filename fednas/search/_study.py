@@ -93,13 +93,17 @@ def _open_study(config: StudyConfig, storage_url: str, salt: str = "") -> optuna
     if n_existing == 0:
         study.set_user_attr("objectives", list(config.objectives))
         study.set_user_attr(CONFIG_ATTR, config.to_dict())
+        if config.study.warm_start and "warm_start" not in study.user_attrs:
+            from fednas.search._warm import warm_start
+
+            warm_start(study, config)
     return study
 
 
 # What may differ when a study is resumed: how long and how it searches, where it writes, which
 # device it uses, and the bounds (stored anew). Everything else decides what a trial's figures mean.
 RESUMABLE_CHANGES = {"study": ("storage", "trials", "sampler", "population_size", "max_attempts", "artifacts",
-                               "heartbeat"),
+                               "heartbeat", "warm_start", "warm_start_study", "warm_start_trials"),
                      "federation": ("device", "rule_options"), "constraints": None}
 
 

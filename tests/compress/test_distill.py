@@ -77,3 +77,89 @@ def test_train_with_teacher_mirrors_train() -> None:
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     with pytest.raises(TrainingDiverged):
         train_with_teacher(copy.deepcopy(student), teacher, x * float("nan"), y, config, seed=0)
+
+
+# --------------------------------------------------------------------------- feature maps and attention maps
+
+
+def _net(depths=(1, 2, 1), seed: int = 0, width: float = 1.0):
+    import dataclasses
+
+    from search_spaces import build_model, preset
+
+    base = preset("mobilenet_tiny")
+    stages = tuple(dataclasses.replace(s, depth=d, channels=max(1, int(s.channels * width)))
+                   for s, d in zip(base.stages, depths))
+    torch.manual_seed(seed)
+    return build_model(dataclasses.replace(base, stages=stages), num_classes=10, in_channels=1)
+
+
+def test_stage_ends_are_where_the_activation_shape_changes() -> None:
+    from fednas.compress import stage_ends
+
+    ends, shapes = stage_ends(_net((1, 2, 1)), torch.zeros(2, 1, 28, 28))
+    assert ends == [0, 2, 3] and len(shapes) == 3 and shapes[0] != shapes[1]
+
+
+def test_feature_and_attention_terms_are_zero_when_student_is_teacher_and_positive_otherwise() -> None:
+    from torch import nn as tnn
+
+    from fednas.compress import attention_loss, hint_loss, stage_ends
+    from fednas.compress._distill import _regressor, _Taps
+
+    x = torch.randn(8, 1, 28, 28)
+    student, other = _net(seed=0).eval(), _net(seed=1).eval()
+    ends, shapes = stage_ends(student, x[:2])
+
+    def maps(model):
+        taps = _Taps(model, ends)
+        model(x)
+        out = taps.take()
+        taps.close()
+        return out
+
+    regs = tnn.ModuleList([_regressor(s[0], s[0], 0) for s in shapes])  # same channels: identity
+    same, diff = maps(student), maps(other)
+    assert float(attention_loss(same, [t.clone() for t in same])) == pytest.approx(0.0, abs=1e-6)
+    assert float(hint_loss(same, [t.clone() for t in same], regs)) == pytest.approx(0.0, abs=1e-10)
+    assert float(attention_loss(same, diff)) > 1e-3 and float(hint_loss(same, diff, regs)) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["feature", "attention"])
+def test_training_with_hints_moves_the_student_and_leaves_its_keys_and_the_teacher(kind: str) -> None:
+    from fednas.compress import train_with_teacher
+
+    student, teacher = _net(seed=0), _net(seed=1, width=0.5)  # a narrower teacher: regressors map channels
+    keys = set(student.state_dict())
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in student.state_dict().items()}
+    x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05)
+    plain = _net(seed=0)
+    from fednas.train import train
+
+    train(plain, x, y, cfg, seed=0)
+    result = train_with_teacher(student, teacher, x, y, cfg, seed=0, weight=0.5, kind=kind)
+    assert result.steps == 4 and set(student.state_dict()) == keys
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in t_before.items())
+    assert any(not torch.equal(student.state_dict()[k], s_before[k]) for k in keys)
+    assert any(not torch.allclose(student.state_dict()[k], plain.state_dict()[k]) for k in keys
+               if student.state_dict()[k].is_floating_point())  # the term changed the training
+    with pytest.raises(ValueError, match="kind"):
+        train_with_teacher(student, teacher, x, y, cfg, seed=0, kind="logits")
+
+
+def test_a_federation_distils_feature_and_attention_maps_from_the_global_model() -> None:
+    from fednas.config import DataConfig, FederationConfig
+    from fednas.fl import RunSpec, run_federation
+    from search_spaces import CompressionSettings
+
+    def loss(**kd) -> float:
+        spec = RunSpec(DataConfig(limit=240), FederationConfig(num_clients=3, rounds=2, batch_size=16), 0,
+                       preset("mobilenet_tiny").to_dict(), CompressionSettings(**kd))
+        return run_federation(spec).rounds[1].train_loss
+
+    soft = loss(kd_weight=0.5)
+    feature, attention = loss(kd_weight=0.5, kd_kind="feature"), loss(kd_weight=0.5, kd_kind="attention")
+    assert len({soft, feature, attention}) == 3  # three different losses trained
+    assert CompressionSettings(kd_weight=0.3, kd_kind="attention").describe() == "kd 0.3 attention"
