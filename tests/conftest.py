@@ -1,8 +1,15 @@
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, so
+# fednas._interrupt leaves both signals alone and the interrupt tests' own SIGTERM would stop pytest itself.
+# Restore Python's usual Ctrl-C handler so the suite behaves as it does in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parents[1]
 
