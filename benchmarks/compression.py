@@ -23,7 +23,7 @@ round; ``tucker50`` is Tucker-2 of the dense k x k convs (ResNet's). ``--depths`
 make the preset deeper or give it a hidden linear, so that blocks and neurons exist to prune;
 ``greedy@w6`` / ``dp@w6`` (and ``@w4``) are the compression
 policies (``fednas.compress.allocate_bits``: per-layer widths from 16/8/6/4/3/2 bits, chosen by
-per-layer sensitivity on 512 training images) at the packed-weight budget of uniform 6-bit
+per-layer sensitivity, the output KL divergence on 512 training images) at the packed-weight budget of uniform 6-bit
 (4-bit) weights, against the uniform ``w6`` / ``w4`` rows; ``kd_feature`` / ``kd_attention``
 distil the received global model's stage outputs (FitNets hints) or attention maps instead of
 its soft targets (``kd``); ``--only`` runs some knobs
@@ -163,11 +163,11 @@ def _policies(model: torch.nn.Module, arch: Any, data: Any, base: Row, uniform: 
 
     costs = layer_costs(model, (uniform, *POLICY_WIDTHS))
     budget = sum(c[uniform] for c in costs.values())
-    x, y = data.train.x[:512], data.train.y[:512]
+    x = data.train.x[:512]
     rows, info = {}, {}
     for policy in ("greedy", "dp"):
         start = time.perf_counter()
-        plan = allocate_bits(model, policy, budget, x, y, widths=POLICY_WIDTHS)
+        plan = allocate_bits(model, policy, budget, x, widths=POLICY_WIDTHS)
         seconds = time.perf_counter() - start
         spent = sum(costs[n][b] for n, b in plan.items())
         _, acc = evaluate(quantize_weights(model, plan)[0], data.test.x, data.test.y)

@@ -56,9 +56,9 @@ Model compression
     removable_blocks(arch) -> [k]; block_scores(model, arch, method, channel_scores=None) -> {k: score}
     choose_blocks(scores, sparsity) -> [k]; drop_blocks(model, ks) -> nn.Module; reduced_arch(arch, ks)
     block_plan(ks) -> str; apply_prune_plan(model, plan, example_input); plan_arch(arch, plan)
-    allocate_bits(model, "greedy"|"dp", budget_bytes, x, y) -> {weight name: bits}   per-layer widths under a budget
+    allocate_bits(model, "greedy"|"dp", budget_bytes, x) -> {weight name: bits}   per-layer widths under a budget
     greedy_allocation / dp_allocation(costs, sensitivity, budget)   NetAdapt-style steps / multiple-choice knapsack
-    layer_costs(model) / layer_sensitivity(model, x, y)   per layer and width: packed bytes / loss increase
+    layer_costs(model) / layer_sensitivity(model, x)   per layer and width: packed bytes / output KL divergence
     low_rank(model, ratio, *, only_if_smaller=True, exclude=()) -> nn.Module
                                                          SVD-factorized 1x1 convs and linears (copy)
     factorize(layer, rank) -> nn.Sequential; low_rank_rank(ratio, out, in) -> int

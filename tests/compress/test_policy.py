@@ -71,20 +71,22 @@ def test_costs_are_the_packed_bytes_and_sensitivity_grows_as_widths_narrow() -> 
         packed = quantize_weights(model, plan)[1]
         assert sum(costs[n][bits] for n in plan) == sum(len(t["data"]) + len(t.get("scales", b""))
                                                          for t in packed.tensors.values())
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    sens = layer_sensitivity(model, x, y, widths=(32, 8, 4))
+    x = torch.randn(64, 1, 28, 28)
+    sens = layer_sensitivity(model, x, widths=(32, 8, 4))
     assert all(s[32] == 0.0 for s in sens.values())
-    assert sum(s[4] for s in sens.values()) >= sum(s[8] for s in sens.values())
+    assert sum(s[4] for s in sens.values()) > sum(s[8] for s in sens.values()) > 0
 
 
 def test_allocate_bits_meets_the_budget_on_a_model() -> None:
     torch.manual_seed(0)
     model = build_model(preset("mobilenet_tiny"), num_classes=10, in_channels=1).eval()
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    x = torch.randn(64, 1, 28, 28)
     costs = layer_costs(model)
     budget = 0.2 * sum(c[32] for c in costs.values())
     for policy in ("greedy", "dp"):
-        plan = allocate_bits(model, policy, budget, x, y)
+        plan = allocate_bits(model, policy, budget, x)
         assert set(plan) == set(costs) and sum(costs[n][b] for n, b in plan.items()) <= budget
+    narrowest = sum(min(c.values()) for c in costs.values())  # just fits: found at the exact 1-byte resolution
+    assert set(allocate_bits(model, "dp", narrowest, x).values()) == {4}
     with pytest.raises(ValueError, match="policy"):
-        allocate_bits(model, "uniform", budget, x, y)
+        allocate_bits(model, "uniform", budget, x)
