@@ -89,7 +89,7 @@ def _federated(spec: RunSpec, name: str) -> tuple[Row, Any]:
     note = ""
     s = spec.compression
     if out.pruned_round:  # the server pruned during the run: the final model is the smaller structure
-        from fednas.compress import apply_prune_plan, is_block_plan
+        from fednas.compress import apply_prune_plan, is_block_plan, plan_blocks
         from fednas.fl._pruning import example_input
 
         model = apply_prune_plan(model, out.prune_masks, example_input(data.train.in_channels, data.train.resolution))
@@ -97,7 +97,7 @@ def _federated(spec: RunSpec, name: str) -> tuple[Row, Any]:
         note = (f"federated {s.prune_method.upper()} {s.prune_granularity} {s.prune_sparsity:.0%} after round "
                 f"{out.pruned_round}")
         if is_block_plan(out.prune_masks):
-            note += f"; blocks removed {json.loads(out.prune_masks)['#blocks']}"
+            note += f"; blocks removed {plan_blocks(out.prune_masks)}"
         taylor = out.bytes_by_type.get("query.taylor_scores")
         if taylor:
             note += f"; Taylor scores round trip {taylor['upload_bytes'] + taylor['download_bytes']:,} B"

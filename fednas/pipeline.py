@@ -197,7 +197,7 @@ PRUNING_METRICS = ("sparsity", "pruned_blocks", "pruned_depths")
 def pruning_metrics(model: nn.Module, candidate: Candidate, outcome: ServerOutcome) -> dict[str, Any]:
     """What the server's pruning left, beyond the re-measured cost: the weights' ``sparsity`` (unstructured
     pruning), or the removed blocks and the depths they leave (``pruned_blocks``, ``pruned_depths``)."""
-    from fednas.compress import is_block_plan, plan_arch, sparsity_of
+    from fednas.compress import is_block_plan, plan_arch, plan_blocks, sparsity_of
 
     c = candidate.compression
     if not c.prune_on or not outcome.pruned_round:
@@ -205,10 +205,8 @@ def pruning_metrics(model: nn.Module, candidate: Candidate, outcome: ServerOutco
     if c.prune_granularity == "weight":
         return {"sparsity": round(sparsity_of(model), 6)}
     if c.prune_granularity == "block" and is_block_plan(outcome.prune_masks):
-        import json
-
         arch = plan_arch(candidate.arch, outcome.prune_masks)
-        return {"pruned_blocks": json.loads(outcome.prune_masks)["#blocks"],
+        return {"pruned_blocks": plan_blocks(outcome.prune_masks),
                 "pruned_depths": [int(s.depth) for s in arch.stages]}
     return {}
 

@@ -115,8 +115,8 @@ from fednas.compress._codecs import (CODECS, Codec, Identity, Layout, Quantize, 
                                      unpack_bits, update_between)
 from fednas.compress._distill import KD_KINDS, attention_loss, distillation_loss, hint_loss, stage_ends, train_with_teacher
 from fednas.compress._granular import (apply_prune_plan, apply_weight_masks, block_plan, block_scores, choose_blocks,
-                                      drop_blocks, is_block_plan, keep_zeros, plan_arch, prunable_layers, reduced_arch,
-                                      removable_blocks, sparse_saving, sparsity_of, weight_masks)
+                                      drop_blocks, is_block_plan, keep_zeros, plan_arch, plan_blocks, prunable_layers,
+                                      reduced_arch, removable_blocks, sparse_saving, sparsity_of, weight_masks)
 from fednas.compress._int8 import CALIBRATION_SAMPLES, INT8_BACKENDS, Int8Model, evaluate_int8, quantize_int8, serialized_bytes
 from fednas.compress._lowrank import factorize, low_rank, low_rank_rank, tucker, tucker2
 from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, DownlinkOutOfSync, DownlinkPlan,
@@ -201,6 +201,7 @@ __all__ = [
     "is_block_plan",
     "keep_zeros",
     "plan_arch",
+    "plan_blocks",
     "prunable_layers",
     "reduced_arch",
     "removable_blocks",

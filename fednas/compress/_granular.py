@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 __all__ = ["BLOCK_PLAN", "apply_prune_plan", "apply_weight_masks", "block_plan", "block_scores", "choose_blocks",
-           "drop_blocks", "is_block_plan", "keep_zeros", "plan_arch", "prunable_layers", "reduced_arch",
+           "drop_blocks", "is_block_plan", "keep_zeros", "plan_arch", "plan_blocks", "prunable_layers", "reduced_arch",
            "removable_blocks", "sparse_saving", "sparsity_of", "weight_masks"]
 
 BLOCK_PLAN = "#blocks"  # a key no module name of the families can be
@@ -200,7 +200,8 @@ def is_block_plan(text: str) -> bool:
     return text.startswith('{"' + BLOCK_PLAN + '"')
 
 
-def _plan_blocks(text: str) -> list[int]:
+def plan_blocks(text: str) -> list[int]:
+    """The block indices a block plan (``block_plan``) removes."""
     doc = json.loads(text)
     blocks = doc.get(BLOCK_PLAN) if isinstance(doc, dict) else None
     if not isinstance(blocks, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in blocks):
@@ -242,7 +243,7 @@ def reduced_arch(arch: Any, indices: Collection[int]) -> Any:
 def plan_arch(arch: Any, plan: str) -> Any:
     """The architecture the pruning plan leaves: ``reduced_arch`` for a block plan, else ``arch`` (channel masks
     change widths inside blocks, which the family's labels do not describe)."""
-    return reduced_arch(arch, _plan_blocks(plan)) if plan and is_block_plan(plan) else arch
+    return reduced_arch(arch, plan_blocks(plan)) if plan and is_block_plan(plan) else arch
 
 
 def apply_prune_plan(model: nn.Module, plan: str, example_input: torch.Tensor) -> nn.Module:
@@ -251,7 +252,7 @@ def apply_prune_plan(model: nn.Module, plan: str, example_input: torch.Tensor) -
     if not plan:
         return copy.deepcopy(model)
     if is_block_plan(plan):
-        return drop_blocks(model, _plan_blocks(plan))
+        return drop_blocks(model, plan_blocks(plan))
     from fednas.compress._prune import apply_channel_masks, decode_channel_masks
 
     return apply_channel_masks(model, decode_channel_masks(plan), example_input)

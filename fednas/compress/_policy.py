@@ -107,8 +107,10 @@ def dp_allocation(costs: Table, sensitivity: Table, budget: float, *, resolution
     inf = math.inf
     best = [0.0] * (units + 1)  # best[u]: least sensitivity of the layers so far within u units
     choices: list[list[int]] = []
+    layer_opts: list[list[tuple[int, int, float]]] = []  # per layer: (bits, cost in units, sensitivity)
     for n in names:
         opts = [(b, int(math.ceil(costs[n][b] / resolution - 1e-9)), float(sensitivity[n][b])) for b in costs[n]]
+        layer_opts.append(opts)
         new, arg = [inf] * (units + 1), [-1] * (units + 1)
         for u in range(units + 1):
             for k, (_, c, s) in enumerate(opts):
@@ -121,11 +123,9 @@ def dp_allocation(costs: Table, sensitivity: Table, budget: float, *, resolution
     out: dict[str, int] = {}
     u = units
     for idx in range(len(names) - 1, -1, -1):
-        n = names[idx]
-        opts = [(b, int(math.ceil(costs[n][b] / resolution - 1e-9))) for b in costs[n]]
-        k = choices[idx][u]
-        out[n] = opts[k][0]
-        u -= opts[k][1]
+        bits, cost, _ = layer_opts[idx][choices[idx][u]]
+        out[names[idx]] = bits
+        u -= cost
     return {n: out[n] for n in names}
 
 
@@ -143,7 +143,8 @@ def layer_costs(model: nn.Module, widths: Sequence[int] = PRECISIONS) -> dict[st
 
 
 @torch.no_grad()
-def layer_sensitivity(model: nn.Module, x: torch.Tensor, widths: Sequence[int] = PRECISIONS) -> dict[str, dict[int, float]]:
+def layer_sensitivity(model: nn.Module, x: torch.Tensor,
+                      widths: Sequence[int] = PRECISIONS) -> dict[str, dict[int, float]]:
     """Per conv/linear weight and width: ``KL(p_float || p_quantized)`` of the model's output distribution on
     ``x`` (batch mean) with only that weight quantized (float32: 0).
 

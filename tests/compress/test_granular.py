@@ -23,6 +23,14 @@ def _arch(depths: tuple[int, ...] = (1, 3, 2), hidden: int = 0):
     return dataclasses.replace(base, stages=stages, classifier_hidden=hidden)
 
 
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _conv_shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    return [tuple(c.weight.shape) for c in model.modules() if isinstance(c, nn.Conv2d)]
+
+
 def _model(arch, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(arch, num_classes=10, in_channels=1).eval()
@@ -87,8 +95,7 @@ def test_neuron_pruning_shrinks_only_the_hidden_linear() -> None:
     model = _model(_arch(hidden=32))
     pruned, masks = C.prune_channels_with_masks(model, 0.5, example_input=X, kinds=(nn.Linear,))
     assert list(masks) == ["classifier.0"] and int(masks["classifier.0"].sum()) == 16
-    convs = lambda m: [tuple(c.weight.shape) for c in m.modules() if isinstance(c, nn.Conv2d)]  # noqa: E731
-    assert convs(pruned) == convs(model)
+    assert _conv_shapes(pruned) == _conv_shapes(model)
     assert pruned.classifier[0].out_features == 16 and pruned(X).shape == (2, 10)
     assert C.prune_channels_with_masks(_model(_arch()), 0.5, example_input=X, kinds=(nn.Linear,))[1] == {}
 
@@ -109,14 +116,13 @@ def test_dropping_blocks_gives_the_smaller_member_of_the_family() -> None:
     model = _model(arch)
     smaller = C.drop_blocks(model, [3])
     reduced = _model(C.reduced_arch(arch, [3]), seed=1)
-    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
-    assert shapes(smaller) == shapes(reduced)
+    assert _shapes(smaller) == _shapes(reduced)
     reduced.load_state_dict(smaller.state_dict())
     x = torch.randn(3, 1, 28, 28)
     assert torch.allclose(reduced(x), smaller(x))
     plan = C.block_plan([3])
     assert C.is_block_plan(plan) and not C.is_block_plan(C.encode_channel_masks({}))
-    assert shapes(C.apply_prune_plan(model, plan, X)) == shapes(reduced)
+    assert _shapes(C.apply_prune_plan(model, plan, X)) == _shapes(reduced)
     assert [s.depth for s in C.plan_arch(arch, plan).stages] == [1, 2, 2]
     assert C.plan_arch(arch, "") is arch
 
