@@ -152,24 +152,20 @@ def _precision(model: torch.nn.Module, arch: Any, data: Any, base: Row, name: st
                         f"({ratio:.3f})"), ratio
 
 
-POLICY_WIDTHS = (16, 8, 6, 4, 3, 2)  # what the greedy/DP policies may give a layer
-
-
 def _policies(model: torch.nn.Module, arch: Any, data: Any, base: Row, uniform: int) -> tuple[dict[str, Row], dict]:
-    """Greedy and DP per-layer widths at the packed-weight budget of uniform ``uniform``-bit weights; sensitivity
-    from 512 training images; accuracy on the held-out split."""
-    from fednas.compress import allocate_bits, layer_costs, quantize_weights, weight_plan
+    """Greedy and DP per-layer widths at the packed-weight budget of uniform ``uniform``-bit weights, as a trial's
+    ``compression_policy`` label chooses them (``fednas.compress.policy_plan``: sensitivity from the first 512
+    training images); accuracy on the held-out split."""
+    from fednas.compress import POLICY_SAMPLES, policy_plan, quantize_weights
     from fednas.train import evaluate
 
-    costs = layer_costs(model, (uniform, *POLICY_WIDTHS))
-    budget = sum(c[uniform] for c in costs.values())
-    x = data.train.x[:512]
+    x = data.train.x[:POLICY_SAMPLES]
     rows, info = {}, {}
     for policy in ("greedy", "dp"):
         start = time.perf_counter()
-        plan = allocate_bits(model, policy, budget, x, widths=POLICY_WIDTHS)
+        chosen = policy_plan(model, arch, uniform, (), policy, x)
         seconds = time.perf_counter() - start
-        spent = sum(costs[n][b] for n, b in plan.items())
+        plan, budget, spent = chosen.plan, chosen.budget, chosen.spent
         _, acc = evaluate(quantize_weights(model, plan)[0], data.test.x, data.test.y)
         counts = {b: sum(1 for v in plan.values() if v == b) for b in sorted(set(plan.values()), reverse=True)}
         name = f"{policy}@w{uniform}"
@@ -177,8 +173,9 @@ def _policies(model: torch.nn.Module, arch: Any, data: Any, base: Row, uniform: 
                              note=f"post-training; planned weights {spent:,.0f} B of the uniform w{uniform} budget "
                                   f"{budget:,.0f} B; layers per width {counts}")
         info[name] = {"accuracy": acc, "bytes": spent, "budget": budget}
-    _, uacc = evaluate(quantize_weights(model, weight_plan(model, arch, uniform))[0], data.test.x, data.test.y)
-    info[f"uniform@w{uniform}"] = {"accuracy": uacc, "bytes": budget, "budget": budget}
+    uniform_plan = policy_plan(model, arch, uniform, (), "uniform")
+    _, uacc = evaluate(quantize_weights(model, uniform_plan.plan)[0], data.test.x, data.test.y)
+    info[f"uniform@w{uniform}"] = {"accuracy": uacc, "bytes": uniform_plan.budget, "budget": uniform_plan.budget}
     return rows, info
 
 

@@ -872,6 +872,7 @@ def _cross_check(config: StudyConfig) -> None:
         raise ConfigError(f"federation.num_clients: 0 (one client per user) needs data.partition = 'natural'; "
                           f"got partition {config.data.partition!r}")
     _check_pruning(config)
+    _check_policy(config)
     for rule in _label_values(config.space.labels.get("aggregation")):
         if isinstance(rule, str):
             config.federation.for_rule(rule)  # each rule a trial may pick can run this federation
@@ -914,6 +915,21 @@ def _label_values(value: Any) -> list[Any]:
     if isinstance(value, dict):
         return [value.get("low"), value.get("high")]
     return [value]
+
+
+def _check_policy(config: StudyConfig) -> None:
+    """A greedy/DP ``compression_policy`` re-spends the bytes of the labels' uniform widths: a study whose weights
+    always stay float32 gives it nothing to spend."""
+    labels = config.space.labels
+    policies = [p for p in _label_values(labels.get("compression_policy")) if p != "uniform"]
+    if not policies:
+        return
+    bits = [*_label_values(labels.get("weight_bits")),
+            *[v for k, val in labels.items() if k.endswith("_wbits") for v in _label_values(val)]]
+    if all(b in (32, 0) for b in bits):
+        raise ConfigError(f"space.labels.compression_policy: {policies[0]!r} spends the packed bytes of the "
+                          "weight_bits / s{i}_wbits widths by layer sensitivity; expected some weight_bits below 32 "
+                          "(the weights stay float32 here)")
 
 
 def _check_pruning(config: StudyConfig) -> None:

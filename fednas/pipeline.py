@@ -234,18 +234,20 @@ def int8_metrics(model: nn.Module, data: FederatedData) -> dict[str, Any]:
 
 def precision_metrics(model: nn.Module, candidate: Candidate, data: FederatedData, *,
                       prune_plan: str = "") -> dict[str, Any]:
-    """The final model's weights at the candidate's precision (``weight_bits``, ``s{i}_wbits``): their packed
-    bytes (less what a bitmap encoding of the zero codes saves), the held-out accuracy with them, and per width
-    how many weights (``precision``)."""
-    from fednas.compress import plan_arch, quantize_weights, sparse_saving, weight_plan
+    """The final model's weights at the candidate's precision (``weight_bits``, ``s{i}_wbits``, spent per layer
+    by its ``compression_policy``): their packed bytes (less what a bitmap encoding of the zero codes saves), the
+    held-out accuracy with them, and per width how many weights (``precision``; with a greedy/DP policy also
+    its budget, the bytes it spent and the per-layer ``plan``)."""
+    from fednas.compress import POLICY_SAMPLES, plan_arch, policy_plan, quantize_weights, sparse_saving
     from fednas.train import evaluate
 
     c = candidate.compression
     try:
-        plan = weight_plan(model, plan_arch(candidate.arch, prune_plan), c.weight_bits,
-                           c.stage_weight_bits)
+        chosen = policy_plan(model, plan_arch(candidate.arch, prune_plan), c.weight_bits, c.stage_weight_bits,
+                             c.compression_policy, data.train.x[:POLICY_SAMPLES])
     except ValueError as exc:
         raise CandidateError(str(exc)) from None
+    plan = chosen.plan
     quantized, packed = quantize_weights(model, plan)
     _, acc = evaluate(quantized, data.test.x, data.test.y)  # all float32: the float model's accuracy
     counts: dict[str, int] = {}
@@ -253,9 +255,11 @@ def precision_metrics(model: nn.Module, candidate: Candidate, data: FederatedDat
         counts[str(bits)] = counts.get(str(bits), 0) + torch.Size(packed.tensors[name]["shape"]).numel()
     params = dict(quantized.named_parameters())
     saved = sparse_saving({n: params[n] for n in plan}, plan)
-    return {"weight_bytes": packed.nbytes - saved, "accuracy_quantized": acc,
-            "precision": {"weight_bits": c.weight_bits, "stage_weight_bits": list(c.stage_weight_bits),
-                          "weights_by_bits": counts, "float32_rest_bytes": packed.rest}}
+    precision = {"weight_bits": c.weight_bits, "stage_weight_bits": list(c.stage_weight_bits),
+                 "weights_by_bits": counts, "float32_rest_bytes": packed.rest}
+    if chosen.policy != "uniform":  # the widths came from measured sensitivities: kept, so a bundle rebuilds them
+        precision.update(chosen.to_dict())
+    return {"weight_bytes": packed.nbytes - saved, "accuracy_quantized": acc, "precision": precision}
 
 
 def latency_config(config: StudyConfig) -> LatencyConfig | None:

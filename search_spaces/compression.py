@@ -19,13 +19,16 @@ from typing import Any
 
 from ._base import Choice, Domain, Fixed, Range, SearchSpace, TrialLike
 
-__all__ = ["CODEC_CHOICES", "GRANULARITY_METHODS", "KD_KINDS", "PRUNE_GRANULARITIES", "PRUNE_METHODS", "WEIGHT_BITS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
+__all__ = ["CODEC_CHOICES", "COMPRESSION_POLICIES", "GRANULARITY_METHODS", "KD_KINDS", "PRUNE_GRANULARITIES", "PRUNE_METHODS", "WEIGHT_BITS", "CompressionSettings", "CompressionSpace", "JointSpace", "with_compression"]
 
 CODEC_CHOICES = {"uplink": ("none", "quantize", "topk"), "downlink": ("none", "quantize")}
 BITS = (16, 8, 4, 2)
 # Weight precision after training (fednas.compress._precision): float32, float16, 8/6/4-bit integers.
 WEIGHT_BITS = (32, 16, 8, 6, 4)
 _STAGE_BITS = re.compile(r"s([1-9][0-9]*)_wbits")
+# How those bytes are spent per layer (fednas.compress._policy): every layer at the labels' widths (uniform), or
+# the packed bytes of that uniform plan re-allocated by per-layer sensitivity, greedily or by a knapsack DP.
+COMPRESSION_POLICIES = ("uniform", "greedy", "dp")
 # l1/l2/fpgm rank channels on the server (data-free); taylor by Taylor scores the clients compute.
 PRUNE_METHODS = ("none", "l1", "l2", "fpgm", "taylor")
 # What the server removes (fednas.fl.server_app._ServerPruning): output channels of convs and hidden linears,
@@ -79,6 +82,10 @@ class CompressionSettings:
             (float32, off), 16 (float16), or 8, 6, 4 (integers with a float16 scale per output channel).
         stage_weight_bits: per stage, the precision of its blocks' weights (0: ``weight_bits``); the
             labels ``s1_wbits``, ``s2_wbits``, ... of a space whose family has stages.
+        compression_policy: how the weights' bytes are spent: "uniform" (each layer at the width
+            ``weight_bits`` / ``s{i}_wbits`` give it), or "greedy" / "dp": the packed bytes of that
+            uniform plan are the budget, and each layer gets a width from ``POLICY_WIDTHS`` by its
+            measured sensitivity (``fednas.compress.policy_plan``). Off while the weights stay float32.
     """
 
     uplink_codec: str = "none"
@@ -102,6 +109,7 @@ class CompressionSettings:
     dp_noise_multiplier: float | None = None
     weight_bits: int = 32
     stage_weight_bits: tuple[int, ...] = ()
+    compression_policy: str = "uniform"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage_weight_bits", tuple(int(b) for b in self.stage_weight_bits))
@@ -187,7 +195,8 @@ class CompressionSettings:
             parts.append(f"dp z={_num(self.dp_noise_multiplier)}")
         if self.precision_on:
             stages = "/".join(str(b or self.weight_bits) for b in self.stage_weight_bits)
-            parts.append(f"w{self.weight_bits}" + (f" stages {stages}" if stages else ""))
+            policy = "" if self.compression_policy == "uniform" else f" {self.compression_policy}"
+            parts.append(f"w{self.weight_bits}" + (f" stages {stages}" if stages else "") + policy)
         return ", ".join(parts) or "-"
 
 
@@ -272,6 +281,7 @@ class CompressionSpace(SearchSpace):
             "aggregation": _Text(),
             "dp_noise_multiplier": _OptionalRange(0.01, 1000.0),
             "weight_bits": Choice(WEIGHT_BITS),
+            "compression_policy": Choice(COMPRESSION_POLICIES),
         }
 
     def decode(self, values: dict[str, Any]) -> CompressionSettings:

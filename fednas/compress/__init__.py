@@ -58,6 +58,9 @@ Model compression
     block_plan(ks) -> str; apply_prune_plan(model, plan, example_input); plan_arch(arch, plan)
     allocate_bits(model, "greedy"|"dp", budget_bytes, x) -> {weight name: bits}   per-layer widths under a budget
     greedy_allocation / dp_allocation(costs, sensitivity, budget)   NetAdapt-style steps / multiple-choice knapsack
+    policy_plan(model, arch, weight_bits, stage_bits, policy, x) -> PolicyPlan   a trial's compression_policy:
+                                                         the uniform plan's bytes re-spent by sensitivity
+    check_plan(model, plan, where) -> {weight: bits}     a stored plan checked against the model
     layer_costs(model) / layer_sensitivity(model, x)   per layer and width: packed bytes / output KL divergence
     low_rank(model, ratio, *, only_if_smaller=True, exclude=()) -> nn.Module
                                                          SVD-factorized 1x1 convs and linears (copy)
@@ -123,8 +126,8 @@ from fednas.compress._mods import (COMPRESSION_RECORD, DownlinkEncoder, Downlink
                                    make_downlink_mod, make_uplink_mod, array_numpy, from_torch, numpy_array, to_array_record,
                                    to_numpy, to_torch,
                                    wire_bytes)
-from fednas.compress._policy import (POLICIES, allocate_bits, dp_allocation, greedy_allocation, layer_costs,
-                                    layer_sensitivity)
+from fednas.compress._policy import (POLICIES, POLICY_SAMPLES, POLICY_WIDTHS, PolicyPlan, allocate_bits, check_plan,
+                                    dp_allocation, greedy_allocation, layer_costs, layer_sensitivity, policy_plan)
 from fednas.compress._precision import PRECISIONS, PackedWeights, packed_bytes, quantize_weights, unpack_weight, weight_plan
 from fednas.compress._prune import (PRUNING_METHODS, ChannelMasks, apply_channel_masks, decode_channel_masks,
                                    encode_channel_masks, mask_digest, masks_from_scores, prune_channels,
@@ -213,6 +216,11 @@ __all__ = [
     "hint_loss",
     "stage_ends",
     "POLICIES",
+    "POLICY_SAMPLES",
+    "POLICY_WIDTHS",
+    "PolicyPlan",
+    "check_plan",
+    "policy_plan",
     "allocate_bits",
     "dp_allocation",
     "greedy_allocation",

@@ -27,15 +27,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from fednas.compress._precision import PRECISIONS, _quantize, _weights
+from fednas.compress._precision import PRECISIONS, _quantize, _weights, weight_plan
+from search_spaces.compression import COMPRESSION_POLICIES
 
-__all__ = ["POLICIES", "allocate_bits", "dp_allocation", "greedy_allocation", "layer_costs", "layer_sensitivity"]
+__all__ = ["POLICIES", "POLICY_SAMPLES", "POLICY_WIDTHS", "PolicyPlan", "allocate_bits", "check_plan",
+           "dp_allocation", "greedy_allocation", "layer_costs", "layer_sensitivity", "policy_plan"]
 
-POLICIES = ("uniform", "greedy", "dp")
+POLICIES = COMPRESSION_POLICIES
+POLICY_WIDTHS = (16, 8, 6, 4, 3, 2)  # the widths a greedy/DP policy may give a layer
+POLICY_SAMPLES = 512  # training images the sensitivities are measured on (the first ones, as int8 calibrates)
 
 Table = Mapping[str, Mapping[int, float]]  # layer -> {bits: value}
 
@@ -89,7 +95,8 @@ def dp_allocation(costs: Table, sensitivity: Table, budget: float, *, resolution
 
     ``resolution``: bytes per budget unit; each option's cost is rounded up to whole units, so
     the answer always fits and is optimal among allocations that fit after rounding (exactly
-    optimal at 1 byte for integer costs). Time and memory: layers x options x budget/resolution.
+    optimal at 1 byte for integer costs). Time and memory: layers x options x budget/resolution (NumPy
+    vectors over the budget, one per layer and option).
 
     Raises:
         ValueError: no allocation fits, mismatched tables, or a resolution that is not positive.
@@ -100,30 +107,34 @@ def dp_allocation(costs: Table, sensitivity: Table, budget: float, *, resolution
     units = int(math.floor(budget / resolution + 1e-9))
     if units < 0:
         raise _infeasible(costs, budget)
+    if max(len(c) for c in costs.values()) > 127:  # choices are stored as int8
+        raise ValueError("dp_allocation: at most 127 options per layer")
     if units > 50_000_000 // max(len(costs), 1):
         raise ValueError(f"budget {budget:,.0f} B in units of {resolution:g} B is too fine for the DP table; "
                          "raise resolution")
     names = sorted(costs)
-    inf = math.inf
-    best = [0.0] * (units + 1)  # best[u]: least sensitivity of the layers so far within u units
-    choices: list[list[int]] = []
+    best = np.zeros(units + 1)  # best[u]: least sensitivity of the layers so far within u units
+    choices: list[np.ndarray] = []
     layer_opts: list[list[tuple[int, int, float]]] = []  # per layer: (bits, cost in units, sensitivity)
     for n in names:
         opts = [(b, int(math.ceil(costs[n][b] / resolution - 1e-9)), float(sensitivity[n][b])) for b in costs[n]]
         layer_opts.append(opts)
-        new, arg = [inf] * (units + 1), [-1] * (units + 1)
-        for u in range(units + 1):
-            for k, (_, c, s) in enumerate(opts):
-                if c <= u and best[u - c] + s < new[u]:
-                    new[u], arg[u] = best[u - c] + s, k
+        new, arg = np.full(units + 1, np.inf), np.full(units + 1, -1, dtype=np.int8)
+        for k, (_, c, s) in enumerate(opts):  # option k at every budget u >= c: best[u - c] + s
+            if c > units:
+                continue
+            cand = np.full(units + 1, np.inf)
+            cand[c:] = best[: units + 1 - c] + s
+            better = cand < new  # strict: the first option wins ties, as a scan in option order would
+            new[better], arg[better] = cand[better], k
         best = new
         choices.append(arg)
-    if best[units] == inf:
+    if not np.isfinite(best[units]):
         raise _infeasible(costs, budget)
     out: dict[str, int] = {}
     u = units
     for idx in range(len(names) - 1, -1, -1):
-        bits, cost, _ = layer_opts[idx][choices[idx][u]]
+        bits, cost, _ = layer_opts[idx][int(choices[idx][u])]
         out[names[idx]] = bits
         u -= cost
     return {n: out[n] for n in names}
@@ -177,7 +188,7 @@ def allocate_bits(model: nn.Module, policy: str, budget: float, x: torch.Tensor,
 
     ``budget`` counts the planned weights only (codes and scales; biases and norms are the same
     under every plan). ``policy``: "greedy" or "dp" (``resolution`` default: 1 byte, exact, up to
-    a 20 kB budget; budget / 20000 above). The sensitivities come from ``x``, a calibration batch
+    a 200 kB budget; budget / 200000 above). The sensitivities come from ``x``, a calibration batch
     of training images.
 
     Raises:
@@ -189,4 +200,71 @@ def allocate_bits(model: nn.Module, policy: str, budget: float, x: torch.Tensor,
     sens = layer_sensitivity(model, x, widths)
     if policy == "greedy":
         return greedy_allocation(costs, sens, budget)
-    return dp_allocation(costs, sens, budget, resolution=resolution or max(budget / 20000, 1.0))
+    return dp_allocation(costs, sens, budget, resolution=resolution or max(budget / 200_000, 1.0))
+
+
+@dataclass(frozen=True)
+class PolicyPlan:
+    """A trial's per-layer weight widths and how they were chosen.
+
+    Attributes:
+        plan: weight name -> bits (``quantize_weights``'s plan).
+        policy: "uniform", "greedy" or "dp".
+        budget: packed bytes of the uniform plan of the same labels (the policy's budget).
+        spent: packed bytes of ``plan``'s planned weights (<= ``budget``).
+    """
+
+    plan: dict[str, int]
+    policy: str
+    budget: float
+    spent: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"policy": self.policy, "budget": self.budget, "spent": self.spent, "plan": dict(self.plan)}
+
+
+def policy_plan(model: nn.Module, arch: object, weight_bits: int, stage_bits: tuple[int, ...], policy: str,
+                x: torch.Tensor | None = None, *, widths: Sequence[int] = POLICY_WIDTHS) -> PolicyPlan:
+    """The widths a trial's labels give ``model``'s weights.
+
+    "uniform": ``weight_plan(model, arch, weight_bits, stage_bits)``. "greedy" / "dp": that plan's
+    packed bytes are the budget and ``allocate_bits`` spends them by sensitivity on ``x`` (a
+    calibration batch of training images), every layer choosing from ``widths``; weights that stay
+    float32 under the labels (nothing below 32 bits) are left so, whatever the policy.
+
+    Raises:
+        ValueError: an unknown policy or width (the message names it), or no calibration batch.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"compression_policy: expected one of {list(POLICIES)}, got {policy!r}")
+    uniform = weight_plan(model, arch, weight_bits, stage_bits)
+    costs = layer_costs(model, sorted({*uniform.values(), *widths}, reverse=True))
+    budget = float(sum(costs[n][b] for n, b in uniform.items()))
+    if policy == "uniform" or all(b == 32 for b in uniform.values()):
+        return PolicyPlan(uniform, "uniform" if policy == "uniform" else policy, budget, budget)
+    if x is None or len(x) == 0:
+        raise ValueError(f"compression_policy {policy!r}: needs a calibration batch of training images")
+    plan = allocate_bits(model, policy, budget, x, widths=widths)
+    return PolicyPlan(plan, policy, budget, float(sum(costs[n][b] for n, b in plan.items())))
+
+
+def check_plan(model: nn.Module, plan: object, where: str) -> dict[str, int]:
+    """``plan`` (read from a file or a trial) as ``{weight name: bits}``, checked against ``model``'s weights.
+
+    Raises:
+        ValueError: not a mapping of exactly the model's conv/linear weights to widths in 2..32;
+            the message starts with ``where``.
+    """
+    names = set(_weights(model))
+    if not isinstance(plan, Mapping):
+        raise ValueError(f"{where}: expected a mapping of weight names to bits, got {type(plan).__name__}")
+    if set(plan) != names:
+        extra, missing = sorted(set(plan) - names), sorted(names - set(plan))
+        raise ValueError(f"{where}: the plan does not name the model's weights (unknown {extra[:3]}, missing "
+                         f"{missing[:3]})")
+    out: dict[str, int] = {}
+    for name, bits in plan.items():
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (*PRECISIONS, *POLICY_WIDTHS):
+            raise ValueError(f"{where}: {name}: expected bits in {sorted({*PRECISIONS, *POLICY_WIDTHS})}, got {bits!r}")
+        out[str(name)] = int(bits)
+    return out

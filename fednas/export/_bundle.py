@@ -162,7 +162,7 @@ def _write(source: ModelSource, folder: Path, chosen: list[str], skipped: dict[s
     cfg = source.config
     data = federated_data(cfg.data, cfg.federation.num_clients, cfg.study.seed)
     train, test = data.train, data.test
-    model = _model(source, train.num_classes, train.in_channels, train.resolution)
+    model = _model(source, train.num_classes, train.in_channels, train.resolution, calibration=train.x)
     start = time.perf_counter()
     (folder / ARCH_FILE).write_text(source.arch.to_json(indent=2) + "\n", encoding="utf-8")
     info = _input_info(train)
@@ -184,7 +184,14 @@ def _write(source: ModelSource, folder: Path, chosen: list[str], skipped: dict[s
     return doc, ctx.records
 
 
-def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: int = 0) -> nn.Module:
+def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: int = 0,
+           calibration: torch.Tensor | None = None) -> nn.Module:
+    """The trained model as the trial scored it: its structure, its weights, at its precision.
+
+    A greedy/DP ``compression_policy`` takes the per-layer widths the trial stored
+    (``metrics["precision"]["plan"]``); a run that stored none (``fednas train`` without
+    post-training objectives) measures them again on ``calibration`` (the training images).
+    """
     model = trained_structure(source.arch, CompressionSettings.from_labels(source.labels), num_classes=num_classes,
                               in_channels=in_channels, resolution=resolution, prune_masks=source.prune_masks)
     try:
@@ -194,13 +201,19 @@ def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: 
         raise ConfigError(f"weights do not fit the architecture ({first})") from None
     settings = CompressionSettings.from_labels(source.labels)
     if settings.precision_on:  # the model the trial scored: its weights at the chosen precision
-        from fednas.compress import plan_arch, quantize_weights, weight_plan
+        from fednas.compress import POLICY_SAMPLES, check_plan, plan_arch, policy_plan, quantize_weights
 
+        stored = (source.metrics.get("precision") or {}).get("plan")
+        where = f"trial {source.origin['trial']}" if "trial" in source.origin else "the run"
         try:
-            plan = weight_plan(model, plan_arch(source.arch, source.prune_masks), settings.weight_bits,
-                               settings.stage_weight_bits)
+            if settings.compression_policy != "uniform" and stored is not None:
+                plan = check_plan(model, stored, f"{where}: stored precision.plan")
+            else:
+                x = calibration[:POLICY_SAMPLES] if calibration is not None else None
+                plan = policy_plan(model, plan_arch(source.arch, source.prune_masks), settings.weight_bits,
+                                   settings.stage_weight_bits, settings.compression_policy, x).plan
         except ValueError as exc:
-            raise ConfigError(f"labels: {exc}") from None
+            raise ConfigError(str(exc) if str(exc).startswith(where) else f"labels: {exc}") from None
         model = quantize_weights(model, plan)[0]
     return model.eval()
 

@@ -105,6 +105,11 @@ def _compression(doc: dict[str, Any]) -> str:
                 f"8/6/4 = integers with a float16 scale per output channel): {by}. Packed, with the rest at "
                 f"float32: {_size(m.get('weight_bytes', 0))}; held-out accuracy at this precision "
                 f"{_pct(m.get('accuracy_quantized', float('nan')))}. The exported files hold these weight values.")
+        if p.get("policy", "uniform") != "uniform":
+            out += (f" The widths per layer were chosen by the {p['policy']!r} compression policy from each layer's "
+                    f"measured sensitivity (output KL divergence on training images), spending "
+                    f"{_size(p.get('spent', 0))} of the uniform plan's {_size(p.get('budget', 0))} of packed weights; "
+                    "metrics.json lists the width of every layer (precision.plan).")
     return out
 
 

@@ -90,3 +90,61 @@ def test_allocate_bits_meets_the_budget_on_a_model() -> None:
     assert set(allocate_bits(model, "dp", narrowest, x).values()) == {4}
     with pytest.raises(ValueError, match="policy"):
         allocate_bits(model, "uniform", budget, x)
+
+
+def _tiny() -> tuple[torch.nn.Module, object]:
+    torch.manual_seed(0)
+    arch = preset("mobilenet_tiny")
+    return build_model(arch, num_classes=10, in_channels=1).eval(), arch
+
+
+def test_policy_plan_spends_the_uniform_budget_with_no_more_total_sensitivity() -> None:
+    from fednas.compress import POLICY_WIDTHS, policy_plan
+
+    model, arch = _tiny()
+    x = torch.randn(64, 1, 28, 28)
+    uniform = policy_plan(model, arch, 4, (), "uniform")
+    assert uniform.plan == weight_plan(model, arch, 4) and uniform.spent == uniform.budget
+    costs = layer_costs(model, (4, *POLICY_WIDTHS))
+    assert uniform.budget == sum(costs[n][4] for n in uniform.plan)
+    sens = layer_sensitivity(model, x, (4, *POLICY_WIDTHS))
+    plans = {"uniform": uniform, **{name: policy_plan(model, arch, 4, (), name, x) for name in ("greedy", "dp")}}
+    total = {name: sum(sens[k][b] for k, b in p.plan.items()) for name, p in plans.items()}
+    for name in ("greedy", "dp"):
+        chosen = plans[name]
+        assert chosen.policy == name and set(chosen.plan) == set(uniform.plan)
+        assert set(chosen.plan.values()) <= set(POLICY_WIDTHS)
+        assert chosen.spent == sum(costs[n][b] for n, b in chosen.plan.items()) <= chosen.budget == uniform.budget
+    # the uniform plan fits the same budget, so the knapsack's optimum is at most its sensitivity
+    assert total["dp"] <= total["uniform"] + 1e-12 and total["dp"] <= total["greedy"] + 1e-12
+    assert total["dp"] < total["uniform"]  # and here strictly: layers are not equally sensitive per byte
+
+
+def test_policy_plan_leaves_float32_weights_and_needs_a_batch_otherwise() -> None:
+    from fednas.compress import policy_plan
+
+    model, arch = _tiny()
+    assert set(policy_plan(model, arch, 32, (), "dp").plan.values()) == {32}
+    with pytest.raises(ValueError, match="calibration batch"):
+        policy_plan(model, arch, 8, (), "greedy")
+    with pytest.raises(ValueError, match="compression_policy: expected one of"):
+        policy_plan(model, arch, 8, (), "knapsack")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda p: p.pop(next(iter(p))), "missing"),
+    (lambda p: p.update({"nope.weight": 8}), "unknown"),
+    (lambda p: p.update({next(iter(p)): 5}), "expected bits"),
+    (lambda p: p.update({next(iter(p)): True}), "expected bits"),
+])
+def test_a_stored_plan_is_checked_against_the_model(edit, message: str) -> None:
+    from fednas.compress import check_plan
+
+    model, arch = _tiny()
+    plan = weight_plan(model, arch, 8)
+    assert check_plan(model, dict(plan), "here") == plan
+    edit(plan)
+    with pytest.raises(ValueError, match=f"^here: .*{message}"):
+        check_plan(model, plan, "here")
+    with pytest.raises(ValueError, match="^here: expected a mapping"):
+        check_plan(model, [1, 2], "here")

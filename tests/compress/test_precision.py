@@ -146,3 +146,47 @@ def test_a_study_searches_precision_and_its_export_holds_the_quantized_weights(t
     assert "Weights at the chosen precision" in card and "The exported files hold these weight values" in card
     doc = json.loads((bundle.out / "metrics.json").read_text())
     assert doc["metrics"]["weight_bytes"] == quantized.user_attrs["weight_bytes"] >= low.user_attrs["weight_bytes"]
+
+
+POLICY = ("study.trials=1", "objectives={accuracy_quantized='maximize', weight_bytes='minimize'}",
+          "space.labels.weight_bits=4", "space.labels.compression_policy='dp'", "federation.rounds=1")
+
+
+def test_a_dp_policy_trial_stores_its_plan_and_the_bundle_holds_those_widths(tiny_study_factory,
+                                                                             tmp_path: Path) -> None:
+    import optuna
+    from safetensors.torch import load_file
+
+    from fednas.compress import check_plan
+    from fednas.export import source_from_trial, write_bundle
+    from fednas.export._bundle import _model
+
+    _, config, _ = tiny_study_factory("policy", POLICY)
+    study = optuna.load_study(study_name="policy", storage=config.storage)
+    (t,) = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    p = t.user_attrs["precision"]
+    assert p["policy"] == "dp" and p["spent"] <= p["budget"]
+    source = source_from_trial(config.storage, "policy", trial=t.number)
+    plan = check_plan(_model(source, 10, 1), p["plan"], "stored")
+    assert set(plan.values()) != {4}  # the knapsack moved bytes between layers (strictly better than uniform)
+    counts: dict[str, int] = {}
+    for name, bits in plan.items():
+        counts[str(bits)] = counts.get(str(bits), 0) + source.state[name].numel()
+    assert counts == p["weights_by_bits"]  # the stored plan is the one the trial was scored with
+    bundle = write_bundle(source, tmp_path / "b", formats=[])
+    weights = load_file(str(bundle.out / "model.safetensors"))
+    for name, bits in plan.items():  # integer codes: each output channel holds at most 2^b - 1 distinct values
+        if bits <= 8:
+            w = weights[name].reshape(weights[name].shape[0], -1)
+            assert max(len(torch.unique(c)) for c in w) <= 2 ** bits - 1, name
+    doc = json.loads((bundle.out / "metrics.json").read_text())
+    assert doc["metrics"]["precision"]["plan"] == p["plan"]
+    assert doc["metrics"]["weight_bytes"] == t.user_attrs["weight_bytes"]
+    assert "'dp' compression policy" in (bundle.out / "README.md").read_text()
+    # a stored plan that does not fit the model is refused, naming the trial
+    bad = dict(source.metrics["precision"], plan={"nope.weight": 4})
+    from dataclasses import replace
+
+    from fednas.config import ConfigError
+    with pytest.raises(ConfigError, match=f"trial {t.number}: stored precision.plan"):
+        _model(replace(source, metrics={**source.metrics, "precision": bad}), 10, 1)

@@ -278,3 +278,23 @@ def test_impossible_granularity_combinations_name_the_labels(tiny_config: Path, 
                                                              message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(tiny_config, list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [(("space.labels.compression_policy=knapsack", "space.labels.weight_bits=4"), "compression_policy"),
+     (("space.labels.compression_policy=dp",), "compression_policy: 'dp' spends the packed bytes"),
+     (('space.labels.compression_policy=["uniform", "greedy"]', "space.labels.weight_bits=[32]"),
+      "compression_policy: 'greedy'")],
+)
+def test_a_policy_without_bytes_to_spend_is_refused(tiny_config: Path, overrides: tuple[str, ...],
+                                                   message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(tiny_config, list(overrides))
+
+
+def test_a_policy_with_some_narrower_weights_is_accepted(tiny_config: Path) -> None:
+    config = load_config(tiny_config, ['space.labels.compression_policy=["uniform", "greedy", "dp"]',
+                                       "space.labels.weight_bits=[32, 8]"])
+    assert CompressionSettings.from_labels({"compression_policy": "dp", "weight_bits": 8}).describe() == "w8 dp"
+    assert config.space.labels["compression_policy"] == ["uniform", "greedy", "dp"]
