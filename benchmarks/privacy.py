@@ -14,7 +14,8 @@ default federation (mnist5k, 8 clients, Dirichlet 0.5, one local epoch) of ``mob
 is run clean and under each attack with 25 % of the clients (2 of 8) malicious, once per
 aggregation rule, all in this process with one seed. Krum and Multi-Krum are told the true
 number of attackers (``num_malicious_nodes = 2``); Bulyan needs 4f + 3 replies, so with 8
-clients it is built for f = 1 and faces twice that; FedTrimmedAvg trims 25 % at each end.
+clients it is built for f = 1 and faces twice that; FedTrimmedAvg trims 25 % at each end; DnC
+(``fednas.fl._dnc``) removes 2 replies per iteration.
 ``--bucket S`` puts bucketing (``federation.bucket_size``) in front of the robust rules;
 ``--rules`` and ``--attacks NAME[:STRENGTH],...`` pick a subset (e.g. ``sign_flip:4``), and
 ``--option RULE.KEY=VALUE`` changes a rule's option (``multikrum.num_nodes_to_select=6``).
@@ -55,6 +56,7 @@ RULES: dict[str, dict[str, float]] = {
     "bulyan": {"num_malicious_nodes": 1},
     "fedmedian": {},
     "fedtrimmedavg": {"beta": 0.25},
+    "dnc": {"num_malicious_nodes": 2},
 }
 ATTACKS = ("label_flip", "sign_flip", "gaussian", "scaling")
 QUICK_RULES = ("fedavg", "krum", "fedmedian")

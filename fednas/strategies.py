@@ -61,7 +61,8 @@ class StrategySpec:
 
     Attributes:
         name: the ``federation.strategy`` value and the name of its sub-table.
-        cls: ``module:Class`` of a ``flwr.serverapp.strategy.FedAvg`` subclass.
+        cls: ``module:Class`` of a ``flwr.serverapp.strategy.FedAvg`` subclass (Flower's own, or fednas's
+            where Flower has none, e.g. ``fednas.fl._dnc:DnC``).
         options: constructor keyword -> spec (default and range).
         summary: one line for documentation.
     """
@@ -127,11 +128,17 @@ for _spec in (
     StrategySpec("fedtrimmedavg", "flwr.serverapp.strategy:FedTrimmedAvg", {
         "beta": OptionSpec(0.2, low=0.0, high=0.5, high_open=True)},
         "coordinate-wise mean without the beta largest and smallest values"),
+    StrategySpec("dnc", "fednas.fl._dnc:DnC", {
+        "num_malicious_nodes": OptionSpec(1, integer=True), "filter_frac": OptionSpec(1.0, **_POSITIVE),
+        "num_iters": OptionSpec(5, low=1, integer=True), "subsample_dim": OptionSpec(10_000, low=1, integer=True)},
+        "Divide-and-Conquer: drop the replies that project most on the top singular direction of the centred "
+        "replies (Shejwalkar & Houmansadr, 2021)"),
 ):
     register_strategy(_spec)
 
 # Least number of replies each robust rule needs for f = num_malicious_nodes attackers.
-MIN_REPLIES = {"krum": lambda f: 2 * f + 3, "multikrum": lambda f: 2 * f + 3, "bulyan": lambda f: 4 * f + 3}
+MIN_REPLIES = {"krum": lambda f: 2 * f + 3, "multikrum": lambda f: 2 * f + 3, "bulyan": lambda f: 4 * f + 3,
+               "dnc": lambda f: f + 1}
 
 # Flat [federation] keys of fednas <= 0.1 -> (strategy, option).
 LEGACY_KEYS: dict[str, tuple[str, str]] = {

@@ -44,11 +44,24 @@ def strategy_kwargs(fed: FederationConfig) -> tuple[type[FedAvg], dict[str, Any]
     options = {k: int(v) if k in spec.options and spec.options[k].integer else v
                for k, v in {**spec.defaults(), **fed.strategy_options}.items()}
     kwargs = {**sampling_kwargs(fed), **options}
-    params = inspect.signature(cls.__init__).parameters
+    params = _init_keywords(cls)
     unknown = sorted(k for k in kwargs if k not in params)
     if unknown:
         raise ValueError(f"federation.{fed.strategy}: {cls.__name__} takes no option(s) {unknown}")
     return cls, kwargs
+
+
+def _init_keywords(cls: type) -> set[str]:
+    """The keywords ``cls(...)`` takes: its ``__init__``'s, and its bases' while each passes ``**kwargs`` on."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self"}
 
 
 def make_strategy(fed: FederationConfig, compression: CompressionSettings | None = None, *, seed: int = 0,
@@ -72,6 +85,8 @@ def make_strategy(fed: FederationConfig, compression: CompressionSettings | None
     if compression is not None and compression.aggregation:  # the trial's own rule (``aggregation`` label)
         fed = fed.for_rule(compression.aggregation)
     cls, kwargs = strategy_kwargs(fed)
+    if getattr(cls, "takes_seed", False):  # a rule with seeded randomness of its own (DnC's coordinate subsets)
+        kwargs = {**kwargs, "rule_seed": seed}
     if fed.bucket_size > 1:
         from fednas.fl._bucketing import bucketed
 

@@ -95,10 +95,38 @@ def test_each_robust_rule_discards_an_obvious_outlier() -> None:
     attacked = {"attack": "scaling", "attack_strength": 1000.0, "attack_fraction": 0.14}
     plain = _deviation(run_federation(_spec(**base, **attacked)).arrays.to_torch_state_dict(), clean)
     assert plain > 5.0  # FedAvg follows the boosted update
-    for rule in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg"):
+    for rule in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "dnc"):
         spec = _spec(**base, **attacked, strategy=rule)
         robust = _deviation(run_federation(spec).arrays.to_torch_state_dict(), clean)
         assert robust < plain / 20, (rule, robust, plain)
+
+
+def test_dnc_drops_the_replies_that_push_together_along_one_direction() -> None:
+    import numpy as np
+
+    from fednas.fl._dnc import dnc_keep
+
+    rng = np.random.default_rng(0)
+    honest = rng.normal(0.0, 1.0, (6, 5_000)) + 0.5  # a shared direction plus each client's own spread
+    flipped = -4 * honest[:2].mean(axis=0, keepdims=True) + rng.normal(0.0, 0.1, (2, 5_000))
+    updates = np.concatenate([honest, flipped])
+    assert dnc_keep(updates, 2, num_iters=3, subsample_dim=1_000, seed=1) == [0, 1, 2, 3, 4, 5]
+    assert dnc_keep(updates, 2, seed=1) == dnc_keep(updates, 2, seed=1)  # seeded
+    assert dnc_keep(updates, 0) == list(range(8)) and len(dnc_keep(updates, 99)) >= 1
+    assert dnc_keep(np.ones((4, 10)), 1) == [0, 1, 2, 3]  # identical replies: nothing to tell apart, all kept
+
+
+def test_dnc_keeps_the_honest_clients_of_a_sign_flipped_federation_and_is_reproducible() -> None:
+    from fednas.fl._strategies import make_strategy
+
+    base = {"num_clients": 7, "min_train_nodes": 7, "attack": "sign_flip", "attack_strength": 4.0,
+            "attack_fraction": 0.29, "strategy": "dnc", "strategy_options": {"num_malicious_nodes": 2}}
+    spec = _spec(**base)
+    a, b = run_federation(spec), run_federation(spec)
+    assert _deviation(a.arrays.to_torch_state_dict(), b.arrays.to_torch_state_dict()) == 0.0
+    fed = FederationConfig(num_clients=7, strategy="dnc", strategy_options={"num_iters": 2})
+    rule = make_strategy(fed, seed=5)
+    assert rule.num_iters == 2 and rule.rule_seed == 5 and rule.num_malicious_nodes == 1
 
 
 def _config(**federation) -> dict:
@@ -116,6 +144,8 @@ def _config(**federation) -> dict:
     ({"strategy": "krum", "krum": {"num_malicious_nodes": 1.5}}, "federation.krum.num_malicious_nodes: expected an integer"),
     ({"strategy": "multikrum", "multikrum": {"num_nodes_to_select": 6}}, "federation.multikrum.num_nodes_to_select"),
     ({"strategy": "fedtrimmedavg", "fedtrimmedavg": {"beta": 0.5}}, "federation.fedtrimmedavg.beta"),
+    ({"strategy": "dnc", "dnc": {"num_malicious_nodes": 6}}, "federation.dnc.num_malicious_nodes: 6 needs at least 7"),
+    ({"strategy": "dnc", "dnc": {"filter_frac": 0}}, "federation.dnc.filter_frac"),
 ])
 def test_impossible_combinations_name_the_keys(federation: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
