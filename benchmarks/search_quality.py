@@ -17,6 +17,12 @@ mean hypervolume at a quarter and half of the budget. Last line, one JSON object
 
     python benchmarks/search_quality.py --quick     # 40 trials, 2 seeds, 4 supernet rounds
     python benchmarks/search_quality.py             # 200 trials, 3 seeds, 12 supernet rounds
+
+A long run can be stopped and resumed: ``--out FILE`` keeps every finished (strategy, seed)
+history and every scored subnet in FILE (rewritten atomically after each); run the same
+command again and only the missing histories are searched. The file is used only when its
+settings and the trained supernet's digest match this run's (else it is refused, not
+overwritten).
 """
 
 from __future__ import annotations
@@ -90,6 +96,41 @@ def _search(args: argparse.Namespace, sampler: str, seed: int, space: Any, overr
     return history
 
 
+def _digest(supernet: Any) -> str:
+    """A digest of the trained supernet's weights: a saved run belongs to this supernet only."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key, value in sorted(supernet.state.items()):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load(path: str, settings: dict[str, Any]) -> dict[str, Any]:
+    empty: dict[str, Any] = {"histories": {}, "cache": {}}
+    if not path or not Path(path).exists():
+        return empty
+    if Path(path).stat().st_size > 200_000_000:
+        sys.exit(f"--out {path}: larger than 200 MB; not a file of this benchmark")
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        sys.exit(f"--out {path}: not readable as JSON ({exc}); move it away or pick another file")
+    if not isinstance(doc, dict) or doc.get("settings") != settings:
+        sys.exit(f"--out {path}: made with other settings or another supernet ({doc.get('settings') if isinstance(doc, dict) else '?'}); "
+                 "move it away or pick another file")
+    return {"histories": doc.get("histories", {}), "cache": doc.get("cache", {})}
+
+
+def _save(path: str, settings: dict[str, Any], histories: dict[str, Any], cache: dict[str, Any]) -> None:
+    if not path:
+        return
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "histories": histories, "cache": cache}))
+    tmp.replace(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "studies" / "quickstart.toml"))
@@ -99,6 +140,8 @@ def main() -> None:
     p.add_argument("--population", type=int, default=20, help="study.population_size (NSGA-II/III, evolution)")
     p.add_argument("--samplers", default="", help="comma-separated (default: all registered)")
     p.add_argument("--quick", action="store_true", help="40 trials, 2 seeds, 4 supernet rounds")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 beside other CPU jobs)")
+    p.add_argument("--out", default="", help="JSON file of finished histories and scores, to stop and resume")
     args = p.parse_args()
     if args.quick:
         args.trials, args.seeds, args.supernet_rounds = 40, 2, 4
@@ -112,7 +155,7 @@ def main() -> None:
     from search_spaces import domain_from_config, get_search_space, with_compression
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    torch.set_num_threads(2)
+    torch.set_num_threads(max(1, args.threads))
     samplers = [s for s in args.samplers.split(",") if s] or list(SAMPLERS)
     if "random" not in samplers:
         samplers.append("random")
@@ -132,13 +175,21 @@ def main() -> None:
     print(f"space {args.config} ({base.space.name}); supernet {args.supernet_rounds} rounds on "
           f"{base.federation.num_clients} clients in {time.perf_counter() - start:.0f} s; {args.trials} trials x "
           f"{args.seeds} seeds per strategy; HV box accuracy [0, 1] x MACs [0, {ref_macs:,.0f}]", flush=True)
+    settings = {"config": str(args.config), "trials": args.trials, "supernet_rounds": args.supernet_rounds,
+                "population": args.population, "supernet": _digest(supernet)}
+    saved = _load(args.out, settings)
+    done: dict[str, dict[str, list[float]]] = saved["histories"]
+    cache: dict[str, Any] = {k: tuple(v) for k, v in saved["cache"].items()}
     histories: dict[str, list[list[float]]] = {}
-    cache: dict[str, Any] = {}
     with SubnetEvaluator(spec, supernet) as evaluator:
         for name in samplers:
             t0 = time.perf_counter()
-            histories[name] = [_search(args, name, seed, space, overrides, data, evaluator, cache, ref_macs)
-                               for seed in range(args.seeds)]
+            runs = done.setdefault(name, {})
+            for seed in range(args.seeds):
+                if str(seed) not in runs:
+                    runs[str(seed)] = _search(args, name, seed, space, overrides, data, evaluator, cache, ref_macs)
+                    _save(args.out, settings, done, cache)
+            histories[name] = [runs[str(seed)] for seed in range(args.seeds)]
             final = np.mean([h[-1] for h in histories[name]])
             print(f"  {name:<10} final HV {final:.4f} ({time.perf_counter() - t0:.0f} s, {len(cache)} distinct "
                   f"subnets scored so far)", flush=True)
