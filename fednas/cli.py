@@ -155,6 +155,9 @@ def _add_export_parsers(sub: argparse._SubParsersAction) -> None:
     which = e.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number")
     which.add_argument("--pick", choices=("knee", "best-accuracy", "smallest"), help="a member of the Pareto front")
+    which.add_argument("--supernet", action="store_true",
+                       help="a supernet study's largest subnet (inherited weights, pooled batch-norm statistics), "
+                            "e.g. as a kd_teacher of later studies")
     e.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
     e.add_argument("--formats", type=_csv_list, default=None, help=formats)
     e.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"), default=None,

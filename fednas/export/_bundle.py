@@ -76,7 +76,7 @@ def resolve_formats(formats: list[str] | None) -> tuple[list[str], dict[str, str
     return chosen, skipped
 
 
-_IDENTITY = ("trained", "study", "trial", "architecture")  # origin keys that say which model a bundle holds
+_IDENTITY = ("trained", "study", "trial", "supernet", "architecture")  # origin keys that say which model a bundle holds
 
 
 def check_bundle_out(out: str | Path, origin: dict[str, Any], flag: str = "--out") -> Path:
@@ -117,6 +117,7 @@ def _bundle_origin(folder: Path) -> dict[str, Any] | None:
 
 def _describe_origin(origin: dict[str, Any]) -> str:
     what = (f"trial {origin.get('trial')} of study {origin.get('study')!r}" if origin.get("trial") is not None
+            else f"the supernet's largest subnet of study {origin.get('study')!r}" if origin.get("supernet")
             else f"architecture {origin.get('architecture')!r}")
     return ("a training run of " if origin.get("trained") else "") + what
 

@@ -46,6 +46,10 @@ def _title(doc: dict[str, Any]) -> str:
         title = f"# fednas model: study `{o['study']}`, trial {o['trial']}"
         how = f"picked as `{o['picked']}` from the Pareto front" if o.get("picked") else "chosen by number"
         where = f"Exported from the weights stored with trial {o['trial']} ({how}) of `{o['storage']}`, without retraining."
+    elif o.get("supernet"):
+        title = f"# fednas model: study `{o['study']}`, the supernet's largest subnet"
+        where = (f"Exported from the supernet weights stored with study `{o['study']}` of `{o['storage']}` (the "
+                 "space's largest member), batch-norm statistics pooled from the clients, without retraining.")
     else:
         title = f"# fednas model: `{o.get('architecture', 'architecture')}`, retrained for {fed['rounds']} rounds"
         where = f"Trained by `fednas train` ({o.get('from', '')})."

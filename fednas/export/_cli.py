@@ -20,14 +20,18 @@ def _dynamo(args: argparse.Namespace) -> bool | None:
 
 def run_export(args: argparse.Namespace) -> int:
     from fednas.config import default_storage
-    from fednas.export import check_bundle_out, resolve_formats, source_from_trial, write_bundle
+    from fednas.export import check_bundle_out, resolve_formats, source_from_supernet, source_from_trial, write_bundle
 
     storage = args.storage or default_storage(args.study)
     resolve_formats(args.formats)  # bad or unavailable formats fail before anything is read
     start = time.perf_counter()
-    source = source_from_trial(storage, args.study, trial=args.trial, pick=args.pick)
-    check_bundle_out(args.out, source.origin)
-    print(f"trial {source.origin['trial']} of study {args.study!r}" + (f" ({args.pick})" if args.pick else ""))
+    if getattr(args, "supernet", False):
+        source = source_from_supernet(storage, args.study)  # write_bundle checks --out against its origin
+        print(f"the supernet's largest subnet of study {args.study!r} ({source.origin['architecture']})")
+    else:
+        source = source_from_trial(storage, args.study, trial=args.trial, pick=args.pick)
+        check_bundle_out(args.out, source.origin)
+        print(f"trial {source.origin['trial']} of study {args.study!r}" + (f" ({args.pick})" if args.pick else ""))
     result = write_bundle(source, args.out, formats=args.formats, onnx_dynamo=_dynamo(args))
     _report(result, time.perf_counter() - start)
     return 0

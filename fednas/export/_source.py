@@ -13,7 +13,7 @@ from fednas.objectives import objective_names
 from fednas.study import PICKS, pick_trial, read_study, weights_path
 from search_spaces import Architecture, arch_from_dict
 
-__all__ = ["PICKS", "ModelSource", "pick_trial", "source_from_trial"]
+__all__ = ["PICKS", "ModelSource", "pick_trial", "source_from_supernet", "source_from_trial"]
 
 # The metrics a bundle records: those known before and after training, and the mixed-precision ones (the bundle
 # holds those weights); not the post-training int8 ones (the export quantizes to int8 again).
@@ -97,3 +97,60 @@ def source_from_trial(storage: str, study: str, *, trial: int | None = None, pic
         privacy=dict(chosen.attrs.get("privacy") or {}),
         secure=dict(chosen.attrs.get("secure_aggregation") or {}),
     )
+
+
+def source_from_supernet(storage: str, study: str) -> ModelSource:
+    """The largest subnet of a supernet study's trained supernet (the space's largest member), as a trial would
+    score it: inherited weights, batch-norm statistics pooled from the clients (one round trip on the in-process
+    grid, counted in ``comm_bytes``), held-out accuracy. The study is only read.
+
+    A bundle of it serves as ``kd_teacher`` of later studies: the supernet's largest subnet as teacher.
+
+    Raises:
+        ConfigError: the study has no stored config or no trained supernet, or its weights file is missing or
+            does not fit the stored architecture.
+    """
+    from safetensors.numpy import load_file
+
+    from fednas.cost import measure
+    from fednas.fl import FederationError, RunSpec, SubnetEvaluator, federated_data, supernet_section
+    from fednas.study import SUPERNET_ATTR, artifact_path
+    from fednas.supernet import Supernet
+
+    view = read_study(storage, study)
+    if view.config is None:
+        raise ConfigError(f"study {study!r} has no stored fednas config; it was not made by `fednas search`")
+    stored = view.supernet
+    if not stored.get("artifact") or not isinstance(stored.get("arch"), dict):
+        raise ConfigError(f"study {study!r} has no trained supernet (study attribute {SUPERNET_ATTR!r}); only "
+                          "study.mode = 'supernet' studies store one")
+    config = view.config
+    try:
+        arch = arch_from_dict(stored["arch"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"study {study!r}: stored supernet architecture is invalid ({exc})") from None
+    path = artifact_path(view, str(stored["artifact"]), f"study {study!r}: supernet weights file")
+    data = federated_data(config.data, config.federation.num_clients, config.study.seed)
+    train = data.train
+    supernet = Supernet(arch, train.num_classes, train.in_channels, dict(load_file(str(path))))
+    spec = RunSpec(config.data, config.federation, config.study.seed, arch.to_dict(),
+                   supernet=supernet_section(config))
+    try:
+        model = supernet.subnet(arch)
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{path}: the supernet weights do not fit the stored architecture ({exc})") from None
+    cost = measure(model, in_channels=train.in_channels, resolution=train.resolution)
+    try:
+        with SubnetEvaluator(spec, supernet) as evaluator:
+            score = evaluator.evaluate(arch, cost.macs, cost.params)
+    except FederationError as exc:
+        raise ConfigError(f"study {study!r}: the supernet's largest subnet could not be scored ({exc})") from None
+    rounds = list(stored.get("rounds", []))
+    metrics = {"accuracy": score.accuracy, "macs": cost.macs, "params": cost.params, "bytes": cost.bytes,
+               "comm_bytes": score.download_bytes + score.upload_bytes, "download_bytes": score.download_bytes,
+               "upload_bytes": score.upload_bytes}
+    origin = {"storage": storage, "study": study, "supernet": "largest subnet", "architecture": arch.describe(),
+              "training": {"mode": "supernet", "supernet_rounds": len(rounds), "finetune_rounds": 0,
+                           "finetune_nodes": 0}}
+    return ModelSource(arch=arch, state={k: v.detach().clone() for k, v in score.model.state_dict().items()},
+                       config=config, metrics=metrics, origin=origin)

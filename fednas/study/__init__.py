@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fednas.study._front import (crowding_distance, hypervolume, knee_index, nondominated_ranks, normalized_losses,
                                  pareto_mask, select_by_rank, statuses, to_losses)
-from fednas.study._picks import PICKS, pick_trial, weights_path
+from fednas.study._picks import PICKS, artifact_path, pick_trial, weights_path
 from fednas.study._read import (CONFIG_ATTR, FINETUNE_ATTR, SUPERNET_ATTR, StudyView, config_from_stored, load_front,
                                 metric_direction, open_study, read_study, tier_fronts)
 from fednas.study._record import TrialRecord, record_of
@@ -49,4 +49,5 @@ __all__ = [
     "study_names",
     "to_losses",
     "weights_path",
+    "artifact_path",
 ]

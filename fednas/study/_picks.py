@@ -10,7 +10,7 @@ from fednas.study._front import knee_index
 from fednas.study._read import StudyView
 from fednas.study._record import TrialRecord
 
-__all__ = ["PICKS", "pick_trial", "weights_path"]
+__all__ = ["PICKS", "artifact_path", "pick_trial", "weights_path"]
 
 
 def _knee(view: StudyView, front: list[TrialRecord]) -> TrialRecord:
@@ -74,10 +74,19 @@ def weights_path(view: StudyView, t: TrialRecord) -> Path:
     artifact = t.attrs.get("weights_artifact")
     if not artifact or not view.artifacts_dir:
         raise ConfigError(f"trial {t.number} of study {view.name!r} has no stored weights")
-    folders = view.artifact_dirs or (view.artifacts_dir,)
+    return artifact_path(view, str(artifact), f"trial {t.number}: weights file")
+
+
+def artifact_path(view: StudyView, artifact: str, what: str) -> Path:
+    """The file of one of the study's artifacts (a trial's weights, the supernet's).
+
+    Raises:
+        ConfigError: the study has no artifact folder or none holds the file; the message starts with ``what``.
+    """
+    folders = view.artifact_dirs or ((view.artifacts_dir,) if view.artifacts_dir else ())
     for folder in folders:
-        path = Path(folder) / str(artifact)
+        path = Path(folder) / artifact
         if path.is_file():
             return path
-    looked = ", ".join(folders)
-    raise ConfigError(f"trial {t.number}: weights file {artifact} not found in {looked} (study attribute artifacts_dir)")
+    looked = ", ".join(folders) or "no artifact folder"
+    raise ConfigError(f"{what} {artifact} not found in {looked} (study attribute artifacts_dir)")

@@ -68,6 +68,20 @@ def test_supernet_study_end_to_end(tmp_path: Path, capsys) -> None:
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["origin"]["training"]["mode"] == "supernet"
     assert "fine-tuned by 1 federated rounds" in (out / "README.md").read_text()
+    # the supernet's largest subnet as a bundle, and as the distillation teacher of a from-scratch study
+    teacher = tmp_path / "largest"
+    assert main(["export", "--study", "tiny", "--storage", config.storage, "--supernet", "--out", str(teacher),
+                 "--formats", "torchscript"]) == 0
+    doc = json.loads((teacher / "metrics.json").read_text())
+    assert doc["origin"]["supernet"] == "largest subnet" and doc["architecture"] == view.supernet["arch"]
+    assert doc["metrics"]["macs"] >= max(t.metrics["macs"] for t in view.trials)
+    assert abs(doc["metrics"]["accuracy"] - doc["pytorch_accuracy"]) < 1e-9
+    assert "the supernet's largest subnet" in (teacher / "README.md").read_text()
+    assert main(["export", "--study", "tiny", "--storage", config.storage, "--supernet", "--out", str(out)]) == 2
+    student = load_config(path, ["study.name='student'", "study.trials=1", "federation.rounds=1",
+                                 "space.labels.kd_weight=0.3", f"space.labels.kd_teacher='{teacher}'",
+                                 "space.labels.kd_kind='attention'"])
+    assert run_search(student, progress=False).completed == 1
     # `fednas train` retrains a supernet trial's architecture from scratch, as for any study
     best = max(view.trials, key=lambda t: t.objectives["accuracy"])
     assert main(["train", "--study", "tiny", "--storage", config.storage, "--trial", str(best.number), "--rounds", "1",
