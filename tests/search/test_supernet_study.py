@@ -82,6 +82,10 @@ def test_supernet_study_end_to_end(tmp_path: Path, capsys) -> None:
                                  "space.labels.kd_weight=0.3", f"space.labels.kd_teacher='{teacher}'",
                                  "space.labels.kd_kind='attention'"])
     assert run_search(student, progress=False).completed == 1
+    capsys.readouterr()
+    assert main(["export", "--study", "student", "--storage", student.storage, "--supernet", "--out",
+                 str(tmp_path / "none")]) == 2  # a from-scratch study has no supernet
+    assert "has no trained supernet" in capsys.readouterr().err
     # `fednas train` retrains a supernet trial's architecture from scratch, as for any study
     best = max(view.trials, key=lambda t: t.objectives["accuracy"])
     assert main(["train", "--study", "tiny", "--storage", config.storage, "--trial", str(best.number), "--rounds", "1",
