@@ -22,7 +22,8 @@ A long run can be stopped and resumed: ``--out FILE`` keeps every finished (stra
 history and every scored subnet in FILE (rewritten atomically after each); run the same
 command again and only the missing histories are searched. The file is used only when its
 settings and the trained supernet's digest match this run's (else it is refused, not
-overwritten).
+overwritten). ``--report FILE [FILE ...]`` prints the table of saved files (several runs of
+disjoint ``--samplers`` may be merged) without training anything.
 """
 
 from __future__ import annotations
@@ -131,6 +132,56 @@ def _save(path: str, settings: dict[str, Any], histories: dict[str, Any], cache:
     tmp.replace(path)
 
 
+def summarize(histories: dict[str, list[list[float]]], trials: int, *, quiet: bool = False) -> dict[str, dict[str, float]]:
+    """Per strategy: mean final hypervolume and mean trials to reach random search's mean final one (printed as
+    a markdown table unless ``quiet``); ``trials + 1`` counts as never."""
+    target = float(np.mean([h[-1] for h in histories["random"]]))
+    summary: dict[str, dict[str, float]] = {}
+    if not quiet:
+        print(f"\nrandom search's mean final hypervolume: {target:.4f}\n")
+        print("| sampler | final HV (mean) | min-max over seeds | HV at 25% | HV at 50% | trials to random's final HV |")
+        print("|---|---|---|---|---|---|")
+    for name, hs in histories.items():
+        reach = [next((i + 1 for i, v in enumerate(h) if v >= target), trials + 1) for h in hs]
+        finals = [h[-1] for h in hs]
+        q, half = max(trials // 4 - 1, 0), max(trials // 2 - 1, 0)
+        summary[name] = {"hv": float(np.mean(finals)), "trials_to_random_hv": float(np.mean(reach))}
+        if not quiet:
+            print(f"| {name} | {np.mean(finals):.4f} | {min(finals):.4f}-{max(finals):.4f} | "
+                  f"{np.mean([h[q] for h in hs]):.4f} | {np.mean([h[half] for h in hs]):.4f} | "
+                  f"{np.mean(reach):.1f} ({', '.join(str(r) for r in reach)}) |")
+    return summary
+
+
+def report(paths: list[str], seeds: int) -> None:
+    """The table and JSON line of saved ``--out`` files (merged; each must hold the same settings), from the
+    strategies with all ``seeds`` histories, without training anything."""
+    docs = []
+    for path in paths:
+        if not Path(path).is_file() or Path(path).stat().st_size > 200_000_000:
+            sys.exit(f"--report {path}: expected a --out file of this benchmark (at most 200 MB)")
+        try:
+            docs.append(json.loads(Path(path).read_text()))
+        except ValueError as exc:
+            sys.exit(f"--report {path}: not readable as JSON ({exc})")
+    if any(d.get("settings") != docs[0].get("settings") for d in docs):
+        sys.exit("--report: the files were made with other settings or supernets")
+    merged: dict[str, dict[str, list[float]]] = {}
+    for d in docs:
+        for name, runs in d.get("histories", {}).items():
+            merged.setdefault(name, {}).update(runs)
+    histories = {n: [runs[str(s)] for s in range(seeds)] for n, runs in merged.items()
+                 if all(str(s) in runs for s in range(seeds))}
+    partial = sorted(n for n in merged if n not in histories)
+    if "random" not in histories:
+        sys.exit(f"--report: random search lacks some of its {seeds} seeds; nothing to compare with")
+    settings = docs[0]["settings"]
+    print(f"saved histories of {', '.join(paths)}: {settings}; complete ({seeds} seeds): {', '.join(histories)}"
+          + (f"; incomplete, left out: {', '.join(partial)}" if partial else ""))
+    summarize(histories, int(settings["trials"]))
+    print(json.dumps(summarize(histories, int(settings["trials"]), quiet=True)))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "studies" / "quickstart.toml"))
@@ -142,7 +193,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="40 trials, 2 seeds, 4 supernet rounds")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 beside other CPU jobs)")
     p.add_argument("--out", default="", help="JSON file of finished histories and scores, to stop and resume")
+    p.add_argument("--report", nargs="+", metavar="FILE", default=None,
+                   help="only print the table of saved --out files (merged), for the strategies with all --seeds")
     args = p.parse_args()
+    if args.report:
+        report(args.report, args.seeds)
+        return
     if args.quick:
         args.trials, args.seeds, args.supernet_rounds = 40, 2, 4
 
@@ -193,21 +249,9 @@ def main() -> None:
             final = np.mean([h[-1] for h in histories[name]])
             print(f"  {name:<10} final HV {final:.4f} ({time.perf_counter() - t0:.0f} s, {len(cache)} distinct "
                   f"subnets scored so far)", flush=True)
-    target = float(np.mean([h[-1] for h in histories["random"]]))
-    summary: dict[str, dict[str, float]] = {}
-    print(f"\nrandom search's mean final hypervolume: {target:.4f}\n")
-    print("| sampler | final HV (mean) | min-max over seeds | HV at 25% | HV at 50% | trials to random's final HV |")
-    print("|---|---|---|---|---|---|")
-    for name, hs in histories.items():
-        reach = [next((i + 1 for i, v in enumerate(h) if v >= target), args.trials + 1) for h in hs]
-        finals = [h[-1] for h in hs]
-        q, half = max(args.trials // 4 - 1, 0), max(args.trials // 2 - 1, 0)
-        summary[name] = {"hv": float(np.mean(finals)), "trials_to_random_hv": float(np.mean(reach))}
-        print(f"| {name} | {np.mean(finals):.4f} | {min(finals):.4f}-{max(finals):.4f} | "
-              f"{np.mean([h[q] for h in hs]):.4f} | {np.mean([h[half] for h in hs]):.4f} | "
-              f"{np.mean(reach):.1f} ({', '.join(str(r) for r in reach)}) |")
+    summarize(histories, args.trials)
     print(f"\nwall time {time.perf_counter() - start:.0f} s")
-    print(json.dumps(summary))
+    print(json.dumps(summarize(histories, args.trials, quiet=True)))
 
 
 if __name__ == "__main__":
