@@ -183,20 +183,25 @@ def layer_sensitivity(model: nn.Module, x: torch.Tensor,
 
 
 def allocate_bits(model: nn.Module, policy: str, budget: float, x: torch.Tensor, *,
-                  widths: Sequence[int] = PRECISIONS, resolution: float | None = None) -> dict[str, int]:
+                  widths: Sequence[int] = PRECISIONS, resolution: float | None = None,
+                  costs: Table | None = None) -> dict[str, int]:
     """A width per conv/linear weight of ``model`` whose packed weights take at most ``budget`` bytes.
 
     ``budget`` counts the planned weights only (codes and scales; biases and norms are the same
     under every plan). ``policy``: "greedy" or "dp" (``resolution`` default: 1 byte, exact, up to
     a 200 kB budget; budget / 200000 above). The sensitivities come from ``x``, a calibration batch
-    of training images.
+    of training images. ``costs``: ``layer_costs(model, ...)`` already measured for at least
+    ``widths`` (measured here when None).
 
     Raises:
         ValueError: an unknown policy, or a budget nothing fits.
     """
     if policy not in ("greedy", "dp"):
         raise ValueError(f"policy: expected 'greedy' or 'dp', got {policy!r}")
-    costs = layer_costs(model, widths)
+    if costs is None:
+        costs = layer_costs(model, widths)
+    else:
+        costs = {n: {int(b): c[int(b)] for b in widths} for n, c in costs.items()}
     sens = layer_sensitivity(model, x, widths)
     if policy == "greedy":
         return greedy_allocation(costs, sens, budget)
@@ -244,7 +249,7 @@ def policy_plan(model: nn.Module, arch: object, weight_bits: int, stage_bits: tu
         return PolicyPlan(uniform, "uniform" if policy == "uniform" else policy, budget, budget)
     if x is None or len(x) == 0:
         raise ValueError(f"compression_policy {policy!r}: needs a calibration batch of training images")
-    plan = allocate_bits(model, policy, budget, x, widths=widths)
+    plan = allocate_bits(model, policy, budget, x, widths=widths, costs=costs)
     return PolicyPlan(plan, policy, budget, float(sum(costs[n][b] for n, b in plan.items())))
 
 

@@ -206,15 +206,18 @@ def _model(source: ModelSource, num_classes: int, in_channels: int, resolution: 
 
         stored = (source.metrics.get("precision") or {}).get("plan")
         where = f"trial {source.origin['trial']}" if "trial" in source.origin else "the run"
-        try:
-            if settings.compression_policy != "uniform" and stored is not None:
+        if settings.compression_policy != "uniform" and stored is not None:
+            try:
                 plan = check_plan(model, stored, f"{where}: stored precision.plan")
-            else:
-                x = calibration[:POLICY_SAMPLES] if calibration is not None else None
+            except ValueError as exc:  # the message names the trial and the key
+                raise ConfigError(str(exc)) from None
+        else:
+            x = calibration[:POLICY_SAMPLES] if calibration is not None else None
+            try:
                 plan = policy_plan(model, plan_arch(source.arch, source.prune_masks), settings.weight_bits,
                                    settings.stage_weight_bits, settings.compression_policy, x).plan
-        except ValueError as exc:
-            raise ConfigError(str(exc) if str(exc).startswith(where) else f"labels: {exc}") from None
+            except ValueError as exc:
+                raise ConfigError(f"labels: {exc}") from None
         model = quantize_weights(model, plan)[0]
     return model.eval()
 
