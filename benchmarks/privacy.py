@@ -15,7 +15,9 @@ is run clean and under each attack with 25 % of the clients (2 of 8) malicious, 
 aggregation rule, all in this process with one seed. Krum and Multi-Krum are told the true
 number of attackers (``num_malicious_nodes = 2``); Bulyan needs 4f + 3 replies, so with 8
 clients it is built for f = 1 and faces twice that; FedTrimmedAvg trims 25 % at each end; DnC
-(``fednas.fl._dnc``) removes 2 replies per iteration.
+(``fednas.fl._dnc``) removes 2 replies per iteration. ``oracle`` is no defence but the bound of
+every filtering rule: FedAvg over the honest replies only (the server is told who attacks), the
+same run under every attack since the attackers' replies never count.
 ``--bucket S`` puts bucketing (``federation.bucket_size``) in front of the robust rules;
 ``--rules`` and ``--attacks NAME[:STRENGTH],...`` pick a subset (e.g. ``sign_flip:4``), and
 ``--option RULE.KEY=VALUE`` changes a rule's option (``multikrum.num_nodes_to_select=6``).
@@ -45,9 +47,26 @@ import json
 import time
 from dataclasses import replace
 
+from flwr.serverapp.strategy import FedAvg
+
 from fednas.config import DataConfig, FederationConfig, PrivacyConfig
 from fednas.fl import RunSpec, run_federation
+from fednas.fl._attacks import ATTACKER_KEY
+from fednas.strategies import StrategySpec, register_strategy
 from search_spaces import preset
+
+class HonestOnly(FedAvg):
+    """FedAvg over the honest replies only: the server is told who attacks (each reply's ``attacker``
+    metric). Not a defence, the bound of every rule that filters replies: what the federation
+    reaches when exactly the malicious clients are left out (``--rules oracle``)."""
+
+    def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201 (FedAvg's signature)
+        honest = [m for m in replies
+                  if m.has_error() or not m.content["metrics"].get(ATTACKER_KEY, 0)]
+        return super().aggregate_train(server_round, honest)
+
+
+register_strategy(StrategySpec("oracle", f"{__name__}:HonestOnly", {}, "FedAvg over the honest replies"))
 
 RULES: dict[str, dict[str, float]] = {
     "fedavg": {},
@@ -57,6 +76,8 @@ RULES: dict[str, dict[str, float]] = {
     "fedmedian": {},
     "fedtrimmedavg": {"beta": 0.25},
     "dnc": {"num_malicious_nodes": 2},
+    "fltrust_median": {},
+    "oracle": {},  # not a defence: the bound of any filtering rule (see HonestOnly)
 }
 ATTACKS = ("label_flip", "sign_flip", "gaussian", "scaling")
 QUICK_RULES = ("fedavg", "krum", "fedmedian")
@@ -150,7 +171,7 @@ def run(rule: str, attack: str, rounds: int, seed: int, strength: float = 0.0,
     fed = FederationConfig(num_clients=8, rounds=rounds, strategy=rule, strategy_options=dict(RULES[rule]),
                            min_train_nodes=8, attack=attack, attack_fraction=0.25 if attack != "none" else 0.0,
                            attack_strength=strength if attack != "none" else 0.0,
-                           bucket_size=bucket if rule != "fedavg" else 1)
+                           bucket_size=bucket if rule not in ("fedavg", "oracle") else 1)
     fed.check()
     spec = RunSpec(DataConfig(), fed, seed, preset("mobilenet_tiny").to_dict())
     start = time.perf_counter()

@@ -133,6 +133,10 @@ for _spec in (
         "num_iters": OptionSpec(5, low=1, integer=True), "subsample_dim": OptionSpec(10_000, low=1, integer=True)},
         "Divide-and-Conquer: drop the replies that project most on the top singular direction of the centred "
         "replies (Shejwalkar & Houmansadr, 2021)"),
+    StrategySpec("fltrust_median", "fednas.fl._trust:FLTrustMedian", {
+        "min_trust": OptionSpec(0.0, low=-1.0, high=1.0, high_open=True)},
+        "FLTrust's trust-weighted mean (Cao et al., 2021) with the coordinate-wise median update as reference "
+        "and every update rescaled to the median norm (no server data)"),
 ):
     register_strategy(_spec)
 

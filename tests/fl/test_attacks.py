@@ -95,7 +95,7 @@ def test_each_robust_rule_discards_an_obvious_outlier() -> None:
     attacked = {"attack": "scaling", "attack_strength": 1000.0, "attack_fraction": 0.14}
     plain = _deviation(run_federation(_spec(**base, **attacked)).arrays.to_torch_state_dict(), clean)
     assert plain > 5.0  # FedAvg follows the boosted update
-    for rule in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "dnc"):
+    for rule in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "dnc", "fltrust_median"):
         spec = _spec(**base, **attacked, strategy=rule)
         robust = _deviation(run_federation(spec).arrays.to_torch_state_dict(), clean)
         assert robust < plain / 20, (rule, robust, plain)
@@ -129,6 +129,69 @@ def test_dnc_keeps_the_honest_clients_of_a_sign_flipped_federation_and_is_reprod
     assert rule.num_iters == 2 and rule.rule_seed == 5 and rule.num_malicious_nodes == 1
 
 
+def test_fltrust_median_weights_by_agreement_with_the_median_and_equalises_norms() -> None:
+    import numpy as np
+
+    from fednas.fl._trust import trust_weights
+
+    rng = np.random.default_rng(0)
+    honest = rng.normal(0.0, 1.0, (6, 2_000)) + 0.3  # nearly orthogonal clients sharing a small direction
+    updates = np.concatenate([honest, -honest[:1], 50 * honest[1:2]])  # a sign flip and a boosted update
+    trust, scale = trust_weights(updates)
+    norms = np.linalg.norm(updates, axis=1)
+    assert trust[6] == 0.0 and trust[:6].min() > 0 and abs(trust.sum() - 1) < 1e-12
+    assert np.allclose(norms * scale, np.median(norms))  # every update rescaled to the median norm
+    step = (trust * scale) @ updates
+    assert np.linalg.norm(step) <= np.median(norms) + 1e-9  # the boosted update cannot stretch the step
+    by_hand = np.median(updates, axis=0)
+    cos = updates @ by_hand / (norms * np.linalg.norm(by_hand))
+    assert np.allclose(trust, np.maximum(cos, 0) / np.maximum(cos, 0).sum())
+    assert not trust_weights(np.eye(3))[0].any()  # no shared direction (the median is 0): nobody trusted
+    assert not trust_weights(updates, min_trust=0.99)[0].any()  # nobody agrees that much
+    zero_row = trust_weights(np.array([[1.0, 0.0], [0.0, 0.0], [1.0, 0.1]]))
+    assert zero_row[0][1] == 0.0 and zero_row[1][1] == 1.0  # a zero update: no trust, left alone
+
+
+def test_fltrust_median_aggregates_updates_from_the_model_it_sent() -> None:
+    import numpy as np
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+    from fednas.fl import serverapp_identity
+    from fednas.fl._trust import FLTrustMedian, trust_weights
+
+    sent = {"w": np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32), "bn.running_var": np.ones(2, dtype=np.float32),
+            "bn.num_batches_tracked": np.array(5)}
+    steps = np.array([[1.0, 1.0, 0.0, 0.5], [1.0, 2.0, 0.5, 0.0], [2.0, 1.0, 0.0, 0.0], [-30.0, -30.0, 0.0, 0.0]])
+    variances, counts = [0.5, 1.5, 1.0, 0.01], [6, 7, 8, 9]  # the last reply: a big sign flip
+
+    def reply(step: np.ndarray, var: float, count: int) -> Message:
+        arrays = {"w": sent["w"] + step.astype(np.float32), "bn.running_var": np.full(2, var, np.float32),
+                  "bn.num_batches_tracked": np.array(count)}
+        with serverapp_identity(1):
+            msg = Message(RecordDict({"config": MetricRecord({})}), 1, "train")
+        return Message(RecordDict({"arrays": ArrayRecord({k: torch.from_numpy(v) for k, v in arrays.items()}),
+                                   "metrics": MetricRecord({"num-examples": 10 * count, "train_loss": 1.0})}),
+                       reply_to=msg)
+
+    rule = FLTrustMedian()
+    replies = [reply(*args) for args in zip(steps, variances, counts)]
+    with pytest.raises(RuntimeError, match="configure_train"):
+        rule.aggregate_train(1, replies)  # no model sent yet: nothing to measure updates from
+    rule._global = {k: v.copy() for k, v in sent.items()}  # what configure_train keeps
+    arrays, metrics = rule.aggregate_train(1, replies)
+    got = {k: a.numpy() for k, a in arrays.items()}
+    trust, scale = trust_weights(steps)  # running statistics are not scored
+    assert trust[3] == 0.0 and rule.trust[1] == [round(float(t), 6) for t in trust]
+    assert np.allclose(got["w"], sent["w"] + (trust * scale) @ steps, atol=1e-6)
+    var_steps = np.array(variances) - 1.0
+    assert np.allclose(got["bn.running_var"], 1.0 + (trust * np.minimum(scale, 1.0)) @ var_steps, atol=1e-6)
+    assert got["bn.running_var"].min() > 0 and int(got["bn.num_batches_tracked"]) == counts[int(np.argmax(trust))]
+    assert metrics["train_loss"] == pytest.approx(1.0)
+    rule._global["w"] = np.zeros(3, dtype=np.float32)
+    with pytest.raises(RuntimeError, match="do not match"):
+        rule.aggregate_train(2, replies)
+
+
 def _config(**federation) -> dict:
     return {"federation": {"num_clients": 6, **federation}}
 
@@ -146,6 +209,7 @@ def _config(**federation) -> dict:
     ({"strategy": "fedtrimmedavg", "fedtrimmedavg": {"beta": 0.5}}, "federation.fedtrimmedavg.beta"),
     ({"strategy": "dnc", "dnc": {"num_malicious_nodes": 6}}, "federation.dnc.num_malicious_nodes: 6 needs at least 7"),
     ({"strategy": "dnc", "dnc": {"filter_frac": 0}}, "federation.dnc.filter_frac"),
+    ({"strategy": "fltrust_median", "fltrust_median": {"min_trust": 1.0}}, "federation.fltrust_median.min_trust"),
 ])
 def test_impossible_combinations_name_the_keys(federation: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
