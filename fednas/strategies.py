@@ -136,7 +136,7 @@ for _spec in (
     StrategySpec("fltrust_median", "fednas.fl._trust:FLTrustMedian", {
         "min_trust": OptionSpec(0.0, low=-1.0, high=1.0, high_open=True)},
         "FLTrust's trust-weighted mean (Cao et al., 2021) with the coordinate-wise median update as reference "
-        "and every update rescaled to the median norm (no server data)"),
+        "and every update clipped to the median norm (no server data)"),
 ):
     register_strategy(_spec)
 
