@@ -15,7 +15,8 @@ is run clean and under each attack with 25 % of the clients (2 of 8) malicious, 
 aggregation rule, all in this process with one seed. Krum and Multi-Krum are told the true
 number of attackers (``num_malicious_nodes = 2``); Bulyan needs 4f + 3 replies, so with 8
 clients it is built for f = 1 and faces twice that; FedTrimmedAvg trims 25 % at each end; DnC
-(``fednas.fl._dnc``) removes 2 replies per iteration. ``oracle`` is no defence but the bound of
+(``fednas.fl._dnc``) removes 2 replies per iteration; ``fltrust_median`` (``fednas.fl._trust``)
+has no option to tell. ``oracle`` is no defence but the bound of
 every filtering rule: FedAvg over the honest replies only (the server is told who attacks), the
 same run under every attack since the attackers' replies never count.
 ``--bucket S`` puts bucketing (``federation.bucket_size``) in front of the robust rules;
@@ -45,8 +46,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
+from flwr.app import Message
 from flwr.serverapp.strategy import FedAvg
 
 from fednas.config import DataConfig, FederationConfig, PrivacyConfig
@@ -60,7 +64,7 @@ class HonestOnly(FedAvg):
     metric). Not a defence, the bound of every rule that filters replies: what the federation
     reaches when exactly the malicious clients are left out (``--rules oracle``)."""
 
-    def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN201 (FedAvg's signature)
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[Any, Any]:
         honest = [m for m in replies
                   if m.has_error() or not m.content["metrics"].get(ATTACKER_KEY, 0)]
         return super().aggregate_train(server_round, honest)

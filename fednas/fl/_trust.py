@@ -26,8 +26,13 @@ batch-norm running statistics (``running_mean`` / ``running_var``); their change
 with the same trust weights and shrunk by the same factor as their reply's update (a variance
 stays positive: each result lies between the sent value and the replies'); non-floating arrays
 (step counters) come from the most trusted reply.
-Replies are not weighted by their example counts (FLTrust's choice: a count is the client's own
-claim). When no reply has trust above ``min_trust`` the global model is kept for that round.
+Each reply's trust is multiplied by its example count (``weighted_by_key``, as FedAvg, DnC and
+Multi-Krum weight) and the products normalised. FLTrust itself ignores counts, since a count is
+the client's own claim; on the benchmark federation (Dirichlet 0.5 shards of unequal size)
+ignoring them cost 1-4 points of clean accuracy at seeds 1 and 2 and up to 5 points under
+sign flipping, so the counts are used and a client that lies about its count is outside what
+this rule defends against (none of ``federation.attack``'s attacks does). When no reply has
+trust above ``min_trust`` the global model is kept for that round.
 """
 
 from __future__ import annotations
@@ -66,16 +71,14 @@ def trust_weights(updates: np.ndarray, min_trust: float = 0.0) -> tuple[np.ndarr
     else:
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = np.where(norms > 0, u @ ref / (np.where(norms > 0, norms, 1.0) * ref_norm), 0.0)
-    trust = np.maximum(cos - min_trust, 0.0)
-    total = float(trust.sum())
-    trust = trust / total if total > 0 else np.zeros(len(u))
+    trust = _normalised(np.maximum(cos - min_trust, 0.0))
     target = float(np.median(norms))
     scale = np.where(norms > target, target / np.where(norms > 0, norms, 1.0), 1.0)
     return trust, scale
 
 
 class FLTrustMedian(FedAvg):
-    """The trust-weighted mean of the norm-clipped updates; see the module docstring.
+    """The trust- and example-weighted mean of the norm-clipped updates; see the module docstring.
 
     Args:
         min_trust: cosine with the median update at or below which a reply gets no weight
@@ -108,6 +111,9 @@ class FLTrustMedian(FedAvg):
         updates = np.stack([np.concatenate([m[k].ravel() for k in scored]).astype(np.float64) - flat_base
                             for m in models])
         trust, scale = trust_weights(updates, self.min_trust)
+        examples = np.array([float(next(iter(m.content.metric_records.values())).get(self.weighted_by_key, 1))
+                             for m in valid])
+        trust = _normalised(trust * np.maximum(examples, 0.0))
         self.trust[server_round] = [round(float(t), 6) for t in trust]
         _, metrics = super().aggregate_train(server_round, valid)  # FedAvg's metric aggregation
         if not trust.any():
@@ -123,6 +129,11 @@ class FLTrustMedian(FedAvg):
                 step = sum(t * s * (m[key].astype(np.float64) - ref) for t, s, m in zip(trust, scale, models) if t)
                 out[key] = np.asarray(ref + step, dtype=ref.dtype)
         return to_array_record(out), metrics
+
+
+def _normalised(w: np.ndarray) -> np.ndarray:
+    total = float(w.sum())
+    return w / total if total > 0 else np.zeros(len(w))
 
 
 def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:

@@ -182,6 +182,7 @@ def test_fltrust_median_aggregates_updates_from_the_model_it_sent() -> None:
     arrays, metrics = rule.aggregate_train(1, replies)
     got = {k: a.numpy() for k, a in arrays.items()}
     trust, scale = trust_weights(steps)  # running statistics are not scored
+    trust = trust * [10 * c for c in counts] / (trust * [10 * c for c in counts]).sum()  # times the example counts
     assert trust[3] == 0.0 and rule.trust[1] == [round(float(t), 6) for t in trust]
     assert np.allclose(got["w"], sent["w"] + (trust * scale) @ steps, atol=1e-6)
     var_steps = np.array(variances) - 1.0
