@@ -16,7 +16,7 @@ Why it fits the attacks here (measured on the benchmark federation, see BENCHMAR
 label skew honest updates are nearly orthogonal to each other (median pairwise cosine 0.0-0.3),
 so rules that look for one shared outlier direction (DnC) or for the tightest cluster (Krum)
 find honest clients as often as attackers; but every honest update still agrees with the
-median (cosine 0.2-0.6), while a sign-flipped one points against it (-0.3-0.15) and gets little
+median (cosine 0.19-0.71), while a sign-flipped one does not (-0.30 to 0.15) and gets little
 or no weight, and a boosted one (scaling, a strong sign flip, label flipping's large updates)
 loses its size to the clip.
 
