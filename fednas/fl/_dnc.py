@@ -33,7 +33,18 @@ from flwr.serverapp.strategy import FedAvg
 from fednas._seeds import derive_seed
 from fednas.compress._mods import to_numpy
 
-__all__ = ["DnC", "dnc_keep"]
+__all__ = ["DnC", "dnc_keep", "flatten", "valid_models"]
+
+
+def valid_models(strategy: FedAvg, replies: Iterable[Message]) -> tuple[list[Message], list[dict[str, np.ndarray]]]:
+    """The replies without error (logged as FedAvg logs them) and their arrays as NumPy."""
+    valid, _ = strategy._check_and_log_replies(replies, is_train=True)
+    return valid, [to_numpy(m.content[strategy.arrayrecord_key]) for m in valid]
+
+
+def flatten(models: list[dict[str, np.ndarray]], keys: list[str]) -> np.ndarray:
+    """One float64 row per model: its arrays named by ``keys``, raveled and concatenated."""
+    return np.stack([np.concatenate([m[k].ravel() for k in keys]).astype(np.float64) for m in models])
 
 
 def dnc_keep(updates: np.ndarray, num_remove: int, *, num_iters: int = 5, subsample_dim: int = 10_000,
@@ -88,12 +99,10 @@ class DnC(FedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, models = valid_models(self, replies)
         if not valid:
             return None, None
-        models = [to_numpy(m.content[self.arrayrecord_key]) for m in valid]
-        keys = [k for k, a in models[0].items() if np.issubdtype(a.dtype, np.floating)]
-        flat = np.stack([np.concatenate([m[k].ravel() for k in keys]) for m in models])
+        flat = flatten(models, [k for k, a in models[0].items() if np.issubdtype(a.dtype, np.floating)])
         remove = math.ceil(self.filter_frac * self.num_malicious_nodes - 1e-9)
         keep = dnc_keep(flat, remove, num_iters=self.num_iters, subsample_dim=self.subsample_dim,
                         seed=derive_seed(self.rule_seed, "dnc", server_round))

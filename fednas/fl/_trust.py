@@ -48,6 +48,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fednas.compress._mods import to_array_record, to_numpy
+from fednas.fl._dnc import flatten, valid_models
 
 __all__ = ["FLTrustMedian", "trust_weights"]
 
@@ -99,17 +100,14 @@ class FLTrustMedian(FedAvg):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        valid, models = valid_models(self, replies)
         if not valid:
             return None, None
-        models = [to_numpy(m.content[self.arrayrecord_key]) for m in valid]
         base = self._global
         if base is None or not _same_layout(base, models[0]):
             raise RuntimeError("fltrust_median: the replies do not match the model sent in configure_train")
         scored = [k for k, a in base.items() if np.issubdtype(a.dtype, np.floating) and not k.endswith(_STATS)]
-        flat_base = np.concatenate([base[k].ravel() for k in scored]).astype(np.float64)
-        updates = np.stack([np.concatenate([m[k].ravel() for k in scored]).astype(np.float64) - flat_base
-                            for m in models])
+        updates = flatten(models, scored) - flatten([base], scored)
         trust, scale = trust_weights(updates, self.min_trust)
         examples = np.array([float(next(iter(m.content.metric_records.values())).get(self.weighted_by_key, 1))
                              for m in valid])
