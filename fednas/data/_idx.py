@@ -18,8 +18,15 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 _FILES = {"train": ("train-images", "train-labels"), "test": ("t10k-images", "t10k-labels")}
 
 
+MAX_IDX_BYTES = 4 * 2**30  # per file's payload, as the npz bound; Fashion-MNIST's training images are 47 MB
+
+
 def read_idx(path: Path) -> np.ndarray:
     """Reads one idx file (gunzipping it if its name ends in ``.gz``).
+
+    The header is read first and the payload it declares is bounded (``MAX_IDX_BYTES``) before
+    anything of that size is read or allocated; a gzip member is decompressed as a stream, so a
+    small ``.gz`` that would inflate past the declared size is refused without inflating it.
 
     Args:
         path: The file.
@@ -28,25 +35,33 @@ def read_idx(path: Path) -> np.ndarray:
         The array, in native byte order, with the dimensions stored in the header.
 
     Raises:
-        DataError: The file cannot be read, is not idx, or is truncated.
+        DataError: The file cannot be read, is not idx, is too large, is truncated or has
+            bytes after the declared payload.
     """
     try:
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES or magic[3] == 0:
+                raise DataError(f"{path}: bad magic number {magic.hex() or '(empty)'}; expected an idx file "
+                                f"(00 00 <type> <ndim>)")
+            ndim, dtype = magic[3], np.dtype(_IDX_TYPES[magic[2]])
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated header; expected {ndim} dimension sizes")
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+            payload = math.prod(dims) * dtype.itemsize
+            expected = 4 + 4 * ndim + payload
+            if payload > MAX_IDX_BYTES:
+                raise DataError(f"{path}: header declares shape {dims} ({payload:,} bytes); expected at most "
+                                f"{MAX_IDX_BYTES:,} bytes per idx file (fednas.data bound)")
+            data = f.read(payload)
+            extra = f.read(1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({exc}); expected an idx file") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or data[3] == 0:
-        raise DataError(f"{path}: bad magic number {data[:4].hex() or '(empty)'}; expected an idx file "
-                        f"(00 00 <type> <ndim>)")
-    ndim, dtype = data[3], np.dtype(_IDX_TYPES[data[2]])
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated header; expected {ndim} dimension sizes")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(data) != expected:
-        raise DataError(f"{path}: has {len(data)} bytes; expected {expected} for shape {dims} "
-                        f"(truncated or corrupt)")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    if len(data) != payload or extra:
+        size = f"{4 + 4 * ndim + len(data)} bytes" if not extra else f"more than {expected} bytes"
+        raise DataError(f"{path}: has {size}; expected {expected} for shape {dims} (truncated or corrupt)")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find(folder: Path, stem: str, ndim: int) -> Path:

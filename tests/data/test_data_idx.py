@@ -100,3 +100,29 @@ def test_labels_file_given_as_images_is_rejected(tmp_path):
 def test_path_must_be_a_folder(tmp_path):
     with pytest.raises(DataError, match="nope: not found"):
         load_dataset("idx", path=str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_declared_size_is_bounded_before_reading(tmp_path, gz, monkeypatch):
+    """A header claiming more than MAX_IDX_BYTES is refused from the header alone; for a gzip
+    member, before it is inflated (a bomb of zeros that would inflate past the bound)."""
+    import fednas.data._idx as idx
+
+    write_idx_folder(tmp_path, gz=gz)
+    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 1000)
+    header = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 100, 28, 28)  # 78,400 bytes declared
+    name = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    (tmp_path / name).write_bytes(gzip.compress(header + bytes(78_400)) if gz else header)
+    with pytest.raises(DataError, match=rf"{name}: header declares shape \(100, 28, 28\) \(78,400 bytes\); "
+                                        r"expected at most 1,000 bytes"):
+        load_dataset("idx", path=str(tmp_path))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_bytes_after_the_payload_name_the_file(tmp_path, gz):
+    write_idx_folder(tmp_path, gz=gz)
+    name = "t10k-labels-idx1-ubyte" + (".gz" if gz else "")
+    data = idx_bytes((np.arange(6) % 3).astype(np.uint8)) + b"\x00"
+    (tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(DataError, match=rf"{name}: has more than 14 bytes; expected 14 for shape \(6,\)"):
+        load_dataset("idx", path=str(tmp_path))
