@@ -171,7 +171,7 @@ def part_secure(seed: int) -> dict:
 
 
 def run(rule: str, attack: str, rounds: int, seed: int, strength: float = 0.0,
-        bucket: int = 1) -> tuple[float, list[int], float]:
+        bucket: int = 1) -> tuple[float, list[int], float, list[float]]:
     fed = FederationConfig(num_clients=8, rounds=rounds, strategy=rule, strategy_options=dict(RULES[rule]),
                            min_train_nodes=8, attack=attack, attack_fraction=0.25 if attack != "none" else 0.0,
                            attack_strength=strength if attack != "none" else 0.0,
@@ -180,7 +180,8 @@ def run(rule: str, attack: str, rounds: int, seed: int, strength: float = 0.0,
     spec = RunSpec(DataConfig(), fed, seed, preset("mobilenet_tiny").to_dict())
     start = time.perf_counter()
     outcome = run_federation(spec)
-    return outcome.accuracy, [r.attackers for r in outcome.rounds], time.perf_counter() - start
+    return (outcome.accuracy, [r.attackers for r in outcome.rounds], time.perf_counter() - start,
+            [round(r.accuracy, 4) for r in outcome.rounds])
 
 
 def main() -> None:
@@ -192,10 +193,12 @@ def main() -> None:
     p.add_argument("--clip", type=float, default=0.5, help="clipping norm of part (a)")
     p.add_argument("--rules", default="", help="part (c): comma-separated rules (default: all of RULES)")
     p.add_argument("--attacks", default="", help="part (c): comma-separated attacks, each NAME or NAME:STRENGTH "
-                   "(default: all at their default strengths; the clean run always comes first)")
+                   "(default: all at their default strengths; the clean run comes first unless --no-clean)")
     p.add_argument("--option", action="append", default=[], metavar="RULE.KEY=VALUE",
                    help="part (c): a rule's option instead of the default in RULES, e.g. "
                         "multikrum.num_nodes_to_select=6 (repeatable)")
+    p.add_argument("--no-clean", action="store_true", help="part (c): skip the clean runs (e.g. for the oracle, "
+                   "whose clean run is FedAvg's)")
     p.add_argument("--bucket", type=int, default=1, help="part (c): federation.bucket_size of the robust rules "
                    "(1: no bucketing; FedAvg is never bucketed: it would not change)")
     args = p.parse_args()
@@ -220,24 +223,27 @@ def main() -> None:
             or [(a, 0.0) for a in ATTACKS]
         if any(a not in ATTACKS for a, _ in attacks):
             p.error(f"--attacks: expected names from {list(ATTACKS)}, got {args.attacks!r}")
-        out.update(part_attack(rules, rounds, args.seed, attacks, args.bucket))
+        out.update(part_attack(rules, rounds, args.seed, attacks, args.bucket, clean=not args.no_clean))
     print(json.dumps(out))
 
 
 def part_attack(rules: tuple[str, ...], rounds: int, seed: int,
-                attacks: list[tuple[str, float]] | None = None, bucket: int = 1) -> dict:
-    """Each rule clean and under each (attack, strength) (strength 0: the attack's default)."""
+                attacks: list[tuple[str, float]] | None = None, bucket: int = 1, clean: bool = True) -> dict:
+    """Each rule clean (unless ``clean`` is False) and under each (attack, strength) (strength 0: the
+    attack's default). ``curves`` holds every run's held-out accuracy after each round."""
     table: dict[str, dict[str, float]] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
     attackers: dict[str, list[int]] = {}
-    for attack, strength in [("none", 0.0), *(attacks or [(a, 0.0) for a in ATTACKS])]:
+    for attack, strength in [("none", 0.0)] * clean + list(attacks or [(a, 0.0) for a in ATTACKS]):
         name = f"{attack}:{strength:g}" if strength else attack
-        table[name] = {}
+        table[name], curves[name] = {}, {}
         for rule in rules:
-            acc, seen, seconds = run(rule, attack, rounds, seed, strength, bucket)
-            table[name][rule] = round(acc, 4)
+            acc, seen, seconds, curve = run(rule, attack, rounds, seed, strength, bucket)
+            table[name][rule], curves[name][rule] = round(acc, 4), curve
             attackers[name] = seen
-            print(f"  {name:<12} {rule:<14} accuracy {acc:.4f}  attackers per round {seen}  {seconds:5.1f} s",
-                  flush=True)
+            tail = curve[-5:]
+            print(f"  {name:<12} {rule:<14} accuracy {acc:.4f}  mean of the last {len(tail)} rounds "
+                  f"{sum(tail) / len(tail):.4f}  attackers per round {seen}  {seconds:5.1f} s", flush=True)
     print()
     buckets = f", rules on buckets of {bucket}" if bucket > 1 else ""
     print(f"| attack (2 of 8 clients){buckets} | " + " | ".join(rules) + " |")
@@ -246,9 +252,9 @@ def part_attack(rules: tuple[str, ...], rounds: int, seed: int,
         best = max(row.values())
         cells = [f"**{row[r]:.4f}**" if row[r] == best else f"{row[r]:.4f}" for r in rules]
         print(f"| {'clean' if attack == 'none' else attack} | " + " | ".join(cells) + " |")
-    clean = table.pop("none")
-    return {"clean_accuracy": clean.get("fedavg"), "clean": clean, "attack": table, "rounds": rounds,
-            "bucket_size": bucket, "attackers_per_round": {a: attackers[a] for a in table}}
+    clean_row = table.pop("none", {})
+    return {"clean_accuracy": clean_row.get("fedavg"), "clean": clean_row, "attack": table, "rounds": rounds,
+            "bucket_size": bucket, "attackers_per_round": {a: attackers[a] for a in table}, "curves": curves}
 
 
 if __name__ == "__main__":
