@@ -38,7 +38,10 @@ of both).
 Prints markdown tables and, as the last line, one JSON object ``{"dp": [{noise, epsilon,
 delta, accuracy}], "dp_clean_accuracy": ..., "secagg_max_abs_diff": ..., "secagg_upload_ratio": ...,
 "ckks_max_abs_diff": ..., "ckks_upload_ratio": ..., "secagg": {...}, "ckks": {...}, "clean_accuracy": ..., "clean": {rule: accuracy},
-"attack": {attack: {rule: accuracy}}, "attackers_per_round": ...}`` (the keys of the parts run).
+"attack": {attack: {rule: accuracy}}, "attackers_per_round": ..., "curves": {attack: {rule: [accuracy
+after each round]}}, "failed": {"attack/rule": error}}`` (the keys of the parts run; a run that stops
+with a ``FederationError``, e.g. every client's training diverging under a boosted update, has
+accuracy null and its error in ``failed``).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from flwr.app import Message
 from flwr.serverapp.strategy import FedAvg
 
 from fednas.config import DataConfig, FederationConfig, PrivacyConfig
-from fednas.fl import RunSpec, run_federation
+from fednas.fl import FederationError, RunSpec, run_federation
 from fednas.fl._attacks import ATTACKER_KEY
 from fednas.strategies import StrategySpec, register_strategy
 from search_spaces import preset
@@ -234,11 +237,18 @@ def part_attack(rules: tuple[str, ...], rounds: int, seed: int,
     table: dict[str, dict[str, float]] = {}
     curves: dict[str, dict[str, list[float]]] = {}
     attackers: dict[str, list[int]] = {}
+    failed: dict[str, str] = {}  # "attack/rule" -> why the run stopped (its accuracy is null)
     for attack, strength in [("none", 0.0)] * clean + list(attacks or [(a, 0.0) for a in ATTACKS]):
         name = f"{attack}:{strength:g}" if strength else attack
         table[name], curves[name] = {}, {}
         for rule in rules:
-            acc, seen, seconds, curve = run(rule, attack, rounds, seed, strength, bucket)
+            try:
+                acc, seen, seconds, curve = run(rule, attack, rounds, seed, strength, bucket)
+            except FederationError as exc:  # e.g. a client's training diverged under a boosted update
+                table[name][rule], curves[name][rule] = None, []
+                failed[f"{name}/{rule}"] = str(exc)
+                print(f"  {name:<12} {rule:<14} failed: {exc}", flush=True)
+                continue
             table[name][rule], curves[name][rule] = round(acc, 4), curve
             attackers[name] = seen
             tail = curve[-5:]
@@ -249,12 +259,14 @@ def part_attack(rules: tuple[str, ...], rounds: int, seed: int,
     print(f"| attack (2 of 8 clients){buckets} | " + " | ".join(rules) + " |")
     print("|---|" + "---|" * len(rules))
     for attack, row in table.items():
-        best = max(row.values())
-        cells = [f"**{row[r]:.4f}**" if row[r] == best else f"{row[r]:.4f}" for r in rules]
+        best = max((a for a in row.values() if a is not None), default=None)
+        cells = ["failed" if row[r] is None else f"**{row[r]:.4f}**" if row[r] == best else f"{row[r]:.4f}"
+                 for r in rules]
         print(f"| {'clean' if attack == 'none' else attack} | " + " | ".join(cells) + " |")
     clean_row = table.pop("none", {})
     return {"clean_accuracy": clean_row.get("fedavg"), "clean": clean_row, "attack": table, "rounds": rounds,
-            "bucket_size": bucket, "attackers_per_round": {a: attackers[a] for a in table}, "curves": curves}
+            "bucket_size": bucket, "attackers_per_round": {a: attackers.get(a, []) for a in table}, "curves": curves,
+            "failed": failed}
 
 
 if __name__ == "__main__":
