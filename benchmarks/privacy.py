@@ -241,7 +241,7 @@ def part_attack(rules: tuple[str, ...], rounds: int, seed: int,
     curves: dict[str, dict[str, list[float]]] = {}
     attackers: dict[str, list[int]] = {}
     failed: dict[str, str] = {}  # "attack/rule" -> why the run stopped (its accuracy is null)
-    for attack, strength in [("none", 0.0)] * clean + list(attacks or [(a, 0.0) for a in ATTACKS]):
+    for attack, strength in ([("none", 0.0)] if clean else []) + list(attacks or [(a, 0.0) for a in ATTACKS]):
         name = f"{attack}:{strength:g}" if strength else attack
         table[name], curves[name] = {}, {}
         for rule in rules:

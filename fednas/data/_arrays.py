@@ -9,6 +9,7 @@ import numpy as np
 from fednas.data._errors import DataError
 
 _CHANNELS = (1, 3, 4)
+MAX_ARRAY_BYTES = 4 * 2**30  # per array read from a user's file (npz key, idx file); Fashion-MNIST's training images are 47 MB as uint8
 
 
 def as_nchw(x: np.ndarray, where: str) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fednas.data._arrays import check_labels
+from fednas.data._arrays import MAX_ARRAY_BYTES, check_labels
 from fednas.data._errors import DataError
 from fednas.data._source import LoadRequest, RawData
 
@@ -18,13 +18,11 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 _FILES = {"train": ("train-images", "train-labels"), "test": ("t10k-images", "t10k-labels")}
 
 
-MAX_IDX_BYTES = 4 * 2**30  # per file's payload, as the npz bound; Fashion-MNIST's training images are 47 MB
-
 
 def read_idx(path: Path) -> np.ndarray:
     """Reads one idx file (gunzipping it if its name ends in ``.gz``).
 
-    The header is read first and the payload it declares is bounded (``MAX_IDX_BYTES``) before
+    The header is read first and the payload it declares is bounded (``MAX_ARRAY_BYTES``) before
     anything of that size is read or allocated; a gzip member is decompressed as a stream, so a
     small ``.gz`` that would inflate past the declared size is refused without inflating it.
 
@@ -51,9 +49,9 @@ def read_idx(path: Path) -> np.ndarray:
             dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
             payload = math.prod(dims) * dtype.itemsize
             expected = 4 + 4 * ndim + payload
-            if payload > MAX_IDX_BYTES:
+            if payload > MAX_ARRAY_BYTES:
                 raise DataError(f"{path}: header declares shape {dims} ({payload:,} bytes); expected at most "
-                                f"{MAX_IDX_BYTES:,} bytes per idx file (fednas.data bound)")
+                                f"{MAX_ARRAY_BYTES:,} bytes per idx file (fednas.data bound)")
             data = f.read(payload)
             extra = f.read(1)
     except (OSError, EOFError, zlib.error) as exc:

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fednas.data._arrays import as_nchw, check_labels
+from fednas.data._arrays import MAX_ARRAY_BYTES, as_nchw, check_labels
 from fednas.data._errors import DataError
 from fednas.data._source import LoadRequest, RawData
 
 _SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _EXPECTED = "expected arrays 'x' and 'y', or 'x_train', 'y_train', 'x_test' and 'y_test'"
-
-
-MAX_ARRAY_BYTES = 4 * 2**30  # per array; Fashion-MNIST's training images are 47 MB as uint8
 
 
 def _check_size(archive: np.lib.npyio.NpzFile, path: Path, key: str) -> None:

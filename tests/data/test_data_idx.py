@@ -104,12 +104,12 @@ def test_path_must_be_a_folder(tmp_path):
 
 @pytest.mark.parametrize("gz", [False, True])
 def test_declared_size_is_bounded_before_reading(tmp_path, gz, monkeypatch):
-    """A header claiming more than MAX_IDX_BYTES is refused from the header alone; for a gzip
+    """A header claiming more than MAX_ARRAY_BYTES is refused from the header alone; for a gzip
     member, before it is inflated (a bomb of zeros that would inflate past the bound)."""
     import fednas.data._idx as idx
 
     write_idx_folder(tmp_path, gz=gz)
-    monkeypatch.setattr(idx, "MAX_IDX_BYTES", 1000)
+    monkeypatch.setattr(idx, "MAX_ARRAY_BYTES", 1000)
     header = struct.pack(">BBBB", 0, 0, 0x08, 3) + struct.pack(">3I", 100, 28, 28)  # 78,400 bytes declared
     name = "train-images-idx3-ubyte" + (".gz" if gz else "")
     (tmp_path / name).write_bytes(gzip.compress(header + bytes(78_400)) if gz else header)
